@@ -1,0 +1,50 @@
+"""Activation functions and their derivatives, written in terms of the layer *output*.
+
+The derivations express every derivative through the value a layer already produced
+(sigma' = l (1 - l), notebook 01, eq. C), so the backward pass never recomputes the
+pre-activation. Each entry of ``ACTIVATIONS`` follows that shape: ``f(z)`` and ``df(l)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """Logistic function 1 / (1 + e^-z) without overflow for any finite z.
+
+    ``exp`` only ever sees ``-|z|``, so it stays in (0, 1].
+    """
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax; subtracting the row maximum keeps ``exp`` from overflowing."""
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise log of the softmax, computed without taking the log of a rounded zero."""
+    shifted = z - z.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An element-wise non-linearity ``f`` and its derivative ``df`` as a function of ``l = f(z)``."""
+
+    name: str
+    f: Callable[[np.ndarray], np.ndarray]
+    df: Callable[[np.ndarray], np.ndarray]
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "sigmoid": Activation("sigmoid", sigmoid, lambda l: l * (1.0 - l)),
+    "tanh": Activation("tanh", np.tanh, lambda l: 1.0 - l**2),
+    "relu": Activation("relu", lambda z: np.maximum(z, 0.0), lambda l: (l > 0).astype(l.dtype)),
+}

@@ -1,0 +1,224 @@
+"""A fully connected network of any depth, trained with the equations the notebooks derive.
+
+Row convention (notebooks 04-08): ``X`` is ``(n, d_in)``, ``W_k`` is ``(d_{k-1}, d_k)`` and
+
+    l_0 = X,    z_k = l_{k-1} · W_k (+ b_k),    l_k = f(z_k)
+
+The backward pass is the general rule of notebook 08:
+
+    Δl_K = ∂L/∂z_K                              (the loss's delta, eq. 8.1)
+    ∂L/∂W_k = l_{k-1}ᵀ · Δl_k                   (eq. 8.2)
+    ∂L/∂b_k = Σ_rows Δl_k                       (eq. 8.4)
+    Δl_{k-1} = (Δl_k · W_kᵀ) * f'(l_{k-1})       (eq. 8.3)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gradbook.activations import ACTIVATIONS
+from gradbook.losses import LOSSES
+from gradbook.validation import as_labels, as_matrix, positive_float, positive_int
+
+Callback = Callable[[int, float, "MLP"], None]
+
+
+class MLP:
+    """Multi-layer perceptron ``sizes = [d_in, h1, …, d_out]`` in float64.
+
+    ``weights`` (and ``biases`` when ``bias=True``) are plain arrays that every call reads, so
+    changing one in place changes ``forward``, ``loss`` and ``gradients``.
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        activation: str = "sigmoid",
+        loss: str = "half_sse",
+        bias: bool = False,
+        seed: int = 0,
+    ) -> None:
+        if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence) or len(sizes) < 2:
+            raise ValueError(f"sizes must be a list [d_in, …, d_out] of at least 2 ints; got {sizes!r}")
+        self.sizes = [positive_int(f"sizes[{i}]", s) for i, s in enumerate(sizes)]
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {sorted(LOSSES)}; got {loss!r}")
+        if not isinstance(bias, bool):
+            raise ValueError(f"bias must be true or false; got {bias!r}")
+        self.activation, self.loss_name, self.bias = activation, loss, bias
+        self.act, self.loss_fn = ACTIVATIONS[activation], LOSSES[loss]
+        self.metadata: dict[str, Any] = {}
+        self.reset(seed)
+
+    def reset(self, seed: int = 0) -> None:
+        """Draw fresh weights ~ N(0, gain / d_{k-1}) and zero biases, reproducibly from ``seed``."""
+        rng = np.random.default_rng(seed)
+        gain = 2.0 if self.activation == "relu" else 1.0
+        pairs = list(zip(self.sizes[:-1], self.sizes[1:]))
+        self.weights = [rng.normal(0.0, np.sqrt(gain / a), (a, b)) for a, b in pairs]
+        self.biases = [np.zeros(b) for _, b in pairs] if self.bias else []
+
+    @property
+    def parameters(self) -> list[np.ndarray]:
+        """Weights, then biases: the same arrays, in the order ``gradients`` returns."""
+        return self.weights + self.biases
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.loss_name == "cross_entropy"
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The arguments that rebuild this architecture."""
+        return {"sizes": self.sizes, "activation": self.activation, "loss": self.loss_name,
+                "bias": self.bias}
+
+    # -- forward -----------------------------------------------------------------------------
+    def _layers(self, X: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        """Layer outputs ``[l_0 = X, l_1, …, l_K]`` and the output pre-activation ``z_K``."""
+        ls = [X]
+        K = len(self.weights)
+        for k, W in enumerate(self.weights):
+            z = ls[-1] @ W
+            if self.bias:
+                z = z + self.biases[k]
+            last = k == K - 1
+            f = self.loss_fn.output if last and self.loss_fn.output is not None else self.act.f
+            ls.append(f(z))
+        return ls, z
+
+    def _check_X(self, X: Any) -> np.ndarray:
+        return as_matrix("X", X, self.sizes[0])
+
+    def _check_Y(self, Y: Any, n: int) -> np.ndarray:
+        d_out = self.sizes[-1]
+        if self.is_classifier and np.ndim(Y) == 1:
+            Y = as_labels("Y", Y, d_out)
+        Y = as_matrix("Y", Y, d_out)
+        if Y.shape[0] != n:
+            raise ValueError(f"Y must have one row per row of X ({n}); got shape {Y.shape}")
+        return Y
+
+    def forward(self, X: Any) -> np.ndarray:
+        """Network output ``l_K`` of shape ``(n, d_out)`` for ``X`` of shape ``(n, d_in)``."""
+        return self._layers(self._check_X(X))[0][-1]
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Class indices ``(n,)`` for a classifier (cross_entropy), else the outputs ``(n, d_out)``."""
+        out = self.forward(X)
+        return out.argmax(axis=1) if self.is_classifier else out
+
+    def loss(self, X: Any, Y: Any) -> float:
+        """The loss summed over all examples (and outputs), as in the derivations."""
+        X = self._check_X(X)
+        return self._loss(X, self._check_Y(Y, X.shape[0]))
+
+    def _loss(self, X: np.ndarray, Y: np.ndarray) -> float:
+        ls, z = self._layers(X)
+        return self.loss_fn.value(z, ls[-1], Y)
+
+    # -- backward ----------------------------------------------------------------------------
+    def gradients(self, X: Any, Y: Any) -> list[np.ndarray]:
+        """∂L/∂W_k for every layer, then ∂L/∂b_k when the net has biases (shapes as ``parameters``)."""
+        X = self._check_X(X)
+        return self._gradients(X, self._check_Y(Y, X.shape[0]))
+
+    def _gradients(self, X: np.ndarray, Y: np.ndarray) -> list[np.ndarray]:
+        ls, z = self._layers(X)
+        delta = self.loss_fn.delta(z, ls[-1], Y, self.act)  # eq. 8.1
+        dW: list[np.ndarray] = []
+        db: list[np.ndarray] = []
+        for k in range(len(self.weights) - 1, -1, -1):
+            dW.append(ls[k].T @ delta)  # eq. 8.2
+            db.append(delta.sum(axis=0))  # eq. 8.4
+            if k > 0:
+                delta = (delta @ self.weights[k].T) * self.act.df(ls[k])  # eq. 8.3
+        dW.reverse()
+        db.reverse()
+        return dW + (db if self.bias else [])
+
+    # -- training ----------------------------------------------------------------------------
+    def fit(
+        self,
+        X: Any,
+        Y: Any,
+        epochs: int,
+        lr: float,
+        batch_size: int | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        callback: Callback | None = None,
+        progress: bool = False,
+    ) -> list[float]:
+        """Gradient descent on the summed loss; returns the loss on all of ``X`` after each epoch.
+
+        ``batch_size=None`` uses the whole batch per step. Because the loss is a sum, the step of
+        one mini-batch grows with its size: pick ``lr`` for the batch size you use.
+        ``callback(epoch, loss, net)`` runs after each epoch (for live plots); ``progress`` shows
+        a tqdm bar.
+        """
+        X = self._check_X(X)
+        Y = self._check_Y(Y, X.shape[0])
+        epochs = positive_int("epochs", epochs)
+        lr = positive_float("lr", lr)
+        n = X.shape[0]
+        batch = n if batch_size is None else positive_int("batch_size", batch_size)
+        rng = np.random.default_rng(seed)
+        epoch_range: Any = range(epochs)
+        if progress:
+            from tqdm.auto import tqdm
+
+            epoch_range = tqdm(epoch_range, desc="epochs")
+        history: list[float] = []
+        for epoch in epoch_range:
+            order = rng.permutation(n) if shuffle and batch < n else np.arange(n)
+            for start in range(0, n, batch):
+                rows = order[start : start + batch]
+                for p, g in zip(self.parameters, self._gradients(X[rows], Y[rows])):
+                    p -= lr * g
+            history.append(self._loss(X, Y))
+            if callback is not None:
+                callback(epoch, history[-1], self)
+        return history
+
+    # -- persistence -------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write architecture, parameters and ``metadata`` to an ``.npz`` file, atomically.
+
+        The file is written beside its destination and renamed over it, so a reader sees either
+        the old file or the new one, never half of one.
+        """
+        path = Path(path)
+        arrays = {f"W{k}": W for k, W in enumerate(self.weights)}
+        arrays.update({f"b{k}": b for k, b in enumerate(self.biases)})
+        header = json.dumps({"config": self.config, "metadata": self.metadata})
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, header=np.array(header), **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> MLP:
+        """Rebuild a network saved with ``save``; parameters round-trip bit for bit."""
+        with np.load(path, allow_pickle=False) as data:
+            header = json.loads(str(data["header"]))
+            net = cls(**header["config"])
+            net.weights = [data[f"W{k}"] for k in range(len(net.weights))]
+            net.biases = [data[f"b{k}"] for k in range(len(net.biases))]
+        net.metadata = header["metadata"]
+        return net
