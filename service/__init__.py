@@ -1,0 +1,1 @@
+"""Serving gradbook models from a notebook on the Jupyter Kernel Gateway."""
