@@ -36,7 +36,7 @@ def log_softmax(z: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Activation:
-    """An element-wise non-linearity ``f`` and its derivative ``df`` as a function of ``l = f(z)``."""
+    """Element-wise non-linearity ``f`` and its derivative ``df`` as a function of ``l = f(z)``."""
 
     name: str
     f: Callable[[np.ndarray], np.ndarray]

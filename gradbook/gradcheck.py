@@ -46,7 +46,7 @@ def gradcheck(
     if len(params) != len(grads):
         raise ValueError(f"got {len(grads)} gradients for {len(params)} parameters")
     errors = []
-    for P, G in zip(params, grads):
+    for P, G in zip(params, grads, strict=True):
         if np.shape(P) != np.shape(G):
             raise ValueError(f"gradient shape {np.shape(G)} does not match parameter {np.shape(P)}")
         errors.append(relative_error(G, numerical_gradient(f, P, eps)))

@@ -18,6 +18,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,9 @@ class MLP:
         seed: int = 0,
     ) -> None:
         if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence) or len(sizes) < 2:
-            raise ValueError(f"sizes must be a list [d_in, …, d_out] of at least 2 ints; got {sizes!r}")
+            raise ValueError(
+                f"sizes must be a list [d_in, …, d_out] of at least 2 ints; got {sizes!r}"
+            )
         self.sizes = [positive_int(f"sizes[{i}]", s) for i, s in enumerate(sizes)]
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}")
@@ -63,7 +66,7 @@ class MLP:
         """Draw fresh weights ~ N(0, gain / d_{k-1}) and zero biases, reproducibly from ``seed``."""
         rng = np.random.default_rng(seed)
         gain = 2.0 if self.activation == "relu" else 1.0
-        pairs = list(zip(self.sizes[:-1], self.sizes[1:]))
+        pairs = list(pairwise(self.sizes))
         self.weights = [rng.normal(0.0, np.sqrt(gain / a), (a, b)) for a, b in pairs]
         self.biases = [np.zeros(b) for _, b in pairs] if self.bias else []
 
@@ -113,7 +116,7 @@ class MLP:
         return self._layers(self._check_X(X))[0][-1]
 
     def predict(self, X: Any) -> np.ndarray:
-        """Class indices ``(n,)`` for a classifier (cross_entropy), else the outputs ``(n, d_out)``."""
+        """Class indices ``(n,)`` for a classifier (cross_entropy), else outputs ``(n, d_out)``."""
         out = self.forward(X)
         return out.argmax(axis=1) if self.is_classifier else out
 
@@ -128,7 +131,7 @@ class MLP:
 
     # -- backward ----------------------------------------------------------------------------
     def gradients(self, X: Any, Y: Any) -> list[np.ndarray]:
-        """∂L/∂W_k for every layer, then ∂L/∂b_k when the net has biases (shapes as ``parameters``)."""
+        """∂L/∂W_k for each layer, then ∂L/∂b_k if the net has biases (shaped as ``parameters``)."""
         X = self._check_X(X)
         return self._gradients(X, self._check_Y(Y, X.shape[0]))
 
@@ -183,7 +186,8 @@ class MLP:
             order = rng.permutation(n) if shuffle and batch < n else np.arange(n)
             for start in range(0, n, batch):
                 rows = order[start : start + batch]
-                for p, g in zip(self.parameters, self._gradients(X[rows], Y[rows])):
+                grads = self._gradients(X[rows], Y[rows])
+                for p, g in zip(self.parameters, grads, strict=True):
                     p -= lr * g
             history.append(self._loss(X, Y))
             if callback is not None:

@@ -48,7 +48,9 @@ def as_labels(name: str, value: Any, classes: int) -> np.ndarray:
     if not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"{name} labels must be integers; got dtype {array.dtype}")
     if array.min() < 0 or array.max() >= classes:
-        raise ValueError(f"{name} labels must lie in [0, {classes}); got [{array.min()}, {array.max()}]")
+        raise ValueError(
+            f"{name} labels must lie in [0, {classes}); got [{array.min()}, {array.max()}]"
+        )
     return np.eye(classes)[array]
 
 
