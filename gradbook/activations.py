@@ -1,7 +1,7 @@
 """Activation functions and their derivatives, written in terms of the layer *output*.
 
 The derivations express every derivative through the value a layer already produced
-(sigma' = l (1 - l), notebook 01, eq. C), so the backward pass never recomputes the
+(σ' = l (1 − l), notebook 01, eq. 1.2), so the backward pass never recomputes the
 pre-activation. Each entry of ``ACTIVATIONS`` follows that shape: ``f(z)`` and ``df(l)``.
 """
 
