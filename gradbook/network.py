@@ -207,6 +207,7 @@ class MLP:
         header = json.dumps({"config": self.config, "metadata": self.metadata})
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
+            os.fchmod(fd, 0o644)  # mkstemp makes it owner-only; a model file is not a secret
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, header=np.array(header), **arrays)
                 f.flush()
