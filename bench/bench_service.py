@@ -1,0 +1,133 @@
+"""Latency and throughput of ``POST /models/xor/predict``, as ratios to baselines of the same run.
+
+Starts the service the way ``make serve`` does (``python -m service.launch``) on a free loopback
+port with a temporary store and 2 kernels, then times a bounded number of requests:
+
+* the same endpoint called in-process (``serve(api.predict, REQUEST)``: JSON, store, forward
+  pass; no HTTP, no gateway, no kernel) and the bare forward pass ``net.forward``;
+* ``GET /healthz``, a near no-op that still crosses HTTP, the gateway and a kernel;
+* predictions from one client (latency) and from several threads (throughput).
+
+Absolute times depend on the machine; the ratios say where the time goes. No assertions.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SEQUENTIAL = 300
+THREADS, PER_THREAD = 4, 100
+BODY = json.dumps({"x": [1, 0, 1]}).encode()
+
+
+def start(workdir: Path) -> tuple[subprocess.Popen, int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADBOOK_")}
+    env.update(GRADBOOK_PORT=str(port), GRADBOOK_STORE=str(workdir / "store"),
+               GRADBOOK_KERNELS="2", JUPYTER_RUNTIME_DIR=str(workdir / "runtime"))
+    process = subprocess.Popen([sys.executable, "-m", "service.launch"], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if request(http.client.HTTPConnection("127.0.0.1", port, timeout=5), "GET", "/healthz"):
+                return process, port
+        except OSError:
+            time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    raise RuntimeError("the service did not start")
+
+
+def request(connection: http.client.HTTPConnection, method: str, path: str,
+            body: bytes | None = None) -> bool:
+    headers = {"Content-Type": "application/json"} if body else {}
+    connection.request(method, path, body=body, headers=headers)
+    response = connection.getresponse()
+    response.read()
+    return response.status == 200
+
+
+def timings(call: Callable[[], object], n: int) -> list[float]:
+    """Seconds per call, after a few warm-up calls."""
+    for _ in range(5):
+        call()
+    result = []
+    for _ in range(n):
+        start_time = time.perf_counter()
+        call()
+        result.append(time.perf_counter() - start_time)
+    return result
+
+
+def in_process(store: Path) -> tuple[list[float], list[float]]:
+    """The predict endpoint and the forward pass alone, in this process."""
+    from gradbook.store import ModelStore
+    from service.api import ModelAPI
+    from service.http import serve
+    from service.settings import Settings
+
+    api = ModelAPI(ModelStore(store), Settings())
+    REQUEST = json.dumps({"body": {"x": [1, 0, 1]}, "path": {"name": "xor"},
+                          "headers": {"Content-Type": "application/json"}})
+    net = api.store.get("xor")
+    return timings(lambda: serve(api.predict, REQUEST), 2000), timings(
+        lambda: net.forward([[1, 0, 1]]), 2000)
+
+
+def throughput(port: int) -> float:
+    """Requests per second with ``THREADS`` clients, each on its own keep-alive connection."""
+    def client() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        for _ in range(PER_THREAD):
+            request(connection, "POST", "/models/xor/predict", BODY)
+
+    threads = [threading.Thread(target=client) for _ in range(THREADS)]
+    start_time = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return THREADS * PER_THREAD / (time.perf_counter() - start_time)
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        process, port = start(Path(tmp))
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            health = statistics.median(timings(
+                lambda: request(connection, "GET", "/healthz"), SEQUENTIAL))
+            predict = statistics.median(timings(
+                lambda: request(connection, "POST", "/models/xor/predict", BODY), SEQUENTIAL))
+            rate = throughput(port)
+            endpoint, forward = (statistics.median(t) for t in in_process(Path(tmp) / "store"))
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
+    print(f"POST /models/xor/predict, one client, median of {SEQUENTIAL} (2 kernels):")
+    print(f"  {predict / endpoint:8.1f} x the same endpoint in-process, without HTTP and kernel")
+    print(f"  {predict / forward:8.1f} x the bare forward pass net.forward")
+    print(f"  {predict / health:8.2f} x GET /healthz (HTTP, gateway and kernel, almost no work)")
+    print(f"{THREADS} clients x {PER_THREAD} predictions: throughput "
+          f"{rate * predict:.2f} x that of one client")
+    print(f"(for scale on this machine: one predict over HTTP took {predict * 1e3:.1f} ms)")
+
+
+if __name__ == "__main__":
+    main()

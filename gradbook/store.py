@@ -1,0 +1,194 @@
+"""A folder of saved networks that several processes share, each model with a version number.
+
+Layout under ``root``::
+
+    <name>.npz            the committed model (``MLP.save``: architecture, parameters, metadata)
+    .locks/<name>.lock    a writer holds an ``flock`` on it while it changes <name>
+    .deleted/<name>       the last version of a deleted model, so a re-created one counts on
+
+The version lives in ``net.metadata["version"]``, inside the same file as the weights, so a
+version number can never be paired with another version's weights. Three rules make the store
+safe to share between the service's pooled kernels (separate processes, each with its own cache):
+
+* **Atomic commits.** A new version is written to a staging file and renamed over ``<name>.npz``;
+  a reader, or a crash, sees the previous version or the new one, never part of either.
+* **One writer per model.** ``create``, ``update`` and ``delete`` hold the model's lock, so two
+  changes are serialized (each sees the other's result) or, after ``lock_timeout`` seconds of
+  waiting, the second raises ``ModelBusyError``.
+* **Read-through cache.** ``get`` costs one ``stat``: the model is reloaded only when the file's
+  (inode, mtime_ns, size) changed. Each commit stamps its file with an mtime strictly later than
+  the previous version's, so two versions never share that key, even within one clock tick.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from gradbook.network import MLP
+
+DEFAULT_ROOT = Path(__file__).resolve().parents[1] / ".gradbook" / "models"
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+class StoreError(Exception):
+    """A model could not be read or changed; the message says which and why."""
+
+
+class ModelNotFoundError(StoreError, LookupError):
+    pass
+
+
+class ModelExistsError(StoreError):
+    pass
+
+
+class ModelBusyError(StoreError):
+    pass
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it is 1-64 letters, digits, ``-`` or ``_`` (starting with a letter or
+    digit), so that it is safe as a file name and in a URL; raise ``ValueError`` otherwise."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise ValueError(
+            "name must be 1-64 letters, digits, '-' or '_', starting with a letter or digit; "
+            f"got {name!r}"
+        )
+    return name
+
+
+class ModelStore:
+    """Models saved under ``root`` (created on first use), shared safely between processes.
+
+    Parameters
+    ----------
+    root : the store's folder.
+    lock_timeout : seconds a writer waits for another writer of the same model before
+        ``ModelBusyError``.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], lock_timeout: float = 2.0) -> None:
+        self.root = Path(root)
+        self.lock_timeout = lock_timeout
+        for folder in (".locks", ".deleted"):
+            (self.root / folder).mkdir(parents=True, exist_ok=True)
+        self._cache: dict[str, tuple[tuple[int, int, int], MLP]] = {}
+
+    def path(self, name: str) -> Path:
+        return self.root / f"{check_name(name)}.npz"
+
+    def names(self) -> list[str]:
+        """Names of the committed models, sorted."""
+        return sorted(p.stem for p in self.root.glob("*.npz") if NAME.fullmatch(p.stem))
+
+    # -- reading -----------------------------------------------------------------------------
+    def get(self, name: str) -> MLP:
+        """The latest committed version of ``name``. Shared with later calls: do not modify it."""
+        path = self.path(name)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            self._cache.pop(name, None)
+            raise ModelNotFoundError(f"no model named {name!r}") from None
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._cache.get(name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        net = self._load(name, path)
+        self._cache[name] = (key, net)
+        return net
+
+    def _load(self, name: str, path: Path) -> MLP:
+        try:
+            return MLP.load(path)
+        except FileNotFoundError:
+            raise ModelNotFoundError(f"no model named {name!r}") from None
+        except Exception as err:  # a damaged file must not pass for a client mistake
+            raise StoreError(f"model {name!r} could not be read ({type(err).__name__})") from err
+
+    # -- writing -----------------------------------------------------------------------------
+    @contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """Hold the writer lock of ``name``; ``ModelBusyError`` after ``lock_timeout`` seconds."""
+        lock_path = self.root / ".locks" / f"{check_name(name)}.lock"
+        with open(lock_path, "a") as f:
+            deadline = time.monotonic() + self.lock_timeout
+            while True:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise ModelBusyError(
+                            f"model {name!r} is being changed by another request; retry later"
+                        ) from None
+                    time.sleep(0.01)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def create(self, name: str, net: MLP) -> MLP:
+        """Commit ``net`` as a new model; ``ModelExistsError`` if ``name`` is taken.
+
+        Its version is 1, or one more than the last version of a deleted model of that name, so
+        a client that remembers versions never sees one go backwards.
+        """
+        with self.lock(name):
+            if self.path(name).exists():
+                raise ModelExistsError(f"a model named {name!r} already exists")
+            tombstone = self._tombstone(name)
+            previous = int(tombstone.read_text()) if tombstone.exists() else 0
+            net.metadata["created"] = _now()
+            self._commit(name, net, version=previous + 1)
+        return net
+
+    def update(self, name: str, change: Callable[[MLP], object]) -> MLP:
+        """Apply ``change(net)`` to a private copy of the latest version and commit it as the next.
+
+        The lock is held from reading to committing, so concurrent updates never lose each
+        other's changes. If ``change`` raises, nothing is committed.
+        """
+        with self.lock(name):
+            path = self.path(name)
+            if not path.exists():
+                raise ModelNotFoundError(f"no model named {name!r}")
+            net = self._load(name, path)
+            change(net)
+            self._commit(name, net, version=net.metadata["version"] + 1)
+        return net
+
+    def delete(self, name: str) -> int:
+        """Remove ``name``; returns the version it had."""
+        with self.lock(name):
+            version = self.get(name).metadata["version"]
+            self._tombstone(name).write_text(str(version))
+            self.path(name).unlink()
+        self._cache.pop(name, None)
+        return version
+
+    def _tombstone(self, name: str) -> Path:
+        return self.root / ".deleted" / check_name(name)
+
+    def _commit(self, name: str, net: MLP, version: int) -> None:
+        path = self.path(name)
+        net.metadata["version"] = version
+        net.metadata["updated"] = _now()
+        stamp = time.time_ns()
+        if path.exists():
+            stamp = max(stamp, path.stat().st_mtime_ns + 1)
+        staging = self.root / f".{name}.staging"
+        net.save(staging)
+        os.utime(staging, ns=(stamp, stamp))
+        os.replace(staging, path)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")

@@ -1,0 +1,289 @@
+"""The endpoints of ``notebooks/api.ipynb``: a method per annotated cell, Request in, Response out.
+
+Every response about one model carries its top-level ``version``. Reads go through the store's
+read-through cache, so whichever pooled kernel answers, it answers with the latest committed
+version; writes go through ``ModelStore.update`` (locked, atomic).
+"""
+
+from __future__ import annotations
+
+import os
+from itertools import pairwise
+from typing import Any
+
+import numpy as np
+
+from gradbook.datasets import DATASETS
+from gradbook.network import MLP
+from gradbook.store import ModelNotFoundError, ModelStore, StoreError, check_name
+from service import inputs, training
+from service.errors import ServiceError
+from service.http import Request, Response, binary_response, json_response
+from service.openapi import openapi_spec
+from service.plots import loss_curve_png
+from service.settings import Settings
+
+MAX_LAYERS = 16
+MAX_PARAMETERS = 1_000_000
+HYPERPARAMETERS = ("lr", "epochs", "batch_size")
+
+
+class ModelAPI:
+    """Endpoint functions over one model store, with the limits of ``settings``."""
+
+    def __init__(self, store: ModelStore, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+
+    # -- service -----------------------------------------------------------------------------
+    def healthz(self, request: Request) -> Response:
+        """200 when this kernel runs and reads the store (the gateway checks the other kernels)."""
+        root = self.store.root
+        if not (root.is_dir() and os.access(root, os.R_OK | os.X_OK)):
+            raise ServiceError(503, f"the model store {root} is not readable")
+        return json_response(
+            {
+                "status": "ok",
+                "kernel": {"pid": os.getpid()},
+                "store": {"path": str(root), "models": len(self.store.names())},
+            }
+        )
+
+    def openapi(self, request: Request) -> Response:
+        return json_response(openapi_spec(self.settings))
+
+    # -- collection --------------------------------------------------------------------------
+    def list_models(self, request: Request) -> Response:
+        models = []
+        for name in self.store.names():
+            try:
+                net = self.store.get(name)
+            except ModelNotFoundError:  # deleted since listed
+                continue
+            except StoreError as err:  # one damaged file must not hide the others
+                models.append({"name": name, "error": str(err)})
+                continue
+            models.append(
+                {
+                    "name": name,
+                    **_architecture(net),
+                    "version": net.metadata["version"],
+                    "metrics": net.metadata["metrics"],
+                }
+            )
+        return json_response({"models": models})
+
+    def create_model(self, request: Request) -> Response:
+        body = inputs.fields(
+            request.json(),
+            ["name", "sizes"],
+            ["activation", "loss", "bias", "seed", *HYPERPARAMETERS],
+        )
+        name = check_name(body["name"])
+        sizes = inputs.numeric("sizes", body["sizes"])
+        if isinstance(sizes, list) and len(sizes) > MAX_LAYERS:
+            raise ValueError(f"sizes may list at most {MAX_LAYERS} layers; got {len(sizes)}")
+        if isinstance(sizes, list) and all(isinstance(s, int) for s in sizes):
+            parameters = sum(a * b + b for a, b in pairwise(sizes))
+            if parameters > MAX_PARAMETERS:
+                raise ValueError(
+                    f"the network may have at most {MAX_PARAMETERS} parameters; "
+                    f"sizes {sizes} give {parameters}"
+                )
+        net = training.new_model(
+            sizes,
+            body.get("activation", "sigmoid"),
+            body.get("loss", "half_sse"),
+            body.get("bias", False),
+            inputs.seed("seed", body.get("seed", 0)),
+            self._hyperparameters(body),
+        )
+        self.store.create(name, net)
+        return json_response(_details(name, net), 201, {"Location": f"/models/{name}"})
+
+    # -- one model ---------------------------------------------------------------------------
+    def get_model(self, request: Request) -> Response:
+        name = _name(request)
+        return json_response(_details(name, self.store.get(name)))
+
+    def update_model(self, request: Request) -> Response:
+        body = inputs.fields(request.json(), optional=HYPERPARAMETERS)
+        if not body:
+            raise ValueError(f"nothing to change: send one or more of {list(HYPERPARAMETERS)}")
+        changes = self._hyperparameters(body)
+        name = _name(request)
+        net = self.store.update(name, lambda net: net.metadata["hyperparameters"].update(changes))
+        return json_response(_details(name, net))
+
+    def delete_model(self, request: Request) -> Response:
+        name = _name(request)
+        return json_response({"name": name, "version": self.store.delete(name), "deleted": True})
+
+    def reset(self, request: Request) -> Response:
+        body = inputs.fields(request.json(), optional=["seed"])
+        name = _name(request)
+        seed = inputs.seed("seed", body["seed"]) if "seed" in body else None
+
+        def change(net: MLP) -> None:
+            training.reset(net, net.metadata["seed"] if seed is None else seed)
+
+        return json_response(_details(name, self.store.update(name, change)))
+
+    def predict(self, request: Request) -> Response:
+        """``x`` of shape ``(d_in,)`` or ``X`` of shape ``(n, d_in)`` → the output layer ``l_K``,
+        ``(d_out,)`` or ``(n, d_out)``; for a classifier also the arg-max class."""
+        body = inputs.fields(request.json(), optional=["x", "X"])
+        if len(body) != 1:
+            raise ValueError('send {"x": [...]} for one example or {"X": [[...], ...]} for a batch')
+        name = _name(request)
+        net = self.store.get(name)
+        d_in = net.sizes[0]
+        one = "x" in body
+        if one:
+            x = body["x"]
+            if not isinstance(x, list) or len(x) != d_in or any(isinstance(v, list) for v in x):
+                raise ValueError(f"x must be one example, {d_in} numbers; send a batch as X")
+            X = inputs.matrix("x", [x], d_in)
+        else:
+            X = inputs.matrix("X", body["X"], d_in)
+        with np.errstate(over="ignore", invalid="ignore"):
+            outputs = _finite("outputs", net.forward(X))
+        result: dict[str, Any] = {"name": name, "version": net.metadata["version"]}
+        if one:
+            result["output"] = outputs[0].tolist()
+            if net.is_classifier:
+                result["class"] = int(outputs[0].argmax())
+                result["probabilities"] = result["output"]
+        else:
+            result["outputs"] = outputs.tolist()
+            if net.is_classifier:
+                result["classes"] = outputs.argmax(axis=1).tolist()
+                result["probabilities"] = result["outputs"]
+        return json_response(result)
+
+    def train(self, request: Request) -> Response:
+        """Train a private copy of the latest version and commit it as the next (the store's lock
+        serializes concurrent trains of one model)."""
+        body = inputs.fields(request.json(), ["data"], HYPERPARAMETERS)
+        name = _name(request)
+        data = _training_data(body["data"], self.store.get(name))
+        chosen = self._hyperparameters(body)
+        history: list[float] = []
+
+        def change(net: MLP) -> None:
+            hyperparameters = {**net.metadata["hyperparameters"], **chosen}
+            history.extend(training.train(net, data, **hyperparameters))
+
+        net = self.store.update(name, change)
+        return json_response(
+            {
+                "name": name,
+                "version": net.metadata["version"],
+                "history": history,
+                "metrics": net.metadata["metrics"],
+                "run": net.metadata["runs"][-1],
+            }
+        )
+
+    def gradients(self, request: Request) -> Response:
+        """The loss at ``X``, ``Y`` and ``MLP.gradients``: ∂L/∂W_k = l_{k-1}ᵀ · Δl_k (eq. 8.2),
+        then ∂L/∂b_k = 1ᵀ · Δl_k (eq. 8.4), named ``W1…WK``, ``b1…bK`` as in the notebooks."""
+        body = inputs.fields(request.json(), ["X", "Y"])
+        name = _name(request)
+        net = self.store.get(name)
+        X = inputs.matrix("X", body["X"], net.sizes[0])
+        Y = inputs.numeric("Y", body["Y"])
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            loss = float(_finite("loss", np.array(net.loss(X, Y))))
+            grads = [_finite("gradients", g) for g in net.gradients(X, Y)]
+        K = len(net.weights)
+        labels = [f"W{k}" for k in range(1, K + 1)] + [f"b{k}" for k in range(1, K + 1) if net.bias]
+        return json_response(
+            {
+                "name": name,
+                "version": net.metadata["version"],
+                "loss": loss,
+                "gradients": {label: g.tolist() for label, g in zip(labels, grads, strict=True)},
+            }
+        )
+
+    def loss_png(self, request: Request) -> Response:
+        name = _name(request)
+        net = self.store.get(name)
+        version = net.metadata["version"]
+        png = loss_curve_png(net.metadata["curve"], f"{name} (version {version})")
+        return binary_response(png, "image/png", {"X-Gradbook-Version": str(version)})
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _hyperparameters(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The hyperparameters present in ``body``, checked (``batch_size: null`` = full batch)."""
+        checked: dict[str, Any] = {}
+        if "lr" in body:
+            checked["lr"] = inputs.rate("lr", body["lr"])
+        if "epochs" in body:
+            checked["epochs"] = inputs.count("epochs", body["epochs"], self.settings.max_epochs)
+        if "batch_size" in body:
+            size = body["batch_size"]
+            checked["batch_size"] = None if size is None else inputs.count("batch_size", size)
+        return checked
+
+
+def _name(request: Request) -> str:
+    return check_name(request.path.get("name", ""))
+
+
+def _finite(what: str, array: np.ndarray) -> np.ndarray:
+    if not np.all(np.isfinite(array)):
+        raise ValueError(
+            f"the {what} overflowed to NaN or infinity for this input; "
+            "send values of a smaller magnitude"
+        )
+    return array
+
+
+def _architecture(net: MLP) -> dict[str, Any]:
+    return {**net.config, "classifier": net.is_classifier}
+
+
+def _details(name: str, net: MLP) -> dict[str, Any]:
+    meta = net.metadata
+    runs = meta["runs"]
+    return {
+        "name": name,
+        "version": meta["version"],
+        **_architecture(net),
+        "seed": meta["seed"],
+        "hyperparameters": meta["hyperparameters"],
+        "metrics": meta["metrics"],
+        "training": {
+            "runs": len(runs),
+            "epochs": sum(run["epochs"] for run in runs),
+            "curve_points": len(meta["curve"]),
+            "history": runs,
+        },
+        "created": meta["created"],
+        "updated": meta["updated"],
+    }
+
+
+def _training_data(spec: Any, net: MLP) -> training.TrainingData:
+    """A registered data set by name, or ``{"X": …, "Y": …}`` (then evaluated on itself)."""
+    if isinstance(spec, str):
+        if spec not in DATASETS:
+            raise ValueError(
+                f"unknown data set {spec!r}; known: {sorted(DATASETS)}, "
+                'or send {"X": [[...]], "Y": [...]}'
+            )
+        data = training.named_data(spec)
+        if data.X.shape[1] != net.sizes[0]:
+            raise ValueError(
+                f"data set {spec!r} has {data.X.shape[1]} inputs per example; "
+                f"this model takes {net.sizes[0]}"
+            )
+        return data
+    if not isinstance(spec, dict):
+        raise ValueError('data must be the name of a data set or {"X": [[...]], "Y": [...]}')
+    arrays = inputs.fields(spec, ["X", "Y"])
+    X = inputs.matrix("data.X", arrays["X"], net.sizes[0])
+    Y = inputs.numeric("data.Y", arrays["Y"])  # checked against X and the model by MLP.fit
+    return training.TrainingData(X, Y, X, Y, "request", "training")

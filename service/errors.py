@@ -1,0 +1,46 @@
+"""The service's one error type and the one place that turns any exception into an HTTP error.
+
+Both sides of the service use ``to_http``: the kernels (for errors raised by endpoint code) and
+the gateway personality (for errors it detects before a kernel runs: token, body size, dead
+kernel). Every error reaches the client as ``{"error": {"status": …, "message": "…"}}``.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+from gradbook.store import ModelBusyError, ModelExistsError, ModelNotFoundError, StoreError
+
+
+class ServiceError(Exception):
+    """An error for the client: an HTTP ``status`` and a ``message`` saying what to fix."""
+
+    def __init__(self, status: int, message: str | None = None) -> None:
+        self.status = status
+        self.message = message or HTTPStatus(status).phrase
+        super().__init__(self.message)
+
+
+def to_http(err: BaseException) -> ServiceError:
+    """Map an exception to the HTTP error the client sees.
+
+    Client mistakes (``ValueError`` from ``gradbook.validation`` and the endpoint checks, unknown
+    or busy models) keep their message. Anything else is a fault of the service: 500 with a
+    generic message, so no internals (or tracebacks) leak into responses.
+    """
+    if isinstance(err, ServiceError):
+        return err
+    if isinstance(err, ModelNotFoundError):
+        return ServiceError(404, str(err))
+    if isinstance(err, (ModelExistsError, ModelBusyError)):
+        return ServiceError(409, str(err))
+    if isinstance(err, StoreError):
+        return ServiceError(500, str(err))
+    if isinstance(err, ValueError):
+        return ServiceError(400, str(err))
+    return ServiceError(500, "internal error; the service log has the details")
+
+
+def error_body(err: ServiceError) -> dict[str, Any]:
+    return {"error": {"status": err.status, "message": err.message}}

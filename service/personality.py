@@ -1,0 +1,189 @@
+"""Kernel gateway personality: notebook-http with what a product-facing service needs around it.
+
+Stock notebook-http turns each ``# METHOD /path`` cell of the seed notebook into an endpoint run
+on a pooled kernel. This personality keeps that contract (the same ``REQUEST``, the same
+``ResponseInfo`` cells, so any notebook-http notebook runs unchanged) and adds:
+
+* the gateway's token (``auth_token``, set from ``GRADBOOK_TOKEN``) guards every endpoint except
+  ``/healthz``;
+* a body over ``GRADBOOK_MAX_BODY_BYTES`` gets 413 before it reaches a kernel;
+* every error is JSON ``{"error": {"status", "message"}}``; a failing cell gives a 500 whose
+  details stay in the log;
+* a kernel that is not running gives 503 instead of a request that hangs forever, and
+  ``/healthz`` checks every kernel of the pool;
+* a ``ResponseInfo`` may add ``"body_encoding": "base64"``: the body is decoded to bytes here
+  (cell output is text, so binary bodies such as PNGs travel base64-encoded);
+* every response names the kernel that served it in ``X-Gradbook-Kernel``;
+* the stock Swagger handler, which lists every operation as "200 Success", is not registered:
+  the notebook serves its own accurate ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+from typing import Any
+
+from jupyter_core.utils import ensure_async
+from jupyter_server.utils import url_path_join
+from kernel_gateway.base.handlers import NotFoundHandler
+from kernel_gateway.notebook_http import NotebookHTTPPersonality
+from kernel_gateway.notebook_http.handlers import NotebookAPIHandler
+from kernel_gateway.notebook_http.request_utils import (
+    format_request,
+    headers_to_dict,
+    parse_args,
+    parse_body,
+)
+from kernel_gateway.notebook_http.swagger.handlers import SwaggerSpecHandler
+from tornado.concurrent import Future
+from tornado.log import app_log
+
+from service.errors import ServiceError, error_body, to_http
+from service.http import BODY_ENCODING
+from service.settings import Settings
+
+HEALTH_PATH = "/healthz"
+KERNEL_HEADER = "X-Gradbook-Kernel"
+KERNEL_CHECK_SECONDS = 1.0  # how often a long cell execution checks that its kernel still runs
+
+
+class JSONErrors:
+    """``write_error`` for every handler: the body is ``{"error": {"status", "message"}}``."""
+
+    kernel_id: str | None = None
+
+    def fail(self, error: ServiceError) -> None:
+        self.send_error(error.status, error=error)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Called by ``fail`` with ``error``, or by tornado for its own errors (a phrase only)."""
+        error = kwargs.get("error") or ServiceError(status_code)
+        self.set_header("Content-Type", "application/json")
+        if self.kernel_id is not None:
+            self.set_header(KERNEL_HEADER, self.kernel_id)
+        self.finish(json.dumps(error_body(error)))
+
+
+class EndpointHandler(JSONErrors, NotebookAPIHandler):
+    """Runs an endpoint's cells on a pooled kernel, like ``NotebookAPIHandler``, with the checks
+    and error handling described in the module docstring."""
+
+    def initialize(self, health: bool, max_body_bytes: int, **kwargs: Any) -> None:
+        super().initialize(**kwargs)
+        self.health = health  # the health endpoint: no token, and it checks every kernel
+        self.max_body_bytes = max_body_bytes
+
+    def prepare(self) -> None:
+        method = self.request.method
+        if method == "OPTIONS":  # CORS preflight, answered by CORSMixin
+            return
+        token = self.settings.get("kg_auth_token")
+        if token and not self.health:
+            sent = self.request.headers.get("Authorization", "")
+            if not hmac.compare_digest(sent.encode(), f"token {token}".encode()):
+                message = "send the service's token as 'Authorization: token <value>'"
+                return self.fail(ServiceError(401, message))
+        if method not in self.sources:
+            allowed = ", ".join(sorted(self.sources))
+            return self.fail(ServiceError(405, f"{method} is not supported here; use {allowed}"))
+        size = len(self.request.body)
+        if size > self.max_body_bytes:
+            message = f"the body has {size} bytes; the limit is {self.max_body_bytes}"
+            return self.fail(ServiceError(413, message))
+
+    async def _handle_request(self) -> None:
+        self.response_future = Future()  # awaited by the inherited get/post/put/delete
+        kernel_client, self.kernel_id = await self.kernel_pool.acquire()
+        error, body = None, None
+        try:
+            body = await self._run_cells(kernel_client)
+        except Exception as err:  # every failure becomes a JSON error response
+            error = to_http(err)
+            if error.status == 500:  # the details go to the log, not to the client
+                app_log.error("%s %s failed", self.request.method, self.request.path, exc_info=err)
+        finally:
+            self.kernel_pool.release(self.kernel_id)
+            self.response_future.set_result(None)
+        if error is not None:
+            self.fail(error)
+        else:
+            await self.finish(body)
+
+    async def _run_cells(self, kernel_client: Any) -> bytes | str:
+        """Assign ``REQUEST``, run the endpoint cell and its ``ResponseInfo`` cell; set status and
+        headers from the latter and return the body."""
+        await self._check_kernels()
+        method = self.request.method
+        request = {
+            "body": parse_body(self.request),
+            "args": parse_args(self.request.query_arguments),
+            "path": self.path_kwargs,
+            "headers": headers_to_dict(self.request.headers),
+        }
+        code = format_request(json.dumps(request), self.kernel_language)
+        await self._run_code(kernel_client, code)
+        body = await self._run_code(kernel_client, self.sources[method])
+        info = {}
+        if method in self.response_sources:
+            info = json.loads(await self._run_code(kernel_client, self.response_sources[method]))
+        self.set_status(info.get("status", 200))
+        self.set_header("Content-Type", "text/plain")
+        for header, value in info.get("headers", {}).items():
+            self.set_header(header, value)
+        self.set_header(KERNEL_HEADER, self.kernel_id)
+        return base64.b64decode(body) if info.get(BODY_ENCODING) == "base64" else body
+
+    async def _run_code(self, kernel_client: Any, code: str) -> str:
+        """Run ``code`` on the acquired kernel; 503 if the kernel stops running meanwhile (the
+        stock handler would wait forever for a dead kernel to report back)."""
+        future = self.execute_code(kernel_client, self.kernel_id, code)
+        while not future.done():
+            await asyncio.wait([future], timeout=KERNEL_CHECK_SECONDS)
+            if not future.done() and not await self._running(self.kernel_id):
+                raise ServiceError(503, "the kernel stopped while running the request")
+        return future.result()
+
+    async def _check_kernels(self) -> None:
+        """503 unless the acquired kernel runs (for the health endpoint: every kernel of the pool).
+
+        Kernels are not restarted automatically (see ``service.launch``): a dead one stays dead,
+        so the health check fails and the orchestrator restarts the service.
+        """
+        for kernel_id in self.kernel_pool.kernel_clients if self.health else [self.kernel_id]:
+            if not await self._running(kernel_id):
+                raise ServiceError(503, f"kernel {kernel_id} is not running; restart the service")
+
+    async def _running(self, kernel_id: str) -> bool:
+        kernel = self.settings["kernel_manager"].get_kernel(kernel_id)
+        return await ensure_async(kernel.is_alive())
+
+
+class UnknownPathHandler(JSONErrors, NotFoundHandler):
+    def prepare(self) -> None:
+        self.fail(ServiceError(404, f"no endpoint {self.request.path}; see GET /openapi.json"))
+
+
+class GradbookPersonality(NotebookHTTPPersonality):
+    """notebook-http whose endpoints use ``EndpointHandler``."""
+
+    def create_request_handlers(self) -> list[tuple[Any, ...]]:
+        health = url_path_join("/", self.parent.base_url, HEALTH_PATH)
+        max_body_bytes = Settings(parent=self).max_body_bytes
+        handlers = []
+        for route in super().create_request_handlers():
+            pattern, handler = route[0], route[1]
+            if handler is NotebookAPIHandler:
+                args = {**route[2], "health": pattern == health, "max_body_bytes": max_body_bytes}
+                handlers.append((pattern, EndpointHandler, args))
+            elif handler is NotFoundHandler:
+                handlers.append((pattern, UnknownPathHandler))
+            elif handler is not SwaggerSpecHandler:
+                handlers.append(route)
+        return handlers
+
+
+def create_personality(*, parent: Any, log: Any) -> GradbookPersonality:
+    return GradbookPersonality(parent=parent, log=log)

@@ -1,0 +1,240 @@
+"""The real gradbook service for tests: ``python -m service.launch`` (what ``make serve`` runs) on a
+free loopback port, with a temporary store and 2 kernels.
+
+Starting a gateway takes seconds, so the gateway tests share one per session (``service``) and
+carry ``@pytest.mark.xdist_group("gateway")``: under ``pytest -n 2 --dist loadgroup`` one worker
+runs them all. Every HTTP call has a timeout, and every reply is checked against the OpenAPI
+description the service serves: its status must be documented for the operation and a JSON
+body must match the documented schema.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openapi_schema_validator import OAS30Validator
+
+ROOT = Path(__file__).resolve().parents[1]
+START_TIMEOUT = 120.0
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: Message
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def kernel(self) -> str | None:
+        return self.headers.get("X-Gradbook-Kernel")
+
+
+class Service:
+    """A running service (one gateway process and its kernels) and an HTTP client for it."""
+
+    def __init__(self, workdir: Path, token: str | None = None) -> None:
+        self.workdir = workdir
+        self.store = (workdir / "store").resolve()  # absent until the first start trains defaults
+        self.token = token
+        self.spec: dict[str, Any] | None = None
+        self.start()
+
+    # -- process -----------------------------------------------------------------------------
+    def start(self) -> None:
+        for _ in range(3):  # another process may bind the free port before the gateway does
+            if self._launch():
+                break
+        else:
+            raise RuntimeError(f"the service did not start:\n{self.log.read_text()[-3000:]}")
+        self.kernel_pids = _children(self.process.pid)
+        self.spec = self.request("GET", "/openapi.json", check=False).json()
+
+    def _launch(self) -> bool:
+        """Start the launcher on a free port; True once its /healthz answers for our store."""
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("GRADBOOK_", "KG_"))}
+        env.update(GRADBOOK_HOST="127.0.0.1", GRADBOOK_PORT=str(self.port), GRADBOOK_KERNELS="2",
+                   GRADBOOK_STORE=str(self.store), PYTHONUNBUFFERED="1",
+                   JUPYTER_RUNTIME_DIR=str(self.workdir / "runtime"))
+        if self.token:
+            env["GRADBOOK_TOKEN"] = self.token
+        self.log = self.workdir / f"service-{self.port}.log"
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "service.launch"], cwd=ROOT, env=env, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while self.process.poll() is None and time.monotonic() < deadline:
+            try:
+                reply = self.request("GET", "/healthz", timeout=5, check=False)
+                if reply.status == 200 and reply.json()["store"]["path"] == str(self.store):
+                    return True
+            except OSError:
+                pass
+            time.sleep(0.2)
+        if self.process.poll() is None:
+            self.stop()
+        return False
+
+    def stop(self) -> None:
+        """SIGTERM the process group (the gateway stops its kernels); fail on leaked kernels."""
+        pids = _children(self.process.pid)
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while (alive := [pid for pid in pids if _alive(pid)]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in alive:
+            os.kill(pid, signal.SIGKILL)
+        assert not alive, f"kernels {alive} outlived the service"
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    # -- client ------------------------------------------------------------------------------
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        token: str | None = None,
+        timeout: float = 60,
+        check: bool = True,
+    ) -> Reply:
+        """One HTTP request. ``body`` is sent as JSON, ``raw`` as is; the service's token is sent
+        unless ``token`` is ``""`` (none) or another value."""
+        headers = dict(headers or {})
+        if body is not None:
+            raw = json.dumps(body).encode()
+            headers.setdefault("Content-Type", "application/json")
+        token = self.token if token is None else token
+        if token:
+            headers["Authorization"] = f"token {token}"
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            connection.request(method, path, body=raw, headers=headers)
+            response = connection.getresponse()
+            reply = Reply(response.status, response.headers, response.read())
+        finally:
+            connection.close()
+        if check:
+            check_against_spec(self.spec, method, path, reply)
+        return reply
+
+    def get(self, path: str, **kwargs: Any) -> Reply:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, body: Any = None, **kwargs: Any) -> Reply:
+        return self.request("POST", path, body, **kwargs)
+
+    def put(self, path: str, body: Any = None, **kwargs: Any) -> Reply:
+        return self.request("PUT", path, body, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> Reply:
+        return self.request("DELETE", path, **kwargs)
+
+
+def check_against_spec(spec: dict[str, Any], method: str, path: str, reply: Reply) -> None:
+    """Fail unless ``reply`` is what the OpenAPI description promises for ``method path``."""
+    assert b"Traceback" not in reply.body, reply.body
+    path = path.split("?")[0]
+    operation = None
+    for template, item in spec["paths"].items():
+        if re.fullmatch(re.sub(r"\{\w+\}", "[^/]+", template), path):
+            operation = item.get(method.lower())
+    if operation is None:  # not an endpoint: the personality answers 404 or 405
+        assert reply.status in (404, 405), (method, path, reply.status)
+        responses = {str(reply.status): {"content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/Error"}}}}}
+    else:
+        responses = operation["responses"]
+    assert str(reply.status) in responses, f"{method} {path}: {reply.status} is undocumented"
+    content = responses[str(reply.status)]["content"]
+    content_type = reply.headers.get("Content-Type", "").split(";")[0]
+    assert content_type in content, (method, path, content_type)
+    if content_type == "application/json":
+        schema = _inline(content[content_type]["schema"], spec)
+        OAS30Validator(schema).validate(reply.json())
+        if reply.status >= 400:
+            assert reply.json()["error"]["status"] == reply.status
+
+
+def _inline(schema: Any, spec: dict[str, Any]) -> Any:
+    """``schema`` with every ``$ref`` to ``#/components/schemas/…`` replaced by its target."""
+    if isinstance(schema, dict):
+        if "$ref" in schema:
+            return _inline(spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]], spec)
+        return {key: _inline(value, spec) for key, value in schema.items()}
+    if isinstance(schema, list):
+        return [_inline(item, spec) for item in schema]
+    return schema
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (the gateway's kernels)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The service shared by the gateway tests of a session (no token)."""
+    running = Service(tmp_path_factory.mktemp("service"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def start_service(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``start_service(token=…)`` starts another service; each is stopped after the module."""
+    started: list[Service] = []
+
+    def start(token: str | None = None) -> Service:
+        started.append(Service(tmp_path_factory.mktemp("service"), token=token))
+        return started[-1]
+
+    yield start
+    for running in started:
+        running.stop()

@@ -1,0 +1,227 @@
+"""Every endpoint of the service and every kind of bad input, against the real gateway.
+
+The ``service`` fixture (conftest.py) checks each reply against the served OpenAPI description.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gradbook.datasets import load
+from gradbook.store import ModelStore
+
+pytestmark = pytest.mark.xdist_group("gateway")
+
+XOR_X = [[0, 0, 1], [0, 1, 1], [1, 0, 1], [1, 1, 1]]
+XOR_Y = [[0], [1], [1], [0]]
+
+
+def create(service, name: str, **fields) -> dict:
+    reply = service.post("/models", {"name": name, "sizes": [3, 4, 1], **fields})
+    assert reply.status == 201, reply.body
+    return reply.json()
+
+
+def test_healthz_reports_the_kernel_and_the_store(service) -> None:
+    reply = service.get("/healthz")
+    assert reply.status == 200
+    health = reply.json()
+    assert health["kernel"]["pid"] in service.kernel_pids
+    assert health["store"]["path"] == str(service.store)
+
+
+def test_a_fresh_store_starts_with_trained_default_models(service) -> None:
+    models = {m["name"]: m for m in service.get("/models").json()["models"]}
+    assert models["xor"]["sizes"] == [3, 4, 1] and models["xor"]["activation"] == "sigmoid"
+    outputs = service.post("/models/xor/predict", {"X": XOR_X}).json()["outputs"]
+    assert [round(y[0]) for y in outputs] == [0, 1, 1, 0]
+    digits = load("digits")
+    reply = service.post("/models/digits/predict", {"X": digits.X_test.tolist()}).json()
+    hits = sum(c == y for c, y in zip(reply["classes"], digits.Y_test, strict=True))
+    accuracy = hits / len(digits.Y_test)
+    assert accuracy >= 0.97
+    assert models["digits"]["metrics"]["accuracy"] == pytest.approx(accuracy)
+
+
+def test_a_model_from_creation_to_deletion(service) -> None:
+    reply = service.post("/models", {"name": "life", "sizes": ["3", 4, 1], "seed": 5})
+    assert reply.status == 201 and reply.headers["Location"] == "/models/life"
+    assert reply.json()["version"] == 1 and reply.json()["sizes"] == [3, 4, 1]
+    assert service.post("/models", {"name": "life", "sizes": [2, 1]}).status == 409
+
+    changed = service.put("/models/life", {"lr": "3.5", "epochs": 700}).json()
+    assert changed["version"] == 2
+    assert changed["hyperparameters"] == {"lr": 3.5, "epochs": 700, "batch_size": None}
+
+    trained = service.post("/models/life/train", {"data": "xor"}).json()
+    assert trained["version"] == 3 and len(trained["history"]) == 700
+    assert trained["run"]["lr"] == 3.5 and trained["history"][-1] < trained["history"][0]
+    model = service.get("/models/life").json()
+    assert model["version"] == 3 and model["metrics"]["data"] == "xor"
+    assert model["training"]["runs"] == 1 and model["training"]["epochs"] == 700
+
+    reset = service.post("/models/life/reset", {}).json()
+    assert reset["version"] == 4 and reset["seed"] == 5 and reset["training"]["runs"] == 0
+    assert service.post("/models/life/reset", {"seed": 6}).json()["seed"] == 6
+
+    assert service.delete("/models/life").json() == {"name": "life", "version": 5, "deleted": True}
+    assert service.get("/models/life").status == 404
+    assert service.delete("/models/life").status == 404
+
+
+def test_training_on_sent_data_uses_the_model_defaults(service) -> None:
+    create(service, "custom", lr=2.0, epochs=50, batch_size=2)
+    reply = service.post("/models/custom/train", {"data": {"X": XOR_X, "Y": XOR_Y}}).json()
+    assert len(reply["history"]) == 50
+    run = reply["run"]
+    assert (run["lr"], run["epochs"], run["batch_size"]) == (2.0, 50, 2)
+    assert reply["metrics"]["data"] == "request" and reply["metrics"]["examples"] == 4
+    short = service.post("/models/custom/train", {"data": "xor", "epochs": "3", "batch_size": None})
+    assert len(short.json()["history"]) == 3 and short.json()["run"]["batch_size"] is None
+
+
+def test_one_example_and_a_batch_agree(service) -> None:
+    one = service.post("/models/xor/predict", {"x": [1, 0, 1]}).json()
+    batch = service.post("/models/xor/predict", {"X": XOR_X}).json()
+    assert one["output"] == batch["outputs"][2]
+    assert one["version"] == batch["version"]
+
+
+def test_numbers_may_come_as_strings(service) -> None:
+    as_numbers = service.post("/models/xor/predict", {"x": [1, 0, 1]}).json()["output"]
+    as_strings = service.post("/models/xor/predict", {"x": ["1", " 0.0 ", "1e0"]}).json()["output"]
+    assert as_strings == as_numbers
+
+
+def test_a_classifier_answers_with_class_and_probabilities(service) -> None:
+    x = load("digits").X_test[0].tolist()
+    reply = service.post("/models/digits/predict", {"x": x}).json()
+    assert reply["class"] == max(range(10), key=lambda k: reply["probabilities"][k])
+    assert sum(reply["probabilities"]) == pytest.approx(1.0)
+    create(service, "labels", sizes=[3, 5, 2], activation="tanh", loss="cross_entropy", bias=True)
+    trained = service.post("/models/labels/train", {"data": {"X": XOR_X, "Y": [0, 1, "1", 0]}})
+    assert trained.status == 200 and trained.json()["metrics"]["evaluated_on"] == "training"
+
+
+def test_gradients_are_those_of_the_stored_network(service) -> None:
+    X, Y = [[0.5, -1.0, 2.0], [1.0, 0.0, 1.0]], [[1.0], [0.0]]
+    reply = service.post("/models/xor/gradients", {"X": X, "Y": Y}).json()
+    net = ModelStore(service.store).get("xor")
+    assert reply["version"] == net.metadata["version"]
+    assert reply["loss"] == pytest.approx(net.loss(X, Y), rel=1e-12)
+    assert list(reply["gradients"]) == ["W1", "W2"]
+    for sent, expected in zip(reply["gradients"].values(), net.gradients(X, Y), strict=True):
+        np.testing.assert_allclose(sent, expected, rtol=1e-12)
+    biased = service.post("/models/digits/gradients", {"X": [[0.0] * 64], "Y": [3]}).json()
+    assert list(biased["gradients"]) == ["W1", "W2", "b1", "b2"]
+
+
+def test_the_training_curve_is_a_png(service) -> None:
+    reply = service.get("/models/xor/loss.png")
+    assert reply.status == 200 and reply.headers["Content-Type"] == "image/png"
+    assert reply.body.startswith(b"\x89PNG\r\n\x1a\n") and len(reply.body) > 5000
+    assert int(reply.headers["X-Gradbook-Version"]) == service.get("/models/xor").json()["version"]
+
+
+BIG = b'{"X": [' + b"[0, 0, 1], " * 400_000 + b"[0, 0, 1]]}"  # over the 4 MiB default limit
+PREDICT, TRAIN = "/models/xor/predict", "/models/xor/train"
+
+
+def bad(method: str, path: str, status: int, words: str, body: object = None,
+        raw: bytes | None = None, content_type: str = "application/json") -> object:
+    """A bad request: ``body`` goes as JSON, ``raw`` as is; the reply must have ``status`` and an
+    error message containing ``words``."""
+    return pytest.param(method, path, body, raw, content_type, status, words, id=words)
+
+
+BAD_REQUESTS = [
+    bad("POST", PREDICT, 400, "not valid JSON", raw=b'{"x": [1, 0'),
+    bad("POST", PREDICT, 415, "send the body as JSON", raw=b'{"x": [1, 0, 1]}',
+        content_type="application/x-www-form-urlencoded"),
+    bad("POST", PREDICT, 400, "JSON object", raw=b"[1, 0, 1]"),
+    bad("POST", PREDICT, 400, 'send {"x"'),
+    bad("POST", PREDICT, 400, 'for one example or', {"x": [1, 0, 1], "X": [[1, 0, 1]]}),
+    bad("POST", PREDICT, 400, "unknown field", {"x": [1, 0, 1], "typo": 1}),
+    bad("POST", PREDICT, 400, "x must be one example, 3", {"x": [1, 0]}),
+    bad("POST", PREDICT, 400, "rectangular", {"X": [[1, 0, 1], [1, 0]]}),
+    bad("POST", PREDICT, 400, "shape (n, 3)", {"X": [[1, 0]]}),
+    bad("POST", PREDICT, 400, "real numbers", {"X": "abc"}),
+    bad("POST", PREDICT, 400, "only numbers (or strings spelling them); got 'abc'",
+        {"x": [1, "abc", 1]}),
+    bad("POST", PREDICT, 400, "only numbers (or strings spelling them); got True",
+        {"x": [1, True, 1]}),
+    bad("POST", PREDICT, 400, "only numbers (or strings spelling them); got None",
+        {"x": [1, None, 1]}),
+    bad("POST", PREDICT, 400, "x must be finite", raw=b'{"x": [1, NaN, 1]}'),
+    bad("POST", PREDICT, 400, "X must be finite", raw=b'{"X": [[Infinity, 0, 1]]}'),
+    bad("POST", PREDICT, 400, "must be finite", raw=b'{"x": [1e999, 0, 1]}'),
+    bad("POST", "/models/nope/predict", 404, "no model named 'nope'", {"x": [1, 0, 1]}),
+    bad("GET", "/models/no.such", 400, "name must be"),
+    bad("POST", PREDICT, 413, "the limit is 4194304", raw=BIG),
+    bad("POST", TRAIN, 400, "at most 10000", {"data": "xor", "epochs": 10001}),
+    bad("POST", TRAIN, 400, "epochs must be a positive integer", {"data": "xor", "epochs": 2.5}),
+    bad("POST", TRAIN, 400, "lr must be a positive number", {"data": "xor", "lr": "fast"}),
+    bad("POST", TRAIN, 400, "lr must be a finite number > 0", {"data": "xor", "lr": -1}),
+    bad("POST", TRAIN, 400, "batch_size must be at least 1", {"data": "xor", "batch_size": 0}),
+    bad("POST", TRAIN, 400, "missing field(s) ['data']", {"epochs": 5}),
+    bad("POST", TRAIN, 400, "unknown data set", {"data": "mnist"}),
+    bad("POST", TRAIN, 400, "has 64 inputs", {"data": "digits"}),
+    bad("POST", TRAIN, 400, "one row per row of X", {"data": {"X": XOR_X, "Y": [[0], [1]]}}),
+    bad("POST", "/models/digits/train", 400, "labels must lie in [0, 10)",
+        {"data": {"X": [[0] * 64], "Y": [10]}}),
+    bad("POST", "/models", 400, "missing field(s) ['name']", {"sizes": [3, 1]}),
+    bad("POST", "/models", 400, "name must be", {"name": "../up", "sizes": [3, 1]}),
+    bad("POST", "/models", 400, "at least 2", {"name": "a", "sizes": [3]}),
+    bad("POST", "/models", 400, "sizes[1] must be", {"name": "a", "sizes": [3, 0]}),
+    bad("POST", "/models", 400, "parameters", {"name": "a", "sizes": [3, 2000, 2000]}),
+    bad("POST", "/models", 400, "activation must be one of",
+        {"name": "a", "sizes": [3, 1], "activation": "elu"}),
+    bad("POST", "/models", 400, "bias must be", {"name": "a", "sizes": [3, 1], "bias": "yes"}),
+    bad("POST", "/models", 400, "seed must be", {"name": "a", "sizes": [3, 1], "seed": -1}),
+    bad("POST", "/models", 409, "already exists", {"name": "xor", "sizes": [3, 1]}),
+    bad("PUT", "/models/xor", 400, "nothing to change", {}),
+    bad("PUT", "/models/xor", 400, "unknown field", {"sizes": [3, 1]}),
+    bad("POST", "/models/xor/gradients", 400, "missing field(s) ['Y']", {"X": XOR_X}),
+    bad("POST", "/models/xor/reset", 400, "seed must be", {"seed": "x"}),
+    bad("DELETE", "/models/nope", 404, "no model named"),
+    bad("PATCH", "/models/xor", 405, "PATCH is not supported", {"lr": 1}),
+    bad("POST", "/healthz", 405, "use GET"),
+    bad("GET", "/nowhere", 404, "no endpoint /nowhere"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "raw", "content_type", "status", "words"),
+                         BAD_REQUESTS)
+def test_bad_requests_get_a_4xx_that_says_what_is_wrong(
+    service, method, path, body, raw, content_type, status, words
+) -> None:
+    reply = service.request(method, path, body, raw=raw, headers={"Content-Type": content_type})
+    assert reply.status == status, reply.body
+    assert words in reply.json()["error"]["message"]
+
+
+def test_json_with_a_charset_is_json(service) -> None:
+    reply = service.post("/models/xor/predict", raw=b'{"x": [1, 0, 1]}',
+                         headers={"Content-Type": "application/json; charset=utf-8"})
+    assert reply.status == 200 and len(reply.json()["output"]) == 1
+
+
+def test_both_kernels_keep_serving_after_bad_requests(service) -> None:
+    service.post("/models/xor/predict", raw=b"{", headers={"Content-Type": "application/json"})
+    replies = [service.post("/models/xor/predict", {"x": [1, 0, 1]}) for _ in range(4)]
+    assert all(reply.status == 200 for reply in replies)
+    assert len({reply.kernel for reply in replies}) == 2
+
+
+def test_a_damaged_model_file_is_a_500_without_details(service) -> None:
+    damaged = service.store / "damaged.npz"
+    damaged.write_bytes(b"garbage")
+    try:
+        reply = service.get("/models/damaged")
+        assert reply.status == 500
+        assert reply.json()["error"]["message"].startswith("model 'damaged' could not be read")
+        listed = service.get("/models").json()["models"]
+        assert {"name": "damaged", "error": reply.json()["error"]["message"]} in listed
+    finally:
+        damaged.unlink()

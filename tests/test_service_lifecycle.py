@@ -1,0 +1,87 @@
+"""A service with GRADBOOK_TOKEN set: the token, a restart, and a kernel that dies.
+
+The tests run in order on one service of their own (started with a token), which they restart
+and finally damage by killing a kernel.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.xdist_group("gateway")
+
+TOKEN = "s3cret-token"
+XOR_X = [[0, 0, 1], [0, 1, 1], [1, 0, 1], [1, 1, 1]]
+
+
+@pytest.fixture(scope="module")
+def secured(start_service):
+    return start_service(token=TOKEN)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/models", None),
+        ("GET", "/openapi.json", None),
+        ("GET", "/models/xor", None),
+        ("GET", "/models/xor/loss.png", None),
+        ("POST", "/models", {"name": "intruder", "sizes": [3, 1]}),
+        ("PUT", "/models/xor", {"lr": 100.0}),
+        ("DELETE", "/models/xor", None),
+        ("POST", "/models/xor/predict", {"x": [1, 0, 1]}),
+        ("POST", "/models/xor/train", {"data": "xor"}),
+        ("POST", "/models/xor/reset", {}),
+        ("POST", "/models/xor/gradients", {"X": [[1, 0, 1]], "Y": [[1]]}),
+    ],
+)
+def test_every_endpoint_but_healthz_needs_the_token(secured, method, path, body) -> None:
+    for token in ("", "wrong", TOKEN + "x"):
+        reply = secured.request(method, path, body, token=token)
+        assert reply.status == 401, reply.body
+        assert "Authorization: token" in reply.json()["error"]["message"]
+
+
+def test_nothing_changes_without_the_token_and_everything_works_with_it(secured) -> None:
+    changes = [("POST", "/models", {"name": "intruder", "sizes": [3, 1]}),
+               ("PUT", "/models/xor", {"lr": 100.0}), ("DELETE", "/models/xor", None),
+               ("POST", "/models/xor/train", {"data": "xor"}), ("POST", "/models/xor/reset", {})]
+    for method, path, body in changes:
+        assert secured.request(method, path, body, token="").status == 401
+    assert secured.get("/healthz", token="").status == 200
+    models = secured.get("/models").json()["models"]
+    assert [(m["name"], m["version"]) for m in models] == [("digits", 1), ("xor", 1)]
+    assert secured.get("/models/xor").json()["hyperparameters"]["lr"] == 2.0
+    assert secured.post("/models/xor/predict", {"x": [1, 0, 1]}).status == 200
+    for pid in secured.kernel_pids:  # notebook code never sees the token
+        assert TOKEN.encode() not in Path(f"/proc/{pid}/environ").read_bytes()
+
+
+def test_a_restart_keeps_every_model_and_version(secured) -> None:
+    assert secured.post("/models", {"name": "kept", "sizes": [3, 5, 1], "bias": True}).status == 201
+    assert secured.post("/models/kept/train", {"data": "xor", "epochs": 300}).status == 200
+    assert secured.delete("/models/digits").status == 200
+    before = {m["name"]: m for m in secured.get("/models").json()["models"]}
+    outputs = secured.post("/models/kept/predict", {"X": XOR_X}).json()["outputs"]
+
+    secured.restart()
+
+    after = {m["name"]: m for m in secured.get("/models").json()["models"]}
+    assert after == before and after["kept"]["version"] == 2  # and digits is not re-created
+    assert secured.post("/models/kept/predict", {"X": XOR_X}).json()["outputs"] == outputs
+    assert secured.post("/models/kept/reset", {}).json()["version"] == 3
+
+
+def test_a_dead_kernel_fails_fast_with_503_instead_of_hanging(secured) -> None:
+    os.kill(secured.kernel_pids[0], signal.SIGKILL)
+    start = time.monotonic()
+    while secured.get("/healthz", token="", timeout=10).status != 503:
+        assert time.monotonic() - start < 10
+    replies = [secured.post("/models/xor/predict", {"x": [1, 0, 1]}, timeout=10) for _ in range(6)]
+    assert {reply.status for reply in replies} == {200, 503}  # the live kernel still answers
+    assert time.monotonic() - start < 10
