@@ -28,9 +28,18 @@ notebook: $(STAMP)
 docs: $(STAMP)
 	mkdir -p build/docs build/html
 	for nb in notebooks/*.ipynb; do \
-	  $(VENV)/bin/papermill --cwd notebooks "$$nb" "build/docs/$$(basename $$nb)" || exit 1; \
+	  stem=$$(basename $$nb .ipynb); \
+	  $(VENV)/bin/papermill --cwd notebooks -p output_dir "$(CURDIR)/build/docs/$$stem" \
+	    "$$nb" "build/docs/$$stem.ipynb" || exit 1; \
 	done
-	$(VENV)/bin/jupyter nbconvert --to html --output-dir build/html build/docs/*.ipynb
+	# A local MathJax (shipped by jupyter-server-mathjax, STIX fonts only) so the HTML reads offline.
+	rm -rf build/html/mathjax && cp -r "$$($(PY) -c 'import jupyter_server_mathjax as m, os; print(os.path.dirname(m.__file__))')/static" build/html/mathjax
+	mkdir -p build/html/mathjax/config/local
+	printf '%s\n' 'MathJax.Hub.Config({"HTML-CSS": {availableFonts: [], webFont: "STIX-Web", imageFont: null}});' \
+	  'MathJax.Ajax.loadComplete("[MathJax]/config/local/stix.js");' > build/html/mathjax/config/local/stix.js
+	$(VENV)/bin/jupyter nbconvert --to html --output-dir build/html \
+	  --HTMLExporter.mathjax_url='mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe,local/stix' \
+	  build/docs/*.ipynb
 
 bench: $(STAMP)
 	$(PY) bench/bench_backprop.py
