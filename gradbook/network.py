@@ -51,9 +51,9 @@ class MLP:
                 f"sizes must be a list [d_in, …, d_out] of at least 2 ints; got {sizes!r}"
             )
         self.sizes = [positive_int(f"sizes[{i}]", s) for i, s in enumerate(sizes)]
-        if activation not in ACTIVATIONS:
+        if not isinstance(activation, str) or activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}")
-        if loss not in LOSSES:
+        if not isinstance(loss, str) or loss not in LOSSES:
             raise ValueError(f"loss must be one of {sorted(LOSSES)}; got {loss!r}")
         if not isinstance(bias, bool):
             raise ValueError(f"bias must be true or false; got {bias!r}")
@@ -109,6 +109,9 @@ class MLP:
         Y = as_matrix("Y", Y, d_out)
         if Y.shape[0] != n:
             raise ValueError(f"Y must have one row per row of X ({n}); got shape {Y.shape}")
+        if self.is_classifier and (np.any(Y < 0) or not np.allclose(Y.sum(axis=1), 1.0)):
+            # eq. 8.5 (delta = ŷ − Y) assumes each row of Y is a distribution over the classes
+            raise ValueError("Y rows must be class probabilities (>= 0, sum 1), e.g. one-hot")
         return Y
 
     def forward(self, X: Any) -> np.ndarray:

@@ -145,7 +145,10 @@ class ModelStore:
             if self.path(name).exists():
                 raise ModelExistsError(f"a model named {name!r} already exists")
             tombstone = self._tombstone(name)
-            previous = int(tombstone.read_text()) if tombstone.exists() else 0
+            try:
+                previous = int(tombstone.read_text()) if tombstone.exists() else 0
+            except ValueError:
+                raise StoreError(f"the record of deleted model {name!r} is damaged") from None
             net.metadata["created"] = _now()
             self._commit(name, net, version=previous + 1)
         return net
@@ -156,8 +159,10 @@ class ModelStore:
         The lock is held from reading to committing, so concurrent updates never lose each
         other's changes. If ``change`` raises, nothing is committed.
         """
+        path = self.path(name)
+        if not path.exists():  # before taking a lock: no lock file for unknown names
+            raise ModelNotFoundError(f"no model named {name!r}")
         with self.lock(name):
-            path = self.path(name)
             if not path.exists():
                 raise ModelNotFoundError(f"no model named {name!r}")
             net = self._load(name, path)
@@ -166,10 +171,20 @@ class ModelStore:
         return net
 
     def delete(self, name: str) -> int:
-        """Remove ``name``; returns the version it had."""
+        """Remove ``name``; returns the version it had (0 if its file was damaged)."""
+        if not self.path(name).exists():  # before taking a lock: no lock file for unknown names
+            raise ModelNotFoundError(f"no model named {name!r}")
         with self.lock(name):
-            version = self.get(name).metadata["version"]
-            self._tombstone(name).write_text(str(version))
+            try:
+                version = self.get(name).metadata["version"]
+            except ModelNotFoundError:
+                raise
+            except StoreError:  # a damaged model can still be deleted
+                version = 0
+            tombstone = self._tombstone(name)
+            staging = tombstone.with_suffix(".staging")
+            staging.write_text(str(version))
+            os.replace(staging, tombstone)  # atomic, like a commit
             self.path(name).unlink()
         self._cache.pop(name, None)
         return version

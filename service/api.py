@@ -25,6 +25,9 @@ from service.settings import Settings
 
 MAX_LAYERS = 16
 MAX_PARAMETERS = 1_000_000
+# One request's work, so that no request holds a kernel for long or exhausts its memory:
+MAX_ELEMENTS = 10_000_000  # examples × widest layer (about 80 MB per layer's outputs)
+MAX_TRAINING_WORK = 20_000_000_000  # epochs × examples × parameters (tens of seconds)
 HYPERPARAMETERS = ("lr", "epochs", "batch_size")
 
 
@@ -146,6 +149,7 @@ class ModelAPI:
             X = inputs.matrix("x", [x], d_in)
         else:
             X = inputs.matrix("X", body["X"], d_in)
+        _check_size(net, len(X))
         with np.errstate(over="ignore", invalid="ignore"):
             outputs = _finite("outputs", net.forward(X))
         result: dict[str, Any] = {"name": name, "version": net.metadata["version"]}
@@ -172,6 +176,7 @@ class ModelAPI:
 
         def change(net: MLP) -> None:
             hyperparameters = {**net.metadata["hyperparameters"], **chosen}
+            _check_size(net, len(data.X), hyperparameters["epochs"])
             history.extend(training.train(net, data, **hyperparameters))
 
         net = self.store.update(name, change)
@@ -192,6 +197,7 @@ class ModelAPI:
         name = _name(request)
         net = self.store.get(name)
         X = inputs.matrix("X", body["X"], net.sizes[0])
+        _check_size(net, len(X))
         Y = inputs.numeric("Y", body["Y"])
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             loss = float(_finite("loss", np.array(net.loss(X, Y))))
@@ -230,6 +236,23 @@ class ModelAPI:
 
 def _name(request: Request) -> str:
     return check_name(request.path.get("name", ""))
+
+
+def _check_size(net: MLP, n: int, epochs: int | None = None) -> None:
+    """Refuse ``n`` examples (trained for ``epochs``) beyond ``MAX_ELEMENTS`` or
+    ``MAX_TRAINING_WORK``."""
+    elements = n * max(net.sizes)
+    if elements > MAX_ELEMENTS:
+        raise ValueError(
+            f"{n} examples are too many for this network at once (examples × widest layer "
+            f"{elements} > {MAX_ELEMENTS}); send fewer"
+        )
+    work = 0 if epochs is None else epochs * n * sum(p.size for p in net.parameters)
+    if work > MAX_TRAINING_WORK:
+        raise ValueError(
+            f"this training run is too large (epochs × examples × parameters {work} > "
+            f"{MAX_TRAINING_WORK}); use fewer epochs or examples"
+        )
 
 
 def _finite(what: str, array: np.ndarray) -> np.ndarray:

@@ -35,6 +35,8 @@ def to_http(err: BaseException) -> ServiceError:
         return ServiceError(404, str(err))
     if isinstance(err, (ModelExistsError, ModelBusyError)):
         return ServiceError(409, str(err))
+    if isinstance(err, MemoryError):
+        return ServiceError(413, "the request needs more memory than the service has; send less")
     if isinstance(err, StoreError):
         return ServiceError(500, str(err))
     if isinstance(err, ValueError):

@@ -51,6 +51,8 @@ class Request:
             return json.loads(self.body)
         except json.JSONDecodeError as err:
             raise ServiceError(400, f"the request body is not valid JSON: {err}") from None
+        except RecursionError:
+            raise ServiceError(400, "the request body nests JSON too deeply") from None
 
 
 @dataclass(frozen=True)

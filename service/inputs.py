@@ -15,8 +15,9 @@ import numpy as np
 
 from gradbook.validation import as_matrix, positive_float, positive_int
 
-INTEGER = re.compile(r"[+-]?\d+")
-DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+INTEGER = re.compile(r"[+-]?\d{1,300}", re.ASCII)
+DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)
+MAX_DEPTH = 2  # a matrix: a list of lists of numbers
 
 
 def numeric(name: str, value: Any) -> Any:
@@ -27,13 +28,15 @@ def numeric(name: str, value: Any) -> Any:
     else (another string, a boolean, null) is a ``ValueError`` naming ``name``.
     """
     if isinstance(value, list):
-        return [_entry(name, v) for v in value]
+        return [_entry(name, v, 1) for v in value]
     return _parse(value)
 
 
-def _entry(name: str, value: Any) -> Any:
+def _entry(name: str, value: Any, depth: int) -> Any:
     if isinstance(value, list):
-        return [_entry(name, v) for v in value]
+        if depth >= MAX_DEPTH:
+            raise ValueError(f"{name} may nest lists at most {MAX_DEPTH} deep (rows of numbers)")
+        return [_entry(name, v, depth + 1) for v in value]
     value = _parse(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must hold only numbers (or strings spelling them); got {value!r}")

@@ -24,6 +24,7 @@ import asyncio
 import base64
 import hmac
 import json
+from functools import partial
 from typing import Any
 
 from jupyter_core.utils import ensure_async
@@ -123,9 +124,10 @@ class EndpointHandler(JSONErrors, NotebookAPIHandler):
             "path": self.path_kwargs,
             "headers": headers_to_dict(self.request.headers),
         }
-        code = format_request(json.dumps(request), self.kernel_language)
-        await self._run_code(kernel_client, code)
-        body = await self._run_code(kernel_client, self.sources[method])
+        # The REQUEST assignment and the cell run as one execution (stock notebook-http uses
+        # two): the cell sees the same REQUEST, one kernel round trip sooner.
+        assignment = format_request(json.dumps(request), self.kernel_language)
+        body = await self._run_code(kernel_client, f"{assignment}\n{self.sources[method]}")
         info = {}
         if method in self.response_sources:
             info = json.loads(await self._run_code(kernel_client, self.response_sources[method]))
@@ -135,6 +137,16 @@ class EndpointHandler(JSONErrors, NotebookAPIHandler):
             self.set_header(header, value)
         self.set_header(KERNEL_HEADER, self.kernel_id)
         return base64.b64decode(body) if info.get(BODY_ENCODING) == "base64" else body
+
+    def execute_code(self, kernel_client: Any, kernel_id: str, source_code: str) -> Future:
+        """As the stock handler, but outside IPython's history: every request's ``REQUEST``
+        (up to the body limit) would otherwise stay in the kernel's ``In`` and history database
+        for good, growing the kernel until it dies."""
+        future: Future = Future()
+        accumulator: dict[str, Any] = {"stream": [], "error": None, "result": None}
+        parent = kernel_client.execute(source_code, store_history=False)
+        self.kernel_pool.on_recv(kernel_id, partial(self.on_recv, accumulator, future, parent))
+        return future
 
     async def _run_code(self, kernel_client: Any, code: str) -> str:
         """Run ``code`` on the acquired kernel; 503 if the kernel stops running meanwhile (the

@@ -58,5 +58,5 @@ def test_gradients_agree_with_autograd(sizes, activation, loss, bias):
     assert net.loss(X, Y) == pytest.approx(
         reference_loss(net.parameters, X, Y, activation, loss, n_layers, bias), rel=1e-12
     )
-    for ours, theirs in zip(net.gradients(X, Y), expected, strict=False):
+    for ours, theirs in zip(net.gradients(X, Y), expected, strict=True):
         assert relative_error(ours, theirs) < AUTOGRAD_TOL

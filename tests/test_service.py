@@ -156,6 +156,12 @@ BAD_REQUESTS = [
     bad("POST", PREDICT, 400, "x must be finite", raw=b'{"x": [1, NaN, 1]}'),
     bad("POST", PREDICT, 400, "X must be finite", raw=b'{"X": [[Infinity, 0, 1]]}'),
     bad("POST", PREDICT, 400, "must be finite", raw=b'{"x": [1e999, 0, 1]}'),
+    bad("POST", PREDICT, 400, "only numbers (or strings spelling them); got '١'",
+        {"x": [1, "١", 1]}),  # an Arabic-Indic digit: only ASCII digits spell numbers
+    bad("POST", PREDICT, 400, "nests JSON too deeply", raw=b'{"X": ' + b"[" * 100_000 + b"]}"),
+    bad("POST", PREDICT, 400, "may nest lists at most 2 deep", {"X": [[[1, 0, 1]]]}),
+    bad("POST", "/models/digits/gradients", 400, "class probabilities",
+        {"X": [[0] * 64], "Y": [[0] * 10]}),
     bad("POST", "/models/nope/predict", 404, "no model named 'nope'", {"x": [1, 0, 1]}),
     bad("GET", "/models/no.such", 400, "name must be"),
     bad("POST", PREDICT, 413, "the limit is 4194304", raw=BIG),
@@ -177,6 +183,8 @@ BAD_REQUESTS = [
     bad("POST", "/models", 400, "parameters", {"name": "a", "sizes": [3, 2000, 2000]}),
     bad("POST", "/models", 400, "activation must be one of",
         {"name": "a", "sizes": [3, 1], "activation": "elu"}),
+    bad("POST", "/models", 400, "activation must be one of",
+        {"name": "a", "sizes": [3, 1], "activation": ["tanh"]}),
     bad("POST", "/models", 400, "bias must be", {"name": "a", "sizes": [3, 1], "bias": "yes"}),
     bad("POST", "/models", 400, "seed must be", {"name": "a", "sizes": [3, 1], "seed": -1}),
     bad("POST", "/models", 409, "already exists", {"name": "xor", "sizes": [3, 1]}),
@@ -199,6 +207,22 @@ def test_bad_requests_get_a_4xx_that_says_what_is_wrong(
     reply = service.request(method, path, body, raw=raw, headers={"Content-Type": content_type})
     assert reply.status == status, reply.body
     assert words in reply.json()["error"]["message"]
+
+
+def test_requests_too_large_for_a_kernel_are_refused(service) -> None:
+    """Small bodies can still ask for huge work from a wide network: refused up front."""
+    assert service.post("/models", {"name": "wide", "sizes": [1, 300_000, 1]}).status == 201
+    try:
+        reply = service.post("/models/wide/predict", {"X": [[0.5]] * 40})
+        assert reply.status == 400 and "examples are too many" in reply.json()["error"]["message"]
+        data = {"X": [[0.5]] * 10, "Y": [[0.0]] * 10}
+        reply = service.post("/models/wide/train", {"data": data, "epochs": 10_000})
+        assert reply.status == 400
+        assert "training run is too large" in reply.json()["error"]["message"]
+        assert service.get("/models/wide").json()["version"] == 1  # nothing was committed
+        assert service.post("/models/wide/predict", {"X": [[0.5]] * 2}).status == 200
+    finally:
+        assert service.delete("/models/wide").status == 200
 
 
 def test_json_with_a_charset_is_json(service) -> None:

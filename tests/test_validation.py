@@ -65,6 +65,9 @@ def test_bad_Y_is_refused(net, Y, message):
         ([-1, 0], r"Y labels must lie in \[0, 2\)"),
         ([0.0, 1.0], r"Y labels must be integers; got dtype float64"),
         ([0, 1, 1], r"Y must have one row per row of X \(2\); got shape \(3, 2\)"),
+        ([[0.5, 0.0], [0.0, 1.0]], r"Y rows must be class probabilities"),
+        ([[0.0, 0.0], [0.0, 1.0]], r"Y rows must be class probabilities"),
+        ([[2.0, -1.0], [0.0, 1.0]], r"Y rows must be class probabilities"),
     ],
 )
 def test_bad_labels_are_refused(classifier, labels, message):
@@ -86,6 +89,8 @@ def test_bad_labels_are_refused(classifier, labels, message):
             r"activation must be one of \['relu', 'sigmoid', 'tanh'\]",
         ),
         ({"sizes": [3, 1], "loss": "mse"}, r"loss must be one of \['cross_entropy', 'half_sse'\]"),
+        ({"sizes": [3, 1], "activation": ["tanh"]}, r"activation must be one of"),
+        ({"sizes": [3, 1], "loss": {"a": 1}}, r"loss must be one of"),
         ({"sizes": [3, 1], "bias": "yes"}, r"bias must be true or false; got 'yes'"),
     ],
 )
