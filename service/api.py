@@ -21,13 +21,14 @@ from service.errors import ServiceError
 from service.http import Request, Response, binary_response, json_response
 from service.openapi import openapi_spec
 from service.plots import loss_curve_png
-from service.settings import Settings
+from service.settings import (
+    MAX_ELEMENTS,
+    MAX_LAYERS,
+    MAX_PARAMETERS,
+    MAX_TRAINING_WORK,
+    Settings,
+)
 
-MAX_LAYERS = 16
-MAX_PARAMETERS = 1_000_000
-# One request's work, so that no request holds a kernel for long or exhausts its memory:
-MAX_ELEMENTS = 10_000_000  # examples × widest layer (about 80 MB per layer's outputs)
-MAX_TRAINING_WORK = 20_000_000_000  # epochs × examples × parameters (tens of seconds)
 HYPERPARAMETERS = ("lr", "epochs", "batch_size")
 
 

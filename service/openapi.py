@@ -13,7 +13,7 @@ from gradbook.activations import ACTIVATIONS
 from gradbook.datasets import DATASETS
 from gradbook.losses import LOSSES
 from gradbook.store import NAME
-from service.settings import Settings
+from service.settings import MAX_ELEMENTS, MAX_TRAINING_WORK, Settings
 
 Schema = dict[str, Any]
 
@@ -50,7 +50,7 @@ def json_content(schema: Schema, description: str) -> Schema:
 
 
 def operation(summary: str, ok: Schema, errors: list[int], body: str | None = None,
-              public: bool = False) -> Schema:
+              public: bool = False, body_required: bool = True) -> Schema:
     """One operation. ``ok`` maps success statuses to responses; 401 (unless ``public``), 413,
     500 and 503 can answer any request, as the gateway personality checks them first."""
     codes = sorted({*errors, 413, 500, 503} | (set() if public else {401}))
@@ -59,7 +59,7 @@ def operation(summary: str, ok: Schema, errors: list[int], body: str | None = No
     result: Schema = {"summary": summary, "responses": responses}
     if body is not None:
         content = {"application/json": {"schema": ref(body)}}
-        result["requestBody"] = {"required": True, "content": content}
+        result["requestBody"] = {"required": body_required, "content": content}
     if public:
         result["security"] = []
     return result
@@ -68,13 +68,17 @@ def operation(summary: str, ok: Schema, errors: list[int], body: str | None = No
 def schemas(settings: Settings) -> Schema:
     number = {"oneOf": [{"type": "number"}, {"type": "string", "pattern": DECIMAL}],
               "description": 'A number, or a string spelling one ("61.1").'}
-    count = {"oneOf": [{"type": "integer", "minimum": 1},
+    count = {"oneOf": [{"type": "integer", "minimum": 1},  # the string form: ASCII digits only
                        {"type": "string", "pattern": r"^\s*\+?\d+\s*$"}]}
+    seed = {"oneOf": [{"type": "integer", "minimum": 0},
+                      {"type": "string", "pattern": r"^\s*\+?\d+\s*$"}]}
     hyperparameters = {
         "lr": {"oneOf": [{"type": "number", "minimum": 0, "exclusiveMinimum": True},
                          number["oneOf"][1]],
                "description": "Learning rate (> 0); the loss is summed over a batch."},
-        "epochs": {**count, "description": f"Epochs per training run, 1 to {settings.max_epochs}."},
+        "epochs": {"oneOf": [{**count["oneOf"][0], "maximum": settings.max_epochs},
+                             count["oneOf"][1]],
+                   "description": f"Epochs per training run, 1 to {settings.max_epochs}."},
         "batch_size": {"anyOf": [{**count["oneOf"][0], "nullable": True}, count["oneOf"][1]],
                        "description": "Examples per step; null for the whole data set."},
     }
@@ -131,11 +135,11 @@ def schemas(settings: Settings) -> Schema:
             "activation": {**architecture["activation"], "default": "sigmoid"},
             "loss": {**architecture["loss"], "default": "half_sse"},
             "bias": {"type": "boolean", "default": False},
-            "seed": {"type": "integer", "minimum": 0, "default": 0},
+            "seed": {**seed, "default": 0},
             **hyperparameters,
         }, ["name", "sizes"]),
         "UpdateModel": obj(hyperparameters, minProperties=1),
-        "Reset": obj({"seed": {"type": "integer", "minimum": 0,
+        "Reset": obj({"seed": {**seed,
                                "description": "Default: the model's seed (its first weights)."}}),
         "Predict": {"oneOf": [obj({"x": array(number, minItems=1)}, ["x"]),
                               obj({"X": matrix}, ["X"])]},
@@ -197,7 +201,7 @@ def openapi_spec(settings: Settings) -> Schema:
             ok("Training", "Trained: a new version."), write, "Train")},
         "/models/{name}/reset": {"parameters": name, "post": operation(
             "Fresh weights drawn from a seed; clears the training record",
-            ok("Model", "Reset: a new version."), write, "Reset")},
+            ok("Model", "Reset: a new version."), write, "Reset", body_required=False)},
         "/models/{name}/gradients": {"parameters": name, "post": operation(
             "Loss and gradients of every weight and bias at X, Y",
             ok("Gradients", "Gradients, as the W_k and b_k they belong to."), [*read, 415],
@@ -208,7 +212,9 @@ def openapi_spec(settings: Settings) -> Schema:
     description = (
         "Small neural networks served from notebooks/api.ipynb by the Jupyter Kernel Gateway. "
         f"Request bodies are JSON of at most {settings.max_body_bytes} bytes; a training run "
-        f"takes at most {settings.max_epochs} epochs. Errors are "
+        f"takes at most {settings.max_epochs} epochs, and one request may ask for at most "
+        f"{MAX_ELEMENTS} examples × widest layer and {MAX_TRAINING_WORK} epochs × examples × "
+        "parameters of work. Errors are "
         '{"error": {"status", "message"}}. The X-Gradbook-Kernel header of every response names '
         "the kernel that served it."
     )

@@ -14,6 +14,12 @@ from traitlets.config import Configurable
 
 from gradbook.store import DEFAULT_ROOT
 
+# Fixed limits of one request, so that none holds a kernel for long or exhausts its memory.
+MAX_LAYERS = 16
+MAX_PARAMETERS = 1_000_000
+MAX_ELEMENTS = 10_000_000  # examples × widest layer (about 80 MB per layer's outputs)
+MAX_TRAINING_WORK = 20_000_000_000  # epochs × examples × parameters (tens of seconds)
+
 
 def _env_int(name: str, fallback: int) -> int:
     value = os.getenv(name)
