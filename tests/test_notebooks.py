@@ -39,23 +39,52 @@ def test_notebook_is_stored_clean(path: Path):
     assert nb["metadata"].get("kernelspec", {}).get("name") == "python3", f"{path.name}: kernelspec"
 
 
+def execute(path: Path, output: Path) -> None:
+    """Run ``path`` (with its CI parameters) like Jupyter would, from ``notebooks/``."""
+    parameters = read(path)["metadata"].get("gradbook", {}).get("ci_parameters", {})
+    output_dir = output.parent / output.stem
+    output_dir.mkdir(parents=True, exist_ok=True)
+    papermill.execute_notebook(
+        str(path),
+        str(output),
+        parameters={**parameters, "output_dir": str(output_dir)},
+        cwd=str(ROOT / "notebooks"),
+        progress_bar=False,
+        kernel_name="python3",
+    )
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_under_papermill(path: Path):
-    parameters = read(path)["metadata"].get("gradbook", {}).get("ci_parameters", {})
-    output_dir = BUILD / path.stem
-    output_dir.mkdir(parents=True, exist_ok=True)
     try:
-        papermill.execute_notebook(
-            str(path),
-            str(BUILD / path.name),
-            parameters={**parameters, "output_dir": str(output_dir)},
-            cwd=str(path.parent),
-            progress_bar=False,
-            kernel_name="python3",
-        )
+        execute(path, BUILD / path.name)
     except papermill.PapermillExecutionError as err:
         pytest.fail(
             f"{path.name}: cell {err.cell_index} (execution {err.exec_count}) raised "
             f"{err.ename}: {err.evalue}\n--- cell source ---\n{err.source}",
             pytrace=False,
         )
+
+
+# A derivation that is wrong must fail its notebook: each mutation drops one factor of a formula.
+MUTATIONS = [
+    ("02_one_layer_scalar",
+     "delta1 = (y_hat - y) * y_hat * (1.0 - y_hat)", "delta1 = (y_hat - y) * y_hat"),
+    ("06_two_layer_two_hidden_nodes",
+     "delta1 = back * l1 * (1 - l1)", "delta1 = back * l1"),
+    ("08_any_depth",
+     "delta = (deltas[0] @ Ws[k - 1].T) * df(ls[k - 1])", "delta = deltas[0] @ Ws[k - 1].T"),
+]
+
+
+@pytest.mark.parametrize("stem, formula, broken", MUTATIONS, ids=[m[0] for m in MUTATIONS])
+def test_a_broken_derivation_fails_its_notebook(tmp_path: Path, stem: str, formula: str,
+                                                broken: str):
+    nb = read(ROOT / "notebooks" / f"{stem}.ipynb")
+    cells = [c for c in nb["cells"] if formula in "".join(c["source"])]
+    assert len(cells) == 1, f"{stem}: the formula to break is no longer there: {formula}"
+    cells[0]["source"] = "".join(cells[0]["source"]).replace(formula, broken)
+    mutant = tmp_path / f"{stem}_broken.ipynb"
+    mutant.write_text(json.dumps(nb), encoding="utf-8")
+    with pytest.raises(papermill.PapermillExecutionError, match="AssertionError"):
+        execute(mutant, tmp_path / f"{stem}_broken_run.ipynb")

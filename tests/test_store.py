@@ -78,9 +78,10 @@ def test_a_failed_change_commits_nothing(tmp_path: Path) -> None:
     np.testing.assert_array_equal(net.weights[0], new_net().weights[0])
 
 
-def test_another_process_sees_each_commit_at_once(tmp_path: Path) -> None:
-    """Files of successive versions have the same size and may share an inode number and a clock
-    tick; the reader must still never answer with a stale version."""
+def test_another_store_sees_each_commit_at_once(tmp_path: Path) -> None:
+    """Two stores on one folder, as in two kernels (here in one process, so that every commit is
+    read back at once). Files of successive versions have the same size and may share an inode
+    number and a clock tick; the reader must still never answer with a stale version."""
     writer, reader = ModelStore(tmp_path), ModelStore(tmp_path)
     writer.create("m", new_net())
     for version in range(2, 42):
