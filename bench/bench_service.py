@@ -6,7 +6,9 @@ port with a temporary store and 2 kernels, then times a bounded number of reques
 * the same endpoint called in-process (``serve(api.predict, REQUEST)``: JSON, store, forward
   pass; no HTTP, no gateway, no kernel) and the bare forward pass ``net.forward``;
 * ``GET /healthz``, a near no-op that still crosses HTTP, the gateway and a kernel;
-* predictions from one client (latency) and from several threads (throughput).
+* predictions from one client (latency) and from several threads (throughput);
+* the kernels' resident memory after many large batch predictions, against after the first few
+  (1.0 means flat: a kernel keeps nothing of the requests it served).
 
 Absolute times depend on the machine; the ratios say where the time goes. No assertions.
 """
@@ -31,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SEQUENTIAL = 300
 THREADS, PER_THREAD = 4, 100
 BODY = json.dumps({"x": [1, 0, 1]}).encode()
+BIG_BODY = json.dumps({"X": [[1, 0, 1]] * 200_000}).encode()  # 1.8 MB, under the body limit
+WARM, MORE = 10, 40  # large predictions before the first and the second memory reading
 
 
 def start(workdir: Path) -> tuple[subprocess.Popen, int]:
@@ -70,7 +74,8 @@ def timings(call: Callable[[], object], n: int) -> list[float]:
     result = []
     for _ in range(n):
         start_time = time.perf_counter()
-        call()
+        if call() is False:
+            raise RuntimeError("a request failed; the figures would be meaningless")
         result.append(time.perf_counter() - start_time)
     return result
 
@@ -106,6 +111,28 @@ def throughput(port: int) -> float:
     return THREADS * PER_THREAD / (time.perf_counter() - start_time)
 
 
+def kernels_rss(launcher: int) -> int:
+    """Resident memory (kB) of the largest kernel: the launcher's child processes."""
+    children = Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()
+    sizes = []
+    for pid in children:
+        status = Path(f"/proc/{pid}/status").read_text()
+        sizes.append(int(status.split("VmRSS:")[1].split()[0]))
+    return max(sizes)
+
+
+def memory_growth(port: int, launcher: int) -> tuple[int, int]:
+    """Kernel memory after ``WARM`` and after ``WARM + MORE`` large batch predictions."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    readings = []
+    for count in (WARM, MORE):
+        for _ in range(count):
+            if not request(connection, "POST", "/models/xor/predict", BIG_BODY):
+                raise RuntimeError("a large prediction failed")
+        readings.append(kernels_rss(launcher))
+    return readings[0], readings[1]
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         process, port = start(Path(tmp))
@@ -116,6 +143,7 @@ def main() -> None:
             predict = statistics.median(timings(
                 lambda: request(connection, "POST", "/models/xor/predict", BODY), SEQUENTIAL))
             rate = throughput(port)
+            warm_rss, later_rss = memory_growth(port, process.pid)
             endpoint, forward = (statistics.median(t) for t in in_process(Path(tmp) / "store"))
         finally:
             os.killpg(process.pid, signal.SIGTERM)
@@ -127,6 +155,8 @@ def main() -> None:
     print(f"{THREADS} clients x {PER_THREAD} predictions: throughput "
           f"{rate * predict:.2f} x that of one client")
     print(f"(for scale on this machine: one predict over HTTP took {predict * 1e3:.1f} ms)")
+    print(f"largest kernel after {WARM + MORE} vs after {WARM} predictions of 200,000 rows: "
+          f"{later_rss / warm_rss:.2f} x ({later_rss // 1024} MB vs {warm_rss // 1024} MB)")
 
 
 if __name__ == "__main__":

@@ -99,6 +99,16 @@ def parse_request(REQUEST: str | Mapping[str, Any]) -> Request:
     )
 
 
+def forget_printed_output(shell: Any) -> None:
+    """Keep ``shell`` (IPython) from holding on to what cells print.
+
+    IPython 9 copies all printed output into ``history_manager.outputs`` under the execution
+    count, which does not advance for the gateway's executions, so a serving kernel would keep
+    every response it ever printed and grow until it dies. Clearing after each run keeps it flat.
+    """
+    shell.events.register("post_execute", shell.history_manager.outputs.clear)
+
+
 def serve(endpoint: Callable[[Request], Response], REQUEST: str | Mapping[str, Any]) -> Response:
     """Run ``endpoint`` on ``REQUEST``; errors become JSON error responses, never tracebacks."""
     try:
