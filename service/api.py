@@ -29,7 +29,7 @@ from service.settings import (
     Settings,
 )
 
-HYPERPARAMETERS = ("lr", "epochs", "batch_size")
+HYPERPARAMETERS = tuple(training.DEFAULT_HYPERPARAMETERS)  # lr, epochs, batch_size
 
 
 class ModelAPI:

@@ -13,6 +13,7 @@ from gradbook.activations import ACTIVATIONS
 from gradbook.datasets import DATASETS
 from gradbook.losses import LOSSES
 from gradbook.store import NAME
+from service import inputs
 from service.settings import MAX_ELEMENTS, MAX_TRAINING_WORK, Settings
 
 Schema = dict[str, Any]
@@ -28,7 +29,9 @@ ERRORS = {
     500: "Fault of the service (details in its log, never in the response).",
     503: "A kernel of the pool is not running, or the store is not readable.",
 }
-DECIMAL = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
+# Strings that spell numbers, as service.inputs reads them (surrounding blanks allowed).
+DECIMAL = rf"^\s*{inputs.DECIMAL.pattern}\s*$"
+COUNT = r"^\s*\+?\d+\s*$"  # a positive whole number
 
 
 def ref(name: str) -> Schema:
@@ -69,9 +72,9 @@ def schemas(settings: Settings) -> Schema:
     number = {"oneOf": [{"type": "number"}, {"type": "string", "pattern": DECIMAL}],
               "description": 'A number, or a string spelling one ("61.1").'}
     count = {"oneOf": [{"type": "integer", "minimum": 1},  # the string form: ASCII digits only
-                       {"type": "string", "pattern": r"^\s*\+?\d+\s*$"}]}
+                       {"type": "string", "pattern": COUNT}]}
     seed = {"oneOf": [{"type": "integer", "minimum": 0},
-                      {"type": "string", "pattern": r"^\s*\+?\d+\s*$"}]}
+                      {"type": "string", "pattern": COUNT}]}
     hyperparameters = {
         "lr": {"oneOf": [{"type": "number", "minimum": 0, "exclusiveMinimum": True},
                          number["oneOf"][1]],

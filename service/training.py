@@ -26,7 +26,7 @@ from gradbook.store import ModelStore
 
 MAX_RUNS = 100
 MAX_CURVE = 10_000
-HYPERPARAMETERS: dict[str, Any] = {"lr": 0.1, "epochs": 100, "batch_size": None}
+DEFAULT_HYPERPARAMETERS: dict[str, Any] = {"lr": 0.1, "epochs": 100, "batch_size": None}
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,9 @@ def new_model(
     hyperparameters: Mapping[str, Any],
 ) -> MLP:
     """A network with weights drawn from ``seed`` and training defaults ``hyperparameters``
-    (completed from ``HYPERPARAMETERS``); ``MLP`` checks the architecture."""
+    (completed from ``DEFAULT_HYPERPARAMETERS``); ``MLP`` checks the architecture."""
     net = MLP(sizes, activation, loss, bias, seed)
-    net.metadata.update(hyperparameters={**HYPERPARAMETERS, **hyperparameters})
+    net.metadata.update(hyperparameters={**DEFAULT_HYPERPARAMETERS, **hyperparameters})
     reset(net, seed)
     return net
 
