@@ -162,3 +162,19 @@ def test_a_damaged_file_is_a_store_error_not_a_missing_model(tmp_path: Path) -> 
     with pytest.raises(StoreError, match="could not be read") as caught:
         store.get("broken")
     assert not isinstance(caught.value, ModelNotFoundError)
+
+
+def test_a_damaged_model_can_still_be_deleted_and_created_again(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    (tmp_path / "broken.npz").write_bytes(b"not a model")
+    assert store.delete("broken") == 0  # its version could not be read
+    assert store.names() == []
+    assert store.create("broken", new_net()).metadata["version"] == 1
+
+
+def test_unknown_models_leave_no_lock_files(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    for call in (lambda: store.update("ghost", lambda net: None), lambda: store.delete("ghost")):
+        with pytest.raises(ModelNotFoundError):
+            call()
+    assert list((tmp_path / ".locks").iterdir()) == []
