@@ -22,7 +22,7 @@ test: lint
 	$(PY) -m pytest -n 2 --dist loadgroup
 
 notebook: $(STAMP)
-	$(VENV)/bin/jupyter notebook --notebook-dir=notebooks
+	$(VENV)/bin/jupyter notebook --ServerApp.root_dir=notebooks $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 # Execute every notebook at its default parameters, then render HTML (LaTeX via MathJax).
 docs: $(STAMP)
