@@ -11,6 +11,8 @@ on a pooled kernel. This personality keeps that contract (the same ``REQUEST``, 
   details stay in the log;
 * a kernel that is not running gives 503 instead of a request that hangs forever, and
   ``/healthz`` checks every kernel of the pool;
+* no kernel is lent out before its output reaches the gateway (``SubscribedKernelPool``), so the
+  first requests after a start do not lose their bodies;
 * a ``ResponseInfo`` may add ``"body_encoding": "base64"``: the body is decoded to bytes here
   (cell output is text, so binary bodies such as PNGs travel base64-encoded);
 * every response names the kernel that served it in ``X-Gradbook-Kernel``;
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hmac
 import json
 from functools import partial
@@ -39,6 +42,7 @@ from kernel_gateway.notebook_http.request_utils import (
     parse_body,
 )
 from kernel_gateway.notebook_http.swagger.handlers import SwaggerSpecHandler
+from kernel_gateway.services.kernels.pool import ManagedKernelPool
 from tornado.concurrent import Future
 from tornado.log import app_log
 
@@ -49,6 +53,51 @@ from service.settings import Settings
 HEALTH_PATH = "/healthz"
 KERNEL_HEADER = "X-Gradbook-Kernel"
 KERNEL_CHECK_SECONDS = 1.0  # how often a long cell execution checks that its kernel still runs
+SUBSCRIBE_PROBE_SECONDS = 0.2  # how long to wait for a probe's status before sending another
+SUBSCRIBE_TIMEOUT_SECONDS = 60.0  # then lend the kernel anyway: a dead one answers 503
+
+
+class SubscribedKernelPool(ManagedKernelPool):
+    """``ManagedKernelPool`` that lends a kernel only once its IOPub messages reach the gateway.
+
+    The stock pool subscribes to each kernel's IOPub channel and lends the kernel at once. ZeroMQ
+    drops what a publisher sends before a new subscription has reached it (the "slow joiner"), so
+    a request queued during start-up could run before that: its printed body lost, it answers
+    200 with an empty body (or hangs, if the idle status is lost too). Here each kernel is sent
+    ``kernel_info`` requests until the status messages of one arrive on IOPub; from then on the
+    subscription delivers everything.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.subscribed = asyncio.Event()
+
+    async def initialize(self, prespawn_count: int, kernel_manager: Any, **kwargs: Any) -> None:
+        await super().initialize(prespawn_count, kernel_manager, **kwargs)
+        await asyncio.gather(*(self._await_subscription(kid) for kid in self.kernel_clients))
+        self.subscribed.set()
+
+    async def acquire(self) -> tuple[Any, str]:
+        await self.subscribed.wait()
+        return await super().acquire()
+
+    async def _await_subscription(self, kernel_id: str) -> None:
+        heard = asyncio.Event()
+        probes: set[str] = set()
+
+        def on_message(msg: dict[str, Any]) -> None:
+            if msg["parent_header"].get("msg_id") in probes:
+                heard.set()
+
+        self.on_recv(kernel_id, on_message)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SUBSCRIBE_TIMEOUT_SECONDS
+        while not heard.is_set() and loop.time() < deadline:
+            probes.add(self.kernel_clients[kernel_id].kernel_info())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(heard.wait(), SUBSCRIBE_PROBE_SECONDS)
+        if not heard.is_set():
+            app_log.error("no IOPub message from kernel %s; lending it anyway", kernel_id)
 
 
 class JSONErrors:
@@ -179,7 +228,11 @@ class UnknownPathHandler(JSONErrors, NotFoundHandler):
 
 
 class GradbookPersonality(NotebookHTTPPersonality):
-    """notebook-http whose endpoints use ``EndpointHandler``."""
+    """notebook-http whose endpoints use ``EndpointHandler`` on a ``SubscribedKernelPool``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.kernel_pool = SubscribedKernelPool()
 
     def create_request_handlers(self) -> list[tuple[Any, ...]]:
         health = url_path_join("/", self.parent.base_url, HEALTH_PATH)

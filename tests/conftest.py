@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
@@ -56,17 +57,20 @@ class Service:
         self.start()
 
     # -- process -----------------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, while_starting: Callable[[], None] | None = None) -> None:
         for _ in range(3):  # another process may bind the free port before the gateway does
-            if self._launch():
+            if self._launch(while_starting):
                 break
         else:
             raise RuntimeError(f"the service did not start:\n{self.log.read_text()[-3000:]}")
         self.kernel_pids = _children(self.process.pid)
         self.spec = self.request("GET", "/openapi.json", check=False).json()
 
-    def _launch(self) -> bool:
-        """Start the launcher on a free port; True once its /healthz answers for our store."""
+    def _launch(self, while_starting: Callable[[], None] | None) -> bool:
+        """Start the launcher on a free port; True once its /healthz answers for our store.
+
+        ``while_starting`` is called once the process is started, before it answers.
+        """
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -82,18 +86,36 @@ class Service:
                 [sys.executable, "-m", "service.launch"], cwd=ROOT, env=env, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )
+        if while_starting is not None:
+            while_starting()
         deadline = time.monotonic() + START_TIMEOUT
         while self.process.poll() is None and time.monotonic() < deadline:
             try:
                 reply = self.request("GET", "/healthz", timeout=5, check=False)
-                if reply.status == 200 and reply.json()["store"]["path"] == str(self.store):
-                    return True
             except OSError:
-                pass
+                time.sleep(0.2)
+                continue
+            if reply.status == 200:
+                self._check_health(reply)
+                return True
             time.sleep(0.2)
         if self.process.poll() is None:
             self.stop()
         return False
+
+    def _check_health(self, reply: Reply) -> None:
+        """The first 200 from /healthz must be this service's whole health document."""
+        try:
+            health = reply.json()
+            healthy = health["status"] == "ok" and health["store"]["path"] == str(self.store)
+        except (ValueError, KeyError, TypeError):
+            healthy = False
+        if not healthy:
+            self.stop()
+            raise RuntimeError(
+                f"GET /healthz answered 200 with {reply.body[:500]!r} and headers "
+                f"{dict(reply.headers)}\nservice log:\n{self.log.read_text()[-5000:]}"
+            )
 
     def stop(self) -> None:
         """SIGTERM the process group (the gateway stops its kernels); fail on leaked kernels."""
@@ -111,9 +133,9 @@ class Service:
             os.kill(pid, signal.SIGKILL)
         assert not alive, f"kernels {alive} outlived the service"
 
-    def restart(self) -> None:
+    def restart(self, while_starting: Callable[[], None] | None = None) -> None:
         self.stop()
-        self.start()
+        self.start(while_starting)
 
     # -- client ------------------------------------------------------------------------------
     def request(

@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from gradbook import ACTIVATIONS, LOSSES, MLP, gradcheck, sigmoid, softmax
@@ -15,6 +15,7 @@ from gradbook.datasets import load
 
 COMBOS = list(itertools.product(sorted(ACTIVATIONS), sorted(LOSSES), [False, True]))
 GRAD_TOL = 1e-6
+KINK_MARGIN = 1e-3  # far beyond what a step of 1e-5 in one parameter moves a z
 
 
 def random_problem(net: MLP, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -43,7 +44,17 @@ def test_gradients_match_central_differences(sizes, activation, loss, bias):
     assert err < GRAD_TOL
 
 
-@settings(max_examples=60, deadline=None)
+def distance_to_relu_kinks(net: MLP, X: np.ndarray) -> float:
+    """The smallest |z| over the hidden pre-activations: how close ``X`` is to a kink of relu."""
+    l, nearest = X, np.inf
+    for k, W in enumerate(net.weights[:-1]):
+        z = l @ W + (net.biases[k] if net.bias else 0.0)
+        nearest = min(nearest, float(np.abs(z).min()))
+        l = net.act.f(z)
+    return nearest
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(
     widths=st.lists(st.integers(1, 16), min_size=2, max_size=5),
     n=st.integers(1, 32),
@@ -57,6 +68,8 @@ def test_gradients_match_central_differences_property(widths, n, combo, seed):
     net = MLP(widths, activation, loss, bias, seed=seed)
     randomise_biases(net, seed + 1)
     X, Y = random_problem(net, n, seed + 2)
+    # relu has no derivative at 0: a difference step across a kink measures a mix of both slopes
+    assume(activation != "relu" or distance_to_relu_kinks(net, X) > KINK_MARGIN)
     grads = net.gradients(X, Y)
     assert [g.shape for g in grads] == [p.shape for p in net.parameters]
     assert gradcheck(lambda: net.loss(X, Y), net.parameters, grads, eps=1e-5) < GRAD_TOL

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -75,6 +76,32 @@ def test_a_restart_keeps_every_model_and_version(secured) -> None:
     assert after == before and after["kept"]["version"] == 2  # and digits is not re-created
     assert secured.post("/models/kept/predict", {"X": XOR_X}).json()["outputs"] == outputs
     assert secured.post("/models/kept/reset", {}).json()["version"] == 3
+
+
+def test_requests_sent_while_the_service_starts_get_whole_answers(secured) -> None:
+    """Requests that reach the gateway before its kernels are ready wait for them, and then none
+    loses its body (the first executions on a new kernel are the ones at risk; see
+    ``service.personality.SubscribedKernelPool``)."""
+    names = {m["name"] for m in secured.get("/models").json()["models"]}
+    replies: list = []
+
+    def first_reply() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                replies.append(secured.request("GET", "/models", timeout=120, check=False))
+                return
+            except OSError:  # not listening yet
+                time.sleep(0.01)
+
+    clients = [threading.Thread(target=first_reply) for _ in range(6)]
+    secured.restart(while_starting=lambda: [client.start() for client in clients])
+    for client in clients:
+        client.join(timeout=150)
+    assert len(replies) == len(clients)
+    for reply in replies:
+        assert reply.status == 200, reply.body
+        assert {m["name"] for m in reply.json()["models"]} == names
 
 
 def test_a_dead_kernel_fails_fast_with_503_instead_of_hanging(secured) -> None:
