@@ -179,7 +179,11 @@ class EndpointHandler(JSONErrors, NotebookAPIHandler):
         body = await self._run_code(kernel_client, f"{assignment}\n{self.sources[method]}")
         info = {}
         if method in self.response_sources:
-            info = json.loads(await self._run_code(kernel_client, self.response_sources[method]))
+            printed = await self._run_code(kernel_client, self.response_sources[method])
+            try:
+                info = json.loads(printed)
+            except ValueError:  # the notebook's fault, not the client's: a 500, not a 400
+                raise RuntimeError(f"ResponseInfo {method} printed {printed[:200]!r}") from None
         self.set_status(info.get("status", 200))
         self.set_header("Content-Type", "text/plain")
         for header, value in info.get("headers", {}).items():

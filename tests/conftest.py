@@ -46,6 +46,19 @@ class Reply:
         return self.headers.get("X-Gradbook-Kernel")
 
 
+def http_request(
+    port: int, method: str, path: str, raw: bytes | None, headers: dict[str, str], timeout: float
+) -> Reply:
+    """One HTTP/1.1 exchange with 127.0.0.1:``port``."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request(method, path, body=raw, headers=headers)
+        response = connection.getresponse()
+        return Reply(response.status, response.headers, response.read())
+    finally:
+        connection.close()
+
+
 class Service:
     """A running service (one gateway process and its kernels) and an HTTP client for it."""
 
@@ -159,13 +172,7 @@ class Service:
         token = self.token if token is None else token
         if token:
             headers["Authorization"] = f"token {token}"
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            connection.request(method, path, body=raw, headers=headers)
-            response = connection.getresponse()
-            reply = Reply(response.status, response.headers, response.read())
-        finally:
-            connection.close()
+        reply = http_request(self.port, method, path, raw, headers, timeout)
         if check:
             check_against_spec(self.spec, method, path, reply)
         return reply

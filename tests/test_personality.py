@@ -1,0 +1,95 @@
+"""The personality keeps the notebook-http contract: a plain notebook-http notebook, which knows
+nothing of gradbook, is served by ``service.personality`` as by the stock gateway, with the
+personality's JSON errors around it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from conftest import ROOT, http_request
+
+pytestmark = pytest.mark.xdist_group("gateway")
+
+CELLS = [
+    "import json",
+    '# GET /hello/:name\nprint("hello " + json.loads(REQUEST)["path"]["name"])',
+    '# POST /echo\nprint(json.dumps({"got": json.loads(REQUEST)["body"]}))',
+    '# ResponseInfo POST /echo\nprint(json.dumps({"status": 201, "headers": '
+    '{"Content-Type": "application/json", "X-Echo": "yes"}}))',
+    '# GET /broken\nraise KeyError("a secret detail")',
+    '# GET /no-info\nprint("body")',
+    '# ResponseInfo GET /no-info\nprint("this is not JSON")',
+]
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("plain")
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS])
+    notebook.metadata["kernelspec"] = {"name": "python3", "language": "python",
+                                       "display_name": "Python 3"}
+    nbformat.write(notebook, folder / "plain.ipynb")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GRADBOOK_", "KG_"))}
+    env["JUPYTER_RUNTIME_DIR"] = str(folder / "runtime")
+    command = [sys.executable, "-m", "kernel_gateway", "--KernelGatewayApp.api=service.personality",
+               f"--KernelGatewayApp.seed_uri={folder / 'plain.ipynb'}", "--ip=127.0.0.1",
+               f"--port={port}", "--port_retries=0", "--KernelGatewayApp.prespawn_count=1"]
+    with open(folder / "gateway.log", "wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if http_request(port, "GET", "/hello/x", None, {}, 10).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            pytest.fail(f"the gateway did not start:\n{Path(folder / 'gateway.log').read_text()}")
+        yield port
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def test_an_endpoint_cell_prints_the_body(gateway) -> None:
+    reply = http_request(gateway, "GET", "/hello/ada", None, {}, 30)
+    assert (reply.status, reply.body) == (200, b"hello ada\n")
+
+
+def test_a_response_info_cell_sets_status_and_headers(gateway) -> None:
+    headers = {"Content-Type": "application/json"}
+    reply = http_request(gateway, "POST", "/echo", b'{"a": [1, 2]}', headers, 30)
+    assert reply.status == 201
+    assert reply.headers["X-Echo"] == "yes" and reply.headers["X-Gradbook-Kernel"]
+    assert json.loads(reply.body) == {"got": {"a": [1, 2]}}
+
+
+@pytest.mark.parametrize("path", ["/broken", "/no-info"])
+def test_a_failing_cell_is_a_500_without_details(gateway, path) -> None:
+    reply = http_request(gateway, "GET", path, None, {}, 30)
+    assert reply.status == 500, reply.body
+    assert reply.headers["Content-Type"] == "application/json"
+    error = json.loads(reply.body)["error"]
+    assert error["status"] == 500 and "secret" not in error["message"]
+    assert http_request(gateway, "GET", "/hello/again", None, {}, 30).status == 200
+
+
+def test_unknown_paths_and_methods_are_json_errors(gateway) -> None:
+    missing = http_request(gateway, "GET", "/nowhere", None, {}, 30)
+    assert missing.status == 404 and json.loads(missing.body)["error"]["status"] == 404
+    wrong = http_request(gateway, "DELETE", "/echo", None, {}, 30)
+    assert wrong.status == 405 and "use POST" in json.loads(wrong.body)["error"]["message"]
