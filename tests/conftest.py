@@ -46,6 +46,21 @@ class Reply:
         return self.headers.get("X-Gradbook-Kernel")
 
 
+def free_port() -> int:
+    """A loopback port free now (another process may still take it before the gateway does)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def gateway_env(workdir: Path) -> dict[str, str]:
+    """This environment without the service's and the gateway's settings, runtime files in
+    ``workdir``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GRADBOOK_", "KG_"))}
+    env.update(PYTHONUNBUFFERED="1", JUPYTER_RUNTIME_DIR=str(workdir / "runtime"))
+    return env
+
+
 def http_request(
     port: int, method: str, path: str, raw: bytes | None, headers: dict[str, str], timeout: float
 ) -> Reply:
@@ -84,13 +99,10 @@ class Service:
 
         ``while_starting`` is called once the process is started, before it answers.
         """
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("GRADBOOK_", "KG_"))}
+        self.port = free_port()
+        env = gateway_env(self.workdir)
         env.update(GRADBOOK_HOST="127.0.0.1", GRADBOOK_PORT=str(self.port), GRADBOOK_KERNELS="2",
-                   GRADBOOK_STORE=str(self.store), PYTHONUNBUFFERED="1",
-                   JUPYTER_RUNTIME_DIR=str(self.workdir / "runtime"))
+                   GRADBOOK_STORE=str(self.store))
         if self.token:
             env["GRADBOOK_TOKEN"] = self.token
         self.log = self.workdir / f"service-{self.port}.log"

@@ -7,15 +7,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import ROOT, http_request
+from conftest import ROOT, free_port, gateway_env, http_request
 
 pytestmark = pytest.mark.xdist_group("gateway")
 
@@ -33,36 +31,38 @@ CELLS = [
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory):
+    """The stock gateway command with ``KernelGatewayApp.api`` set to the personality, serving a
+    notebook of ``CELLS`` on one kernel; yields its port."""
     folder = tmp_path_factory.mktemp("plain")
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS])
     notebook.metadata["kernelspec"] = {"name": "python3", "language": "python",
                                        "display_name": "Python 3"}
     nbformat.write(notebook, folder / "plain.ipynb")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GRADBOOK_", "KG_"))}
-    env["JUPYTER_RUNTIME_DIR"] = str(folder / "runtime")
+    port = free_port()
     command = [sys.executable, "-m", "kernel_gateway", "--KernelGatewayApp.api=service.personality",
                f"--KernelGatewayApp.seed_uri={folder / 'plain.ipynb'}", "--ip=127.0.0.1",
                f"--port={port}", "--port_retries=0", "--KernelGatewayApp.prespawn_count=1"]
-    with open(folder / "gateway.log", "wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
+    log = folder / "gateway.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=gateway_env(folder), stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                if http_request(port, "GET", "/hello/x", None, {}, 10).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            pytest.fail(f"the gateway did not start:\n{Path(folder / 'gateway.log').read_text()}")
+        while not _answers(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the gateway did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
         yield port
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
+
+
+def _answers(port: int) -> bool:
+    try:
+        return http_request(port, "GET", "/hello/x", None, {}, 10).status == 200
+    except OSError:
+        return False
 
 
 def test_an_endpoint_cell_prints_the_body(gateway) -> None:
