@@ -6,7 +6,8 @@ on a pooled kernel. This personality keeps that contract (the same ``REQUEST``, 
 
 * the gateway's token (``auth_token``, set from ``GRADBOOK_TOKEN``) guards every endpoint except
   ``/healthz``;
-* a body over ``GRADBOOK_MAX_BODY_BYTES`` gets 413 before it reaches a kernel;
+* a body over ``GRADBOOK_MAX_BODY_BYTES`` gets 413 before it reaches a kernel, and is dropped as
+  it arrives rather than held (``EndpointHandler``);
 * every error is JSON ``{"error": {"status", "message"}}``; a failing cell gives a 500 whose
   details stay in the log;
 * a kernel that is not running gives 503 instead of a request that hangs forever, and
@@ -44,7 +45,9 @@ from kernel_gateway.notebook_http.request_utils import (
 from kernel_gateway.notebook_http.swagger.handlers import SwaggerSpecHandler
 from kernel_gateway.services.kernels.pool import ManagedKernelPool
 from tornado.concurrent import Future
+from tornado.httputil import HTTPInputError, parse_body_arguments
 from tornado.log import app_log
+from tornado.web import stream_request_body
 
 from service.errors import ServiceError, error_body, to_http
 from service.http import BODY_ENCODING
@@ -53,6 +56,7 @@ from service.settings import Settings
 HEALTH_PATH = "/healthz"
 KERNEL_HEADER = "X-Gradbook-Kernel"
 KERNEL_CHECK_SECONDS = 1.0  # how often a long cell execution checks that its kernel still runs
+DISCARD_LIMIT_BYTES = 1 << 30  # a refused body up to this size is read and dropped, not cut off
 SUBSCRIBE_PROBE_SECONDS = 0.2  # how long to wait for a probe's status before sending another
 SUBSCRIBE_TIMEOUT_SECONDS = 60.0  # then lend the kernel anyway: a dead one answers 503
 
@@ -117,35 +121,84 @@ class JSONErrors:
         self.finish(json.dumps(error_body(error)))
 
 
+@stream_request_body
 class EndpointHandler(JSONErrors, NotebookAPIHandler):
     """Runs an endpoint's cells on a pooled kernel, like ``NotebookAPIHandler``, with the checks
-    and error handling described in the module docstring."""
+    and error handling described in the module docstring.
+
+    The body is streamed in (``data_received``) so that one over the limit is dropped as it
+    arrives instead of being held whole, and so that tornado's own limit (a bare 400 past
+    100 MB) never applies. A refused request is answered once its body has been read: answering
+    while the client still sends would close the connection under it (a reset, in which the
+    answer is lost). A client that waits for ``100 Continue`` is answered at once instead.
+    """
 
     def initialize(self, health: bool, max_body_bytes: int, **kwargs: Any) -> None:
         super().initialize(**kwargs)
         self.health = health  # the health endpoint: no token, and it checks every kernel
         self.max_body_bytes = max_body_bytes
+        self.received = bytearray()
+        self.refusal: ServiceError | None = None
 
     def prepare(self) -> None:
-        method = self.request.method
-        if method == "OPTIONS":  # CORS preflight, answered by CORSMixin
+        """Decide from the headers alone whether the request is refused."""
+        if self.request.method == "OPTIONS":  # CORS preflight, answered by CORSMixin
             return
+        self.request.connection.set_max_body_size(max(self.max_body_bytes, DISCARD_LIMIT_BYTES))
+        self.refusal = self._refusal()
+        declared = self._declared_length()
+        waits = self.request.headers.get("Expect", "").lower() == "100-continue"
+        if self.refusal is not None and (waits or declared > DISCARD_LIMIT_BYTES):
+            self.fail(self.refusal)
+
+    def _refusal(self) -> ServiceError | None:
+        method = self.request.method
         token = self.settings.get("kg_auth_token")
         if token and not self.health:
             sent = self.request.headers.get("Authorization", "")
             if not hmac.compare_digest(sent.encode(), f"token {token}".encode()):
                 message = "send the service's token as 'Authorization: token <value>'"
-                return self.fail(ServiceError(401, message))
+                return ServiceError(401, message)
         if method not in self.sources:
             allowed = ", ".join(sorted(self.sources))
-            return self.fail(ServiceError(405, f"{method} is not supported here; use {allowed}"))
-        size = len(self.request.body)
-        if size > self.max_body_bytes:
+            return ServiceError(405, f"{method} is not supported here; use {allowed}")
+        if (size := self._declared_length()) > self.max_body_bytes:
             message = f"the body has {size} bytes; the limit is {self.max_body_bytes}"
-            return self.fail(ServiceError(413, message))
+            return ServiceError(413, message)
+        return None
+
+    def _declared_length(self) -> int:
+        """The Content-Length, 0 if absent (tornado itself refuses a malformed one)."""
+        try:
+            return int(self.request.headers.get("Content-Length", "0"))
+        except ValueError:
+            return 0
+
+    def data_received(self, chunk: bytes) -> None:
+        if self.refusal is None and len(self.received) + len(chunk) > self.max_body_bytes:
+            message = f"the body has more than {self.max_body_bytes} bytes, the limit"
+            self.refusal = ServiceError(413, message)
+            self.received = bytearray()
+        if self.refusal is None:
+            self.received += chunk
+
+    async def patch(self, **kwargs: Any) -> None:
+        """notebook-http has no PATCH (or HEAD) cells: answer the 405 that ``prepare`` decided."""
+        await self._handle_request()
+
+    head = patch
 
     async def _handle_request(self) -> None:
         self.response_future = Future()  # awaited by the inherited get/post/put/delete
+        self.response_future.set_result(None)  # this method itself runs the whole request
+        if self.refusal is not None:
+            return self.fail(self.refusal)
+        self.request.body, self.received = bytes(self.received), bytearray()
+        try:  # form fields, which the non-streaming handler has tornado parse
+            parse_body_arguments(self.request.headers.get("Content-Type", ""), self.request.body,
+                                 self.request.body_arguments, self.request.files)
+        except HTTPInputError as err:
+            return self.fail(ServiceError(400, f"the body is malformed: {err}"))
         kernel_client, self.kernel_id = await self.kernel_pool.acquire()
         error, body = None, None
         try:
@@ -156,7 +209,6 @@ class EndpointHandler(JSONErrors, NotebookAPIHandler):
                 app_log.error("%s %s failed", self.request.method, self.request.path, exc_info=err)
         finally:
             self.kernel_pool.release(self.kernel_id)
-            self.response_future.set_result(None)
         if error is not None:
             self.fail(error)
         else:

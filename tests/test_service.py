@@ -5,8 +5,13 @@ The ``service`` fixture (conftest.py) checks each reply against the served OpenA
 
 from __future__ import annotations
 
+import http.client
+import json
+import socket
+
 import numpy as np
 import pytest
+from conftest import Reply
 
 from gradbook.datasets import load
 from gradbook.store import ModelStore
@@ -223,6 +228,37 @@ def test_requests_too_large_for_a_kernel_are_refused(service) -> None:
         assert service.post("/models/wide/predict", {"X": [[0.5]] * 2}).status == 200
     finally:
         assert service.delete("/models/wide").status == 200
+
+
+def test_bodies_over_the_limit_are_refused_with_json_however_they_arrive(service) -> None:
+    """Over tornado's own 100 MB limit too, sent in chunks, or waiting for ``100 Continue``;
+    the kernels never see them and keep serving."""
+    huge = service.post(PREDICT, raw=b" " * (101 * 2**20),
+                        headers={"Content-Type": "application/json"})
+    assert huge.status == 413 and "the limit is 4194304" in huge.json()["error"]["message"]
+
+    chunks = (b" " * 2**20 for _ in range(5))  # no Content-Length: the size shows as it arrives
+    connection = http.client.HTTPConnection("127.0.0.1", service.port, timeout=60)
+    try:
+        connection.request("POST", PREDICT, body=chunks, encode_chunked=True,
+                           headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        chunked = Reply(response.status, response.headers, response.read())
+    finally:
+        connection.close()
+    assert chunked.status == 413, chunked.body
+    assert "more than 4194304 bytes" in chunked.json()["error"]["message"]
+
+    with socket.create_connection(("127.0.0.1", service.port), timeout=30) as client:
+        client.sendall(f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                       f"\r\nContent-Length: {10 * 2**20}\r\nExpect: 100-continue\r\n\r\n"
+                       .encode())
+        answer = client.makefile("rb").read()  # answered and closed with no body sent
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413")  # not "100 Continue" first
+    assert json.loads(body)["error"]["status"] == 413
+
+    assert service.post(PREDICT, {"x": [1, 0, 1]}).status == 200
 
 
 def test_json_with_a_charset_is_json(service) -> None:

@@ -48,6 +48,15 @@ def test_every_endpoint_but_healthz_needs_the_token(secured, method, path, body)
         assert "Authorization: token" in reply.json()["error"]["message"]
 
 
+def test_a_body_without_the_token_gets_401_once_it_is_read(secured) -> None:
+    """The answer waits for the whole body (answering earlier would reset the connection under
+    the client), and the missing token is what it names, even for a body over the limit."""
+    for size in (2**20, 5 * 2**20):
+        reply = secured.request("POST", "/models/xor/predict", raw=b" " * size, token="",
+                                headers={"Content-Type": "application/json"})
+        assert reply.status == 401, reply.body
+
+
 def test_nothing_changes_without_the_token_and_everything_works_with_it(secured) -> None:
     changes = [("POST", "/models", {"name": "intruder", "sizes": [3, 1]}),
                ("PUT", "/models/xor", {"lr": 100.0}), ("DELETE", "/models/xor", None),
