@@ -78,6 +78,12 @@ def test_a_response_info_cell_sets_status_and_headers(gateway) -> None:
     assert json.loads(reply.body) == {"got": {"a": [1, 2]}}
 
 
+def test_form_fields_arrive_as_a_dict_of_lists(gateway) -> None:
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    reply = http_request(gateway, "POST", "/echo", b"a=1&a=2&b=x", headers, 30)
+    assert json.loads(reply.body) == {"got": {"a": ["1", "2"], "b": ["x"]}}
+
+
 @pytest.mark.parametrize("path", ["/broken", "/no-info"])
 def test_a_failing_cell_is_a_500_without_details(gateway, path) -> None:
     reply = http_request(gateway, "GET", path, None, {}, 30)
