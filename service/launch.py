@@ -30,8 +30,8 @@ def gateway_config(settings: Settings) -> Config:
     app.prespawn_count = settings.kernels
     app.auth_token = settings.token
     app.answer_yes = True  # Ctrl-C stops at once instead of asking
-    # A kernel that died would come back without the notebook's seed cells and fail every
-    # request; without restarts it stays dead, /healthz reports 503 and the service is restarted.
+    # A kernel restarted in place would come back without the notebook's seed cells and fail
+    # every request; instead the personality replaces a stopped kernel with a newly seeded one.
     config.KernelManager.autorestart = False
     return config
 

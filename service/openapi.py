@@ -27,7 +27,7 @@ ERRORS = {
     413: "The request body is larger than the limit.",
     415: "The body is form-encoded; send JSON.",
     500: "Fault of the service (details in its log, never in the response).",
-    503: "A kernel of the pool is not running, or the store is not readable.",
+    503: "A kernel stopped (it is replaced: retry), or the store is not readable.",
 }
 # Strings that spell numbers, as service.inputs reads them (surrounding blanks allowed).
 DECIMAL = rf"^\s*{inputs.DECIMAL.pattern}\s*$"

@@ -10,8 +10,9 @@ on a pooled kernel. This personality keeps that contract (the same ``REQUEST``, 
   it arrives rather than held (``EndpointHandler``);
 * every error is JSON ``{"error": {"status", "message"}}``; a failing cell gives a 500 whose
   details stay in the log;
-* a kernel that is not running gives 503 instead of a request that hangs forever, and
-  ``/healthz`` checks every kernel of the pool;
+* a kernel that stops is replaced by a newly seeded one when it is next lent; a request whose
+  kernel stops under it gets 503 instead of hanging forever, and ``/healthz`` answers 503 while
+  any kernel of the pool is stopped;
 * no kernel is lent out before its output reaches the gateway (``SubscribedKernelPool``), so the
   first requests after a start do not lose their bodies;
 * a ``ResponseInfo`` may add ``"body_encoding": "base64"``: the body is decoded to bytes here
@@ -84,6 +85,30 @@ class SubscribedKernelPool(ManagedKernelPool):
     async def acquire(self) -> tuple[Any, str]:
         await self.subscribed.wait()
         return await super().acquire()
+
+    async def is_running(self, kernel_id: str) -> bool:
+        return await ensure_async(self.kernel_manager.get_kernel(kernel_id).is_alive())
+
+    async def replace(self, kernel_id: str) -> tuple[Any, str]:
+        """Swap the lent kernel ``kernel_id``, which stopped, for a new kernel seeded like the
+        others, lent in its place: its client and id.
+
+        Kernels are never restarted in place (see ``service.launch``): a restarted kernel would
+        come back without the notebook's seed cells. The old kernel is let go only once the new
+        one serves, so a failed start leaves the pool as it was, to try again at the next lend.
+        """
+        # start_seeded_kernel, as the pool's start uses, does not return the new kernel's id
+        new_id = await self.kernel_manager.start_kernel(
+            kernel_name=self.kernel_manager.seed_kernelspec
+        )
+        self.kernel_clients[new_id] = self.kernel_manager.get_kernel(new_id).client()
+        self.kernel_manager.connect_iopub(new_id).on_recv(self.create_on_reply(new_id))
+        await self._await_subscription(new_id)
+        self.kernel_clients.pop(kernel_id).stop_channels()
+        self.on_recv_funcs.pop(kernel_id, None)
+        await self.kernel_manager.shutdown_kernel(kernel_id, now=True)
+        app_log.warning("kernel %s had stopped; kernel %s replaces it", kernel_id, new_id)
+        return self.kernel_clients[new_id], new_id
 
     async def _await_subscription(self, kernel_id: str) -> None:
         heard = asyncio.Event()
@@ -202,6 +227,8 @@ class EndpointHandler(JSONErrors, NotebookAPIHandler):
         kernel_client, self.kernel_id = await self.kernel_pool.acquire()
         error, body = None, None
         try:
+            if not await self.kernel_pool.is_running(self.kernel_id):
+                kernel_client, self.kernel_id = await self._replace_kernel()
             body = await self._run_cells(kernel_client)
         except Exception as err:  # every failure becomes a JSON error response
             error = to_http(err)
@@ -217,7 +244,8 @@ class EndpointHandler(JSONErrors, NotebookAPIHandler):
     async def _run_cells(self, kernel_client: Any) -> bytes | str:
         """Assign ``REQUEST``, run the endpoint cell and its ``ResponseInfo`` cell; set status and
         headers from the latter and return the body."""
-        await self._check_kernels()
+        if self.health:
+            await self._check_pool()
         method = self.request.method
         request = {
             "body": parse_body(self.request),
@@ -259,23 +287,24 @@ class EndpointHandler(JSONErrors, NotebookAPIHandler):
         future = self.execute_code(kernel_client, self.kernel_id, code)
         while not future.done():
             await asyncio.wait([future], timeout=KERNEL_CHECK_SECONDS)
-            if not future.done() and not await self._running(self.kernel_id):
-                raise ServiceError(503, "the kernel stopped while running the request")
+            if not future.done() and not await self.kernel_pool.is_running(self.kernel_id):
+                raise ServiceError(503, "the kernel stopped while running the request; retry")
         return future.result()
 
-    async def _check_kernels(self) -> None:
-        """503 unless the acquired kernel runs (for the health endpoint: every kernel of the pool).
+    async def _replace_kernel(self) -> tuple[Any, str]:
+        try:
+            return await self.kernel_pool.replace(self.kernel_id)
+        except Exception as err:
+            app_log.error("kernel %s could not be replaced", self.kernel_id, exc_info=err)
+            raise ServiceError(503, "a kernel stopped and could not be replaced; retry") from None
 
-        Kernels are not restarted automatically (see ``service.launch``): a dead one stays dead,
-        so the health check fails and the orchestrator restarts the service.
-        """
-        for kernel_id in self.kernel_pool.kernel_clients if self.health else [self.kernel_id]:
-            if not await self._running(kernel_id):
-                raise ServiceError(503, f"kernel {kernel_id} is not running; restart the service")
-
-    async def _running(self, kernel_id: str) -> bool:
-        kernel = self.settings["kernel_manager"].get_kernel(kernel_id)
-        return await ensure_async(kernel.is_alive())
+    async def _check_pool(self) -> None:
+        """503 unless every kernel of the pool runs. A stopped kernel is replaced when it is next
+        lent, to the health endpoint or any other."""
+        for kernel_id in list(self.kernel_pool.kernel_clients):
+            if not await self.kernel_pool.is_running(kernel_id):
+                message = f"kernel {kernel_id} stopped; it is replaced when next lent to a request"
+                raise ServiceError(503, message)
 
 
 class UnknownPathHandler(JSONErrors, NotFoundHandler):

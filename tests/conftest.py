@@ -91,7 +91,7 @@ class Service:
                 break
         else:
             raise RuntimeError(f"the service did not start:\n{self.log.read_text()[-3000:]}")
-        self.kernel_pids = _children(self.process.pid)
+        self.kernel_pids = child_pids(self.process.pid)
         self.spec = self.request("GET", "/openapi.json", check=False).json()
 
     def _launch(self, while_starting: Callable[[], None] | None) -> bool:
@@ -144,7 +144,7 @@ class Service:
 
     def stop(self) -> None:
         """SIGTERM the process group (the gateway stops its kernels); fail on leaked kernels."""
-        pids = _children(self.process.pid)
+        pids = child_pids(self.process.pid)
         os.killpg(self.process.pid, signal.SIGTERM)
         try:
             self.process.wait(timeout=30)
@@ -152,11 +152,11 @@ class Service:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
         deadline = time.monotonic() + 10
-        while (alive := [pid for pid in pids if _alive(pid)]) and time.monotonic() < deadline:
+        while (living := [pid for pid in pids if alive(pid)]) and time.monotonic() < deadline:
             time.sleep(0.1)
-        for pid in alive:
+        for pid in living:
             os.kill(pid, signal.SIGKILL)
-        assert not alive, f"kernels {alive} outlived the service"
+        assert not living, f"kernels {living} outlived the service"
 
     def restart(self, while_starting: Callable[[], None] | None = None) -> None:
         self.stop()
@@ -238,7 +238,7 @@ def _inline(schema: Any, spec: dict[str, Any]) -> Any:
     return schema
 
 
-def _children(pid: int) -> list[int]:
+def child_pids(pid: int) -> list[int]:
     """Processes whose parent is ``pid`` (the gateway's kernels)."""
     children = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -251,7 +251,7 @@ def _children(pid: int) -> list[int]:
     return children
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
