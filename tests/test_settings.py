@@ -1,0 +1,49 @@
+"""Settings come from GRADBOOK_* variables, with defaults, and explicit configuration wins."""
+
+from __future__ import annotations
+
+import pytest
+
+from gradbook.store import DEFAULT_ROOT
+from service.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def no_gradbook_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HOST", "PORT", "KERNELS", "STORE", "TOKEN", "MAX_BODY_BYTES", "MAX_EPOCHS"):
+        monkeypatch.delenv(f"GRADBOOK_{name}", raising=False)
+
+
+def test_defaults() -> None:
+    settings = Settings()
+    assert (settings.host, settings.port, settings.kernels) == ("127.0.0.1", 8888, 2)
+    assert (settings.store, settings.token) == (str(DEFAULT_ROOT), "")
+    assert (settings.max_body_bytes, settings.max_epochs) == (4 * 2**20, 10_000)
+
+
+def test_every_setting_reads_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = {"HOST": "127.0.0.2", "PORT": "9001", "KERNELS": "3", "STORE": "/tmp/models",
+              "TOKEN": "t0ken", "MAX_BODY_BYTES": "1024", "MAX_EPOCHS": "50"}
+    for name, value in values.items():
+        monkeypatch.setenv(f"GRADBOOK_{name}", value)
+    settings = Settings()
+    assert (settings.host, settings.port, settings.kernels) == ("127.0.0.2", 9001, 3)
+    assert (settings.store, settings.token) == ("/tmp/models", "t0ken")
+    assert (settings.max_body_bytes, settings.max_epochs) == (1024, 50)
+
+
+def test_an_empty_variable_means_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRADBOOK_HOST", "")  # not "listen on every interface"
+    monkeypatch.setenv("GRADBOOK_PORT", "")
+    assert (Settings().host, Settings().port) == ("127.0.0.1", 8888)
+
+
+def test_a_bad_number_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRADBOOK_KERNELS", "two")
+    with pytest.raises(ValueError, match="GRADBOOK_KERNELS must be an integer; got 'two'"):
+        Settings().kernels  # noqa: B018
+
+
+def test_explicit_configuration_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRADBOOK_MAX_EPOCHS", "50")
+    assert Settings(max_epochs=7).max_epochs == 7
