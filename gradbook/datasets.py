@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gradbook.validation import brief
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -48,5 +50,5 @@ DATASETS: dict[str, Callable[[int], Dataset]] = {"xor": xor, "digits": digits}
 def load(name: str, seed: int = 0) -> Dataset:
     """The data set registered as ``name``; ``ValueError`` lists the known names otherwise."""
     if name not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; known: {sorted(DATASETS)}")
+        raise ValueError(f"unknown data set {brief(name)}; known: {sorted(DATASETS)}")
     return DATASETS[name](seed)

@@ -26,7 +26,7 @@ import numpy as np
 
 from gradbook.activations import ACTIVATIONS
 from gradbook.losses import LOSSES
-from gradbook.validation import as_labels, as_matrix, positive_float, positive_int
+from gradbook.validation import as_labels, as_matrix, brief, positive_float, positive_int
 
 Callback = Callable[[int, float, "MLP"], None]
 
@@ -48,15 +48,17 @@ class MLP:
     ) -> None:
         if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence) or len(sizes) < 2:
             raise ValueError(
-                f"sizes must be a list [d_in, …, d_out] of at least 2 ints; got {sizes!r}"
+                f"sizes must be a list [d_in, …, d_out] of at least 2 ints; got {brief(sizes)}"
             )
         self.sizes = [positive_int(f"sizes[{i}]", s) for i, s in enumerate(sizes)]
         if not isinstance(activation, str) or activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}")
+            raise ValueError(
+                f"activation must be one of {sorted(ACTIVATIONS)}; got {brief(activation)}"
+            )
         if not isinstance(loss, str) or loss not in LOSSES:
-            raise ValueError(f"loss must be one of {sorted(LOSSES)}; got {loss!r}")
+            raise ValueError(f"loss must be one of {sorted(LOSSES)}; got {brief(loss)}")
         if not isinstance(bias, bool):
-            raise ValueError(f"bias must be true or false; got {bias!r}")
+            raise ValueError(f"bias must be true or false; got {brief(bias)}")
         self.activation, self.loss_name, self.bias = activation, loss, bias
         self.act, self.loss_fn = ACTIVATIONS[activation], LOSSES[loss]
         self.metadata: dict[str, Any] = {}

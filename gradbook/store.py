@@ -18,20 +18,30 @@ safe to share between the service's pooled kernels (separate processes, each wit
 * **Read-through cache.** ``get`` costs one ``stat``: the model is reloaded only when the file's
   (inode, mtime_ns, size) changed. Each commit stamps its file with an mtime strictly later than
   the previous version's, so two versions never share that key, even within one clock tick.
+  The cache keeps the ``cache_size`` models used last, so a process's memory stays bounded
+  however many models the store holds.
+
+A store may be given a most number of models (``create(..., max_models=…)``): creates take a
+store-wide lock to count and commit, so concurrent creates never overshoot it.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 from gradbook.network import MLP
+from gradbook.validation import brief
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[1] / ".gradbook" / "models"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -53,13 +63,17 @@ class ModelBusyError(StoreError):
     pass
 
 
+class StoreFullError(StoreError):
+    pass
+
+
 def check_name(name: str) -> str:
     """Return ``name`` if it is 1-64 letters, digits, ``-`` or ``_`` (starting with a letter or
     digit), so that it is safe as a file name and in a URL; raise ``ValueError`` otherwise."""
     if not isinstance(name, str) or not NAME.fullmatch(name):
         raise ValueError(
             "name must be 1-64 letters, digits, '-' or '_', starting with a letter or digit; "
-            f"got {name!r}"
+            f"got {brief(name)}"
         )
     return name
 
@@ -72,14 +86,23 @@ class ModelStore:
     root : the store's folder.
     lock_timeout : seconds a writer waits for another writer of the same model before
         ``ModelBusyError``.
+    cache_size : models kept loaded (least recently used dropped first).
     """
 
-    def __init__(self, root: str | os.PathLike[str], lock_timeout: float = 2.0) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], lock_timeout: float = 2.0, cache_size: int = 16
+    ) -> None:
         self.root = Path(root)
         self.lock_timeout = lock_timeout
+        self.cache_size = cache_size
         for folder in (".locks", ".deleted"):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
-        self._cache: dict[str, tuple[tuple[int, int, int], MLP]] = {}
+        self._cache: OrderedDict[str, tuple[tuple[int, int, int], MLP]] = OrderedDict()
+
+    @property
+    def cached(self) -> int:
+        """How many models this process holds loaded now (at most ``cache_size``)."""
+        return len(self._cache)
 
     def path(self, name: str) -> Path:
         return self.root / f"{check_name(name)}.npz"
@@ -100,10 +123,27 @@ class ModelStore:
         key = (st.st_ino, st.st_mtime_ns, st.st_size)
         cached = self._cache.get(name)
         if cached is not None and cached[0] == key:
+            self._cache.move_to_end(name)
             return cached[1]
         net = self._load(name, path)
         self._cache[name] = (key, net)
+        self._cache.move_to_end(name)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
         return net
+
+    def header(self, name: str) -> tuple[dict, dict]:
+        """The ``config`` and ``metadata`` of the latest version of ``name``, read without its
+        weights and without touching the cache (for listings)."""
+        path = self.path(name)
+        try:
+            with np.load(path, allow_pickle=False) as data:  # an .npz reads members lazily
+                header = json.loads(str(data["header"]))
+        except FileNotFoundError:
+            raise ModelNotFoundError(f"no model named {name!r}") from None
+        except Exception as err:
+            raise StoreError(f"model {name!r} could not be read ({type(err).__name__})") from err
+        return header["config"], header["metadata"]
 
     def _load(self, name: str, path: Path) -> MLP:
         try:
@@ -117,7 +157,11 @@ class ModelStore:
     @contextmanager
     def lock(self, name: str) -> Iterator[None]:
         """Hold the writer lock of ``name``; ``ModelBusyError`` after ``lock_timeout`` seconds."""
-        lock_path = self.root / ".locks" / f"{check_name(name)}.lock"
+        with self._flock(self.root / ".locks" / f"{check_name(name)}.lock", f"model {name!r}"):
+            yield
+
+    @contextmanager
+    def _flock(self, lock_path: Path, what: str) -> Iterator[None]:
         with open(lock_path, "a") as f:
             deadline = time.monotonic() + self.lock_timeout
             while True:
@@ -127,7 +171,7 @@ class ModelStore:
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
                         raise ModelBusyError(
-                            f"model {name!r} is being changed by another request; retry later"
+                            f"{what} is being changed by another request; retry later"
                         ) from None
                     time.sleep(0.01)
             try:
@@ -135,15 +179,21 @@ class ModelStore:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def create(self, name: str, net: MLP) -> MLP:
-        """Commit ``net`` as a new model; ``ModelExistsError`` if ``name`` is taken.
+    def create(self, name: str, net: MLP, max_models: int | None = None) -> MLP:
+        """Commit ``net`` as a new model; ``ModelExistsError`` if ``name`` is taken,
+        ``StoreFullError`` if the store holds ``max_models`` already.
 
         Its version is 1, or one more than the last version of a deleted model of that name, so
         a client that remembers versions never sees one go backwards.
         """
-        with self.lock(name):
+        # .store.lock cannot clash with a model's lock: model names start with a letter or digit
+        with self._flock(self.root / ".locks" / ".store.lock", "the store"), self.lock(name):
             if self.path(name).exists():
                 raise ModelExistsError(f"a model named {name!r} already exists")
+            if max_models is not None and len(self.names()) >= max_models:
+                raise StoreFullError(
+                    f"the store holds at most {max_models} models; delete one first"
+                )
             tombstone = self._tombstone(name)
             try:
                 previous = int(tombstone.read_text()) if tombstone.exists() else 0

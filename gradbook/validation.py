@@ -11,6 +11,17 @@ from typing import Any
 
 import numpy as np
 
+BRIEF_CHARS = 100
+
+
+def brief(value: Any) -> str:
+    """``repr(value)`` cut to ``BRIEF_CHARS`` characters: a message quotes what it refuses, but
+    never echoes a huge input whole."""
+    if isinstance(value, int) and value.bit_length() > 256:  # repr would cost, or refuse
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= BRIEF_CHARS else text[:BRIEF_CHARS] + "…"
+
 
 def as_matrix(name: str, value: Any, cols: int | None = None) -> np.ndarray:
     """Return ``value`` as a finite float64 array of shape ``(n, cols)`` with n >= 1.
@@ -57,17 +68,21 @@ def as_labels(name: str, value: Any, classes: int) -> np.ndarray:
 def positive_int(name: str, value: Any, maximum: int | None = None) -> int:
     """Return ``value`` as an int >= 1 (and <= ``maximum`` when given)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        raise ValueError(f"{name} must be a positive integer; got {brief(value)}")
     if value < 1 or (maximum is not None and value > maximum):
         bound = f" and at most {maximum}" if maximum is not None else ""
-        raise ValueError(f"{name} must be at least 1{bound}; got {value}")
+        raise ValueError(f"{name} must be at least 1{bound}; got {brief(value)}")
     return int(value)
 
 
 def positive_float(name: str, value: Any) -> float:
     """Return ``value`` as a finite float > 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be a positive number; got {value!r}")
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0; got {value}")
-    return float(value)
+        raise ValueError(f"{name} must be a positive number; got {brief(value)}")
+    try:
+        number = float(value)  # an int beyond float's range overflows here, not in isfinite
+    except OverflowError:
+        number = float("inf")
+    if not np.isfinite(number) or number <= 0:
+        raise ValueError(f"{name} must be a finite number > 0; got {brief(value)}")
+    return number

@@ -16,18 +16,13 @@ import numpy as np
 from gradbook.datasets import DATASETS
 from gradbook.network import MLP
 from gradbook.store import ModelNotFoundError, ModelStore, StoreError, check_name
-from service import inputs, training
+from gradbook.validation import brief
+from service import inputs, limits, training
 from service.errors import ServiceError
 from service.http import Request, Response, binary_response, json_response
 from service.openapi import openapi_spec
 from service.plots import loss_curve_png
-from service.settings import (
-    MAX_ELEMENTS,
-    MAX_LAYERS,
-    MAX_PARAMETERS,
-    MAX_TRAINING_WORK,
-    Settings,
-)
+from service.settings import MAX_LAYERS, MAX_PARAMETERS, Settings
 
 HYPERPARAMETERS = tuple(training.DEFAULT_HYPERPARAMETERS)  # lr, epochs, batch_size
 
@@ -41,27 +36,48 @@ class ModelAPI:
 
     # -- service -----------------------------------------------------------------------------
     def healthz(self, request: Request) -> Response:
-        """200 when this kernel runs and reads the store (the gateway checks the other kernels)."""
+        """200 when this kernel runs and reads the store (the gateway checks the other kernels).
+
+        It needs no token, so it names no path or process: ``diagnostics`` does, with a token.
+        """
         root = self.store.root
         if not (root.is_dir() and os.access(root, os.R_OK | os.X_OK)):
-            raise ServiceError(503, f"the model store {root} is not readable")
-        return json_response(
+            raise ServiceError(503, "the model store is not readable; see GET /diagnostics")
+        return self._json({"status": "ok", "models": len(self.store.names())})
+
+    def diagnostics(self, request: Request) -> Response:
+        """What an operator looks at: this kernel, the store and the limits in force."""
+        settings = self.settings
+        limits = {
+            "max_body_bytes": settings.max_body_bytes,
+            "max_response_bytes": settings.max_response_bytes,
+            "max_epochs": settings.max_epochs,
+            "max_train_seconds": settings.max_train_seconds,
+            "max_models": settings.max_models,
+            "max_queue": settings.max_queue,
+            "body_timeout": settings.body_timeout,
+        }
+        return self._json(
             {
-                "status": "ok",
-                "kernel": {"pid": os.getpid()},
-                "store": {"path": str(root), "models": len(self.store.names())},
+                "kernel": {
+                    "pid": os.getpid(),
+                    "cached_models": self.store.cached,
+                    "cache_size": self.store.cache_size,
+                },
+                "store": {"path": str(self.store.root), "models": len(self.store.names())},
+                "limits": limits,
             }
         )
 
     def openapi(self, request: Request) -> Response:
-        return json_response(openapi_spec(self.settings))
+        return self._json(openapi_spec(self.settings))
 
     # -- collection --------------------------------------------------------------------------
     def list_models(self, request: Request) -> Response:
         models = []
         for name in self.store.names():
-            try:
-                net = self.store.get(name)
+            try:  # the file's header only: listing loads no weights, and evicts no model
+                config, metadata = self.store.header(name)
             except ModelNotFoundError:  # deleted since listed
                 continue
             except StoreError as err:  # one damaged file must not hide the others
@@ -70,12 +86,12 @@ class ModelAPI:
             models.append(
                 {
                     "name": name,
-                    **_architecture(net),
-                    "version": net.metadata["version"],
-                    "metrics": net.metadata["metrics"],
+                    **_architecture(config),
+                    "version": metadata["version"],
+                    "metrics": metadata["metrics"],
                 }
             )
-        return json_response({"models": models})
+        return self._json({"models": models})
 
     def create_model(self, request: Request) -> Response:
         body = inputs.fields(
@@ -102,13 +118,13 @@ class ModelAPI:
             inputs.seed("seed", body.get("seed", 0)),
             self._hyperparameters(body),
         )
-        self.store.create(name, net)
-        return json_response(_details(name, net), 201, {"Location": f"/models/{name}"})
+        self.store.create(name, net, max_models=self.settings.max_models)
+        return self._json(_details(name, net), 201, {"Location": f"/models/{name}"})
 
     # -- one model ---------------------------------------------------------------------------
     def get_model(self, request: Request) -> Response:
         name = _name(request)
-        return json_response(_details(name, self.store.get(name)))
+        return self._json(_details(name, self.store.get(name)))
 
     def update_model(self, request: Request) -> Response:
         body = inputs.fields(request.json(), optional=HYPERPARAMETERS)
@@ -117,11 +133,11 @@ class ModelAPI:
         changes = self._hyperparameters(body)
         name = _name(request)
         net = self.store.update(name, lambda net: net.metadata["hyperparameters"].update(changes))
-        return json_response(_details(name, net))
+        return self._json(_details(name, net))
 
     def delete_model(self, request: Request) -> Response:
         name = _name(request)
-        return json_response({"name": name, "version": self.store.delete(name), "deleted": True})
+        return self._json({"name": name, "version": self.store.delete(name), "deleted": True})
 
     def reset(self, request: Request) -> Response:
         body = inputs.fields(request.json(), optional=["seed"])
@@ -131,11 +147,12 @@ class ModelAPI:
         def change(net: MLP) -> None:
             training.reset(net, net.metadata["seed"] if seed is None else seed)
 
-        return json_response(_details(name, self.store.update(name, change)))
+        return self._json(_details(name, self.store.update(name, change)))
 
     def predict(self, request: Request) -> Response:
         """``x`` of shape ``(d_in,)`` or ``X`` of shape ``(n, d_in)`` → the output layer ``l_K``,
-        ``(d_out,)`` or ``(n, d_out)``; for a classifier also the arg-max class."""
+        ``(d_out,)`` or ``(n, d_out)``; for a classifier (whose outputs are the softmax
+        probabilities) also the arg-max class."""
         body = inputs.fields(request.json(), optional=["x", "X"])
         if len(body) != 1:
             raise ValueError('send {"x": [...]} for one example or {"X": [[...], ...]} for a batch')
@@ -150,7 +167,9 @@ class ModelAPI:
             X = inputs.matrix("x", [x], d_in)
         else:
             X = inputs.matrix("X", body["X"], d_in)
-        _check_size(net, len(X))
+        limits.check_batch(net, len(X))
+        row_bytes = net.sizes[-1] * limits.NUMBER_BYTES + 8  # brackets and the class
+        limits.check_response(len(X) * row_bytes, self.settings.max_response_bytes, "fewer rows")
         with np.errstate(over="ignore", invalid="ignore"):
             outputs = _finite("outputs", net.forward(X))
         result: dict[str, Any] = {"name": name, "version": net.metadata["version"]}
@@ -158,13 +177,11 @@ class ModelAPI:
             result["output"] = outputs[0].tolist()
             if net.is_classifier:
                 result["class"] = int(outputs[0].argmax())
-                result["probabilities"] = result["output"]
         else:
             result["outputs"] = outputs.tolist()
             if net.is_classifier:
                 result["classes"] = outputs.argmax(axis=1).tolist()
-                result["probabilities"] = result["outputs"]
-        return json_response(result)
+        return self._json(result)
 
     def train(self, request: Request) -> Response:
         """Train a private copy of the latest version and commit it as the next (the store's lock
@@ -177,11 +194,14 @@ class ModelAPI:
 
         def change(net: MLP) -> None:
             hyperparameters = {**net.metadata["hyperparameters"], **chosen}
-            _check_size(net, len(data.X), hyperparameters["epochs"])
+            limits.check_training(
+                net, len(data.X), hyperparameters["epochs"], hyperparameters["batch_size"],
+                self.settings.max_train_seconds,
+            )
             history.extend(training.train(net, data, **hyperparameters))
 
         net = self.store.update(name, change)
-        return json_response(
+        return self._json(
             {
                 "name": name,
                 "version": net.metadata["version"],
@@ -198,14 +218,19 @@ class ModelAPI:
         name = _name(request)
         net = self.store.get(name)
         X = inputs.matrix("X", body["X"], net.sizes[0])
-        _check_size(net, len(X))
+        limits.check_batch(net, len(X))
+        parameters = sum(p.size for p in net.parameters)
+        limits.check_response(
+            parameters * limits.NUMBER_BYTES, self.settings.max_response_bytes,
+            "a smaller model's gradients (raise GRADBOOK_MAX_RESPONSE_BYTES to get these)",
+        )
         Y = inputs.numeric("Y", body["Y"])
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             loss = float(_finite("loss", np.array(net.loss(X, Y))))
             grads = [_finite("gradients", g) for g in net.gradients(X, Y)]
         K = len(net.weights)
         labels = [f"W{k}" for k in range(1, K + 1)] + [f"b{k}" for k in range(1, K + 1) if net.bias]
-        return json_response(
+        return self._json(
             {
                 "name": name,
                 "version": net.metadata["version"],
@@ -222,6 +247,15 @@ class ModelAPI:
         return binary_response(png, "image/png", {"X-Gradbook-Version": str(version)})
 
     # -- helpers -----------------------------------------------------------------------------
+    def _json(
+        self, payload: Any, status: int = 200, headers: dict[str, str] | None = None
+    ) -> Response:
+        """``json_response``, refused when it is larger than the response limit (the checks
+        before the work estimate the size where they can; this catches the rest)."""
+        response = json_response(payload, status, headers)
+        limits.check_response(len(response.body), self.settings.max_response_bytes, "less")
+        return response
+
     def _hyperparameters(self, body: dict[str, Any]) -> dict[str, Any]:
         """The hyperparameters present in ``body``, checked (``batch_size: null`` = full batch)."""
         checked: dict[str, Any] = {}
@@ -239,23 +273,6 @@ def _name(request: Request) -> str:
     return check_name(request.path.get("name", ""))
 
 
-def _check_size(net: MLP, n: int, epochs: int | None = None) -> None:
-    """Refuse ``n`` examples (trained for ``epochs``) beyond ``MAX_ELEMENTS`` or
-    ``MAX_TRAINING_WORK``."""
-    elements = n * max(net.sizes)
-    if elements > MAX_ELEMENTS:
-        raise ValueError(
-            f"{n} examples are too many for this network at once (examples × widest layer "
-            f"{elements} > {MAX_ELEMENTS}); send fewer"
-        )
-    work = 0 if epochs is None else epochs * n * sum(p.size for p in net.parameters)
-    if work > MAX_TRAINING_WORK:
-        raise ValueError(
-            f"this training run is too large (epochs × examples × parameters {work} > "
-            f"{MAX_TRAINING_WORK}); use fewer epochs or examples"
-        )
-
-
 def _finite(what: str, array: np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(array)):
         raise ValueError(
@@ -265,8 +282,9 @@ def _finite(what: str, array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _architecture(net: MLP) -> dict[str, Any]:
-    return {**net.config, "classifier": net.is_classifier}
+def _architecture(config: dict[str, Any]) -> dict[str, Any]:
+    """``MLP.config`` (sizes, activation, loss, bias) and whether the model is a classifier."""
+    return {**config, "classifier": config["loss"] == "cross_entropy"}
 
 
 def _details(name: str, net: MLP) -> dict[str, Any]:
@@ -275,7 +293,7 @@ def _details(name: str, net: MLP) -> dict[str, Any]:
     return {
         "name": name,
         "version": meta["version"],
-        **_architecture(net),
+        **_architecture(net.config),
         "seed": meta["seed"],
         "hyperparameters": meta["hyperparameters"],
         "metrics": meta["metrics"],
@@ -295,7 +313,7 @@ def _training_data(spec: Any, net: MLP) -> training.TrainingData:
     if isinstance(spec, str):
         if spec not in DATASETS:
             raise ValueError(
-                f"unknown data set {spec!r}; known: {sorted(DATASETS)}, "
+                f"unknown data set {brief(spec)}; known: {sorted(DATASETS)}, "
                 'or send {"X": [[...]], "Y": [...]}'
             )
         data = training.named_data(spec)

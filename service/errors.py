@@ -10,7 +10,15 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
-from gradbook.store import ModelBusyError, ModelExistsError, ModelNotFoundError, StoreError
+from gradbook.store import (
+    ModelBusyError,
+    ModelExistsError,
+    ModelNotFoundError,
+    StoreError,
+    StoreFullError,
+)
+
+MAX_MESSAGE_CHARS = 500  # messages quote client input briefly (``brief``); this is the backstop
 
 
 class ServiceError(Exception):
@@ -18,7 +26,10 @@ class ServiceError(Exception):
 
     def __init__(self, status: int, message: str | None = None) -> None:
         self.status = status
-        self.message = message or HTTPStatus(status).phrase
+        message = message or HTTPStatus(status).phrase
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[: MAX_MESSAGE_CHARS - 1] + "…"
+        self.message = message
         super().__init__(self.message)
 
 
@@ -26,14 +37,16 @@ def to_http(err: BaseException) -> ServiceError:
     """Map an exception to the HTTP error the client sees.
 
     Client mistakes (``ValueError`` from ``gradbook.validation`` and the endpoint checks, unknown
-    or busy models) keep their message. Anything else is a fault of the service: 500 with a
+    or busy models, a full store) keep their message. A full store is 409, not 507: the client
+    can resolve it (delete a model), and a 5xx would tell clients and proxies to retry a request
+    that cannot succeed. Anything else is a fault of the service: 500 with a
     generic message, so no internals (or tracebacks) leak into responses.
     """
     if isinstance(err, ServiceError):
         return err
     if isinstance(err, ModelNotFoundError):
         return ServiceError(404, str(err))
-    if isinstance(err, (ModelExistsError, ModelBusyError)):
+    if isinstance(err, (ModelExistsError, ModelBusyError, StoreFullError)):
         return ServiceError(409, str(err))
     if isinstance(err, MemoryError):
         return ServiceError(413, "the request needs more memory than the service has; send less")

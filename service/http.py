@@ -1,8 +1,9 @@
 """What an endpoint cell wraps around its endpoint function: the request in, the response out.
 
 The kernel gateway assigns each request to ``REQUEST`` as a JSON string
-``{"body", "args", "path", "headers"}``; an endpoint cell runs ``serve(endpoint, REQUEST)`` and
-prints ``response.body``; its ``ResponseInfo`` cell prints ``response.info`` (status and headers).
+``{"body", "args", "path", "headers"}``; an endpoint cell runs
+``info = respond(endpoint, REQUEST)``, which prints the response body and returns its status
+and headers, which the ``ResponseInfo`` cell prints. The kernel keeps no reference to the body.
 """
 
 from __future__ import annotations
@@ -15,10 +16,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gradbook.validation import brief
 from service.errors import ServiceError, error_body, to_http
 
 JSON = "application/json"
 BODY_ENCODING = "body_encoding"  # ResponseInfo key the personality reads (see personality.py)
+
+
+def is_json(content_type: str) -> bool:
+    """Whether ``content_type`` names JSON: ``application/json`` or a ``+json`` type, with any
+    parameters."""
+    media_type = content_type.split(";")[0].strip().lower()
+    return media_type == JSON or (media_type.startswith("application/") and
+                                  media_type.endswith("+json"))
 
 
 @dataclass(frozen=True)
@@ -31,28 +41,20 @@ class Request:
     headers: Mapping[str, Any] = field(default_factory=dict)
 
     def json(self) -> Any:
-        """The body as JSON, ``None`` when empty.
+        """The body as the JSON value the client sent, ``None`` when there is none.
 
-        The gateway hands the body over undecoded when the JSON is malformed or when the
-        Content-Type has parameters (``application/json; charset=utf-8``), so a string is decoded
-        here. Form encodings (curl's default) are refused with 415 rather than misread.
+        The gateway personality has already decoded a JSON body (``service.body``), checked and
+        bounded; any other media type (a form, which is curl's default, or text) is refused with
+        415 rather than guessed at. A JSON string stays a string: it is not decoded twice.
         """
         content_type = next((v for k, v in self.headers.items() if k.lower() == "content-type"), "")
-        media_type = str(content_type).split(";")[0].strip().lower()
         if self.body in ("", None):
             return None
-        if media_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-            raise ServiceError(
-                415, f"send the body as JSON with 'Content-Type: {JSON}', not {media_type}"
-            )
-        if not isinstance(self.body, str):
-            return self.body
-        try:
-            return json.loads(self.body)
-        except json.JSONDecodeError as err:
-            raise ServiceError(400, f"the request body is not valid JSON: {err}") from None
-        except RecursionError:
-            raise ServiceError(400, "the request body nests JSON too deeply") from None
+        if not is_json(str(content_type)):
+            media_type = str(content_type).split(";")[0].strip() or "no Content-Type"
+            raise ServiceError(415, f"send the body as JSON with 'Content-Type: {JSON}', not "
+                               f"{brief(media_type)}")
+        return self.body
 
 
 @dataclass(frozen=True)
@@ -118,3 +120,12 @@ def serve(endpoint: Callable[[Request], Response], REQUEST: str | Mapping[str, A
         if error.status >= 500:  # the service's fault: keep the details in the service log
             traceback.print_exc(file=sys.__stderr__)
         return json_response(error_body(error), error.status)
+
+
+def respond(endpoint: Callable[[Request], Response], REQUEST: str | Mapping[str, Any]) -> str:
+    """What an endpoint cell does: ``serve`` the request, print the body, and return the
+    ``info`` for the ``ResponseInfo`` cell to print. The body is not kept: a kernel holding on
+    to its last response would hold up to the response limit for good."""
+    response = serve(endpoint, REQUEST)
+    print(response.body)
+    return response.info

@@ -3,21 +3,26 @@
 Clients built around forms or spreadsheets often send numbers as strings (``{"X1": "61.1"}``).
 Strings that spell a decimal number are accepted as that number; every other string is refused
 by the ``gradbook.validation`` check that follows, with its usual message.
+
+Every byte here comes from a client, so every check is linear in its input: a numeric string
+longer than ``MAX_NUMBER_CHARS`` is refused before it is read, and a shorter one is checked
+character by character (no regular expression, whose backtracking could cost the square of the
+length) and then converted by ``int`` or ``float``.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
-from gradbook.validation import as_matrix, positive_float, positive_int
+from gradbook.validation import as_matrix, brief, positive_float, positive_int
+from service.settings import MAX_NUMBER_CHARS
 
-INTEGER = re.compile(r"[+-]?\d{1,300}", re.ASCII)
-DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)
+NUMBER_CHARS = frozenset("0123456789+-.eE")  # with them int/float spell only decimal numbers
 MAX_DEPTH = 2  # a matrix: a list of lists of numbers
+MAX_SEED = 2**64 - 1
 
 
 def numeric(name: str, value: Any) -> Any:
@@ -29,7 +34,7 @@ def numeric(name: str, value: Any) -> Any:
     """
     if isinstance(value, list):
         return [_entry(name, v, 1) for v in value]
-    return _parse(value)
+    return _parse(name, value)
 
 
 def _entry(name: str, value: Any, depth: int) -> Any:
@@ -37,19 +42,32 @@ def _entry(name: str, value: Any, depth: int) -> Any:
         if depth >= MAX_DEPTH:
             raise ValueError(f"{name} may nest lists at most {MAX_DEPTH} deep (rows of numbers)")
         return [_entry(name, v, depth + 1) for v in value]
-    value = _parse(value)
+    value = _parse(name, value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must hold only numbers (or strings spelling them); got {value!r}")
+        raise ValueError(
+            f"{name} must hold only numbers (or strings spelling them); got {brief(value)}"
+        )
     return value
 
 
-def _parse(value: Any) -> Any:
-    if isinstance(value, str):
-        text = value.strip()
-        if INTEGER.fullmatch(text):
-            return int(text)
-        if DECIMAL.fullmatch(text):
-            return float(text)
+def _parse(name: str, value: Any) -> Any:
+    """A string that spells a decimal number (``"-12"``, ``"6.1e-3"``) as that ``int`` or
+    ``float``; anything else unchanged."""
+    if not isinstance(value, str):
+        return value
+    if len(value) > MAX_NUMBER_CHARS:
+        raise ValueError(
+            f"{name}: a number sent as a string may have at most {MAX_NUMBER_CHARS} characters; "
+            f"got {len(value)}"
+        )
+    text = value.strip()
+    if not text or not NUMBER_CHARS.issuperset(text):  # no "inf", "nan", "1_000", "0x1f"
+        return value
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            continue
     return value
 
 
@@ -84,8 +102,8 @@ def rate(name: str, value: Any) -> float:
 
 
 def seed(name: str, value: Any) -> int:
-    """A random seed: an integer >= 0."""
+    """A random seed: an integer from 0 to 2⁶⁴ − 1."""
     value = numeric(name, value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0; got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise ValueError(f"{name} must be an integer from 0 to 2**64 - 1; got {brief(value)}")
     return value

@@ -4,11 +4,18 @@ On the first start (no store folder yet) the default models are created and trai
 gateway starts in notebook-http mode through ``service.personality`` with a pool of kernels,
 each seeded with the notebook's non-endpoint cells. All settings come from ``GRADBOOK_*``
 environment variables (``service.settings``). SIGTERM or Ctrl-C stops the gateway and its kernels.
+
+Before anything starts it refuses what would go wrong later or quietly: a port that is taken,
+and an address reachable from other machines with no token (unless ``GRADBOOK_ALLOW_OPEN=1``).
 """
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import os
+import socket
+import sys
 from pathlib import Path
 
 from kernel_gateway.gatewayapp import KernelGatewayApp
@@ -36,8 +43,49 @@ def gateway_config(settings: Settings) -> Config:
     return config
 
 
+def refusal(settings: Settings) -> str | None:
+    """Why the service must not start with ``settings``, or ``None``."""
+    if not (settings.token or settings.allow_open or is_loopback(settings.host)):
+        return (
+            f"refusing to listen on {settings.host} without a token: anyone who reaches it could "
+            f"change and delete models. Set {settings.token_env}, or {settings.allow_open_env}=1 "
+            "to serve without one."
+        )
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as tornado binds
+            probe.bind((settings.host, settings.port))
+    except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            return (
+                f"port {settings.port} on {settings.host} is already in use (another gradbook "
+                f"service?); stop that program or choose another port with {settings.port_env}"
+            )
+        return f"cannot listen on {settings.host}:{settings.port}: {err.strerror}"
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (127.0.0.0/8, ::1) or ``localhost``."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any address
+        return False
+
+
+def limit_connection_time(app: KernelGatewayApp, seconds: float) -> None:
+    """Close a connection whose client takes longer than ``seconds`` to send a request's headers
+    or its body (tornado waits an hour by default), or that idles as long between requests."""
+    params = app.http_server.conn_params  # what every new connection is made with
+    params.header_timeout = params.body_timeout = seconds
+
+
 def main() -> None:
     settings = Settings()
+    if (reason := refusal(settings)) is not None:
+        sys.exit(f"gradbook: {reason}")
     first_start = not Path(settings.store).exists()
     store = ModelStore(settings.store)
     if first_start:
@@ -48,6 +96,7 @@ def main() -> None:
     os.environ.pop(settings.token_env, None)
     app = KernelGatewayApp(config=config)
     app.initialize(argv=[])
+    limit_connection_time(app, settings.body_timeout)
     print(
         f"gradbook service listening on http://{app.ip}:{app.port} "
         f"({settings.kernels} kernels, store {store.root}, "

@@ -13,24 +13,28 @@ from gradbook.activations import ACTIVATIONS
 from gradbook.datasets import DATASETS
 from gradbook.losses import LOSSES
 from gradbook.store import NAME
-from service import inputs
-from service.settings import MAX_ELEMENTS, MAX_TRAINING_WORK, Settings
+from service.inputs import MAX_SEED
+from service.settings import MAX_ELEMENTS, MAX_JSON_DEPTH, MAX_NUMBER_CHARS, Settings
 
 Schema = dict[str, Any]
 
 ERRORS = {
     400: "Invalid request: malformed JSON, missing or unknown fields, wrong shapes or types, "
-    "non-finite numbers, or a limit exceeded; the message says which.",
+    "non-finite numbers, or a limit exceeded (work, response size, nesting); the message says "
+    "which.",
     401: "GRADBOOK_TOKEN is set and the request lacks 'Authorization: token <value>'.",
     404: "No model of that name.",
-    409: "The name is taken, or another request is changing the model (retry).",
-    413: "The request body is larger than the limit.",
-    415: "The body is form-encoded; send JSON.",
+    409: "The name is taken, another request is changing the model (retry), or the store holds "
+    "its most models (delete one).",
+    413: "The request body is larger than the limit, or the endpoint takes no body.",
+    415: "The body is not JSON (a form, text), or its charset is not UTF-8.",
     500: "Fault of the service (details in its log, never in the response).",
-    503: "A kernel stopped (it is replaced: retry), or the store is not readable.",
+    503: "A kernel stopped (it is replaced), the store is not readable, or too many requests "
+    "wait for a kernel; retry after Retry-After seconds.",
 }
-# Strings that spell numbers, as service.inputs reads them (surrounding blanks allowed).
-DECIMAL = rf"^\s*{inputs.DECIMAL.pattern}\s*$"
+# Strings that spell numbers, as service.inputs reads them (surrounding blanks allowed), for
+# clients and their validators: the service itself reads them without regular expressions.
+DECIMAL = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
 COUNT = r"^\s*\+?\d+\s*$"  # a positive whole number
 
 
@@ -69,12 +73,13 @@ def operation(summary: str, ok: Schema, errors: list[int], body: str | None = No
 
 
 def schemas(settings: Settings) -> Schema:
-    number = {"oneOf": [{"type": "number"}, {"type": "string", "pattern": DECIMAL}],
+    spelt = {"type": "string", "maxLength": MAX_NUMBER_CHARS}  # a number sent as a string
+    number = {"oneOf": [{"type": "number"}, {**spelt, "pattern": DECIMAL}],
               "description": 'A number, or a string spelling one ("61.1").'}
     count = {"oneOf": [{"type": "integer", "minimum": 1},  # the string form: ASCII digits only
-                       {"type": "string", "pattern": COUNT}]}
-    seed = {"oneOf": [{"type": "integer", "minimum": 0},
-                      {"type": "string", "pattern": COUNT}]}
+                       {**spelt, "pattern": COUNT}]}
+    seed = {"oneOf": [{"type": "integer", "minimum": 0, "maximum": MAX_SEED},
+                      {**spelt, "pattern": COUNT}]}
     hyperparameters = {
         "lr": {"oneOf": [{"type": "number", "minimum": 0, "exclusiveMinimum": True},
                          number["oneOf"][1]],
@@ -96,10 +101,16 @@ def schemas(settings: Settings) -> Schema:
         "bias": {"type": "boolean"},
         "classifier": {"type": "boolean", "description": "true for cross_entropy models."},
     }
-    metrics = {"type": "object", "description": "Of the last training run; {} before one.",
-               "properties": {"data": {"type": "string"}, "loss": {"type": "number"},
-                              "examples": {"type": "integer"}, "accuracy": {"type": "number"},
-                              "evaluated_on": {"type": "string", "enum": ["held-out", "training"]}}}
+    metrics = {"type": "object",
+               "description": "Of the last training run, each named by the examples it was "
+               "measured on ({} before a run): the final loss summed over the training examples; "
+               "for classifiers the accuracy on held-out examples (digits) or, for data without "
+               "a held-out part, on the training examples.",
+               "properties": {"data": {"type": "string"}, "training_loss": {"type": "number"},
+                              "training_examples": {"type": "integer"},
+                              "held_out_accuracy": {"type": "number"},
+                              "held_out_examples": {"type": "integer"},
+                              "training_accuracy": {"type": "number"}}}
     numbers = {"lr": {"type": "number"}, "epochs": {"type": "integer"},
                "batch_size": {"type": "integer", "nullable": True}}
     run = obj({"data": {"type": "string"}, **numbers, "loss_start": {"type": "number"},
@@ -112,9 +123,16 @@ def schemas(settings: Settings) -> Schema:
         "Error": obj({"error": obj({"status": {"type": "integer"}, "message": {"type": "string"}},
                                    ["status", "message"])}, ["error"]),
         "Health": obj({"status": {"type": "string", "enum": ["ok"]},
-                       "kernel": obj({"pid": {"type": "integer"}}, ["pid"]),
-                       "store": obj({"path": {"type": "string"}, "models": {"type": "integer"}},
-                                    ["path", "models"])}, ["status", "kernel", "store"]),
+                       "models": {"type": "integer"}}, ["status", "models"]),
+        "Diagnostics": obj({
+            "kernel": obj({"pid": {"type": "integer"},
+                           "cached_models": {"type": "integer", "minimum": 0},
+                           "cache_size": {"type": "integer", "minimum": 1}},
+                          ["pid", "cached_models", "cache_size"]),
+            "store": obj({"path": {"type": "string"}, "models": {"type": "integer"}},
+                         ["path", "models"]),
+            "limits": {"type": "object", "additionalProperties": {"type": "number"}},
+        }, ["kernel", "store", "limits"]),
         "ModelSummary": obj({**model, **architecture, "metrics": metrics},
                             [*model, *architecture, "metrics"]),
         "UnreadableModel": obj({"name": name, "error": {"type": "string"}}, ["name", "error"]),
@@ -147,11 +165,10 @@ def schemas(settings: Settings) -> Schema:
         "Predict": {"oneOf": [obj({"x": array(number, minItems=1)}, ["x"]),
                               obj({"X": matrix}, ["X"])]},
         "Prediction": {"oneOf": [
-            obj({**model, "output": vector, "class": {"type": "integer"}, "probabilities": vector},
-                [*model, "output"]),
-            obj({**model, "outputs": rows, "classes": array({"type": "integer"}),
-                 "probabilities": rows}, [*model, "outputs"]),
-        ]},
+            obj({**model, "output": vector, "class": {"type": "integer"}}, [*model, "output"]),
+            obj({**model, "outputs": rows, "classes": array({"type": "integer"})},
+                [*model, "outputs"]),
+        ], "description": "For a classifier the outputs are the softmax probabilities."},
         "Train": obj({"data": {"oneOf": [{"type": "string", "enum": sorted(DATASETS)},
                                          obj({"X": matrix, "Y": targets}, ["X", "Y"])]},
                       **hyperparameters}, ["data"]),
@@ -181,6 +198,9 @@ def openapi_spec(settings: Settings) -> Schema:
     paths = {
         "/healthz": {"get": operation("Liveness and readiness: kernels up, store readable",
                                       ok("Health", "Serving."), [], public=True)},
+        "/diagnostics": {"get": operation(
+            "The answering kernel, the store's folder and the limits in force",
+            ok("Diagnostics", "Diagnostics."), [])},
         "/openapi.json": {"get": operation(
             "This description", {200: json_content({"type": "object"}, "OpenAPI 3.0")}, [])},
         "/models": {
@@ -197,7 +217,7 @@ def openapi_spec(settings: Settings) -> Schema:
                                 [*read, 409]),
         },
         "/models/{name}/predict": {"parameters": name, "post": operation(
-            "Outputs for one example (x) or a batch (X); class and probabilities for classifiers",
+            "Outputs for one example (x) or a batch (X); classes too for classifiers",
             ok("Prediction", "Outputs."), [*read, 415], "Predict")},
         "/models/{name}/train": {"parameters": name, "post": operation(
             "Train; hyperparameters left out come from the model's defaults",
@@ -214,10 +234,12 @@ def openapi_spec(settings: Settings) -> Schema:
     }
     description = (
         "Small neural networks served from notebooks/api.ipynb by the Jupyter Kernel Gateway. "
-        f"Request bodies are JSON of at most {settings.max_body_bytes} bytes; a training run "
-        f"takes at most {settings.max_epochs} epochs, and one request may ask for at most "
-        f"{MAX_ELEMENTS} examples × widest layer and {MAX_TRAINING_WORK} epochs × examples × "
-        "parameters of work. Errors are "
+        f"Request bodies are JSON objects (Content-Type: application/json, UTF-8) of at most "
+        f"{settings.max_body_bytes} bytes, nested at most {MAX_JSON_DEPTH} levels; GET and "
+        "DELETE take no body. A training run takes at most "
+        f"{settings.max_epochs} epochs and an estimated {settings.max_train_seconds:g} seconds; "
+        f"one request may ask for at most {MAX_ELEMENTS} examples × widest layer; a response has "
+        f"at most {settings.max_response_bytes} bytes. Errors are "
         '{"error": {"status", "message"}}. The X-Gradbook-Kernel header of every response names '
         "the kernel that served it."
     )

@@ -6,10 +6,14 @@ on a pooled kernel. This personality keeps that contract (the same ``REQUEST``, 
 
 * the gateway's token (``auth_token``, set from ``GRADBOOK_TOKEN``) guards every endpoint except
   ``/healthz``;
-* a body over ``GRADBOOK_MAX_BODY_BYTES`` gets 413 before it reaches a kernel, and is dropped as
-  it arrives rather than held (``EndpointHandler``);
+* a body over ``GRADBOOK_MAX_BODY_BYTES``, or any body sent to a GET or DELETE, gets 413 before
+  it reaches a kernel, and is dropped as it arrives rather than held (``EndpointHandler``);
+* the body is decoded and checked in the gateway (``service.body``): malformed or deeply nested
+  JSON never costs a kernel execution;
+* requests wait for a free kernel in a bounded queue (503 past ``GRADBOOK_MAX_QUEUE``), and one
+  whose client disconnects while it waits leaves the queue without running;
 * every error is JSON ``{"error": {"status", "message"}}``; a failing cell gives a 500 whose
-  details stay in the log;
+  details stay in the log; no response names the server software (no ``Server`` header);
 * a kernel that stops is replaced by a newly seeded one when it is next lent; a request whose
   kernel stops under it gets 503 instead of hanging forever, and ``/healthz`` answers 503 while
   any kernel of the pool is stopped;
@@ -18,8 +22,8 @@ on a pooled kernel. This personality keeps that contract (the same ``REQUEST``, 
 * a ``ResponseInfo`` may add ``"body_encoding": "base64"``: the body is decoded to bytes here
   (cell output is text, so binary bodies such as PNGs travel base64-encoded);
 * every response names the kernel that served it in ``X-Gradbook-Kernel``;
-* the stock Swagger handler, which lists every operation as "200 Success", is not registered:
-  the notebook serves its own accurate ``/openapi.json``.
+* the stock Swagger handler, which lists every operation as "200 Success", is replaced by a
+  redirect to the notebook's own accurate ``/openapi.json``.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import base64
 import contextlib
 import hmac
 import json
+from collections import deque
 from functools import partial
 from typing import Any
 
@@ -41,20 +46,23 @@ from kernel_gateway.notebook_http.request_utils import (
     format_request,
     headers_to_dict,
     parse_args,
-    parse_body,
 )
 from kernel_gateway.notebook_http.swagger.handlers import SwaggerSpecHandler
 from kernel_gateway.services.kernels.pool import ManagedKernelPool
 from tornado.concurrent import Future
 from tornado.httputil import HTTPInputError, parse_body_arguments
+from tornado.iostream import StreamClosedError
 from tornado.log import app_log
-from tornado.web import stream_request_body
+from tornado.web import RequestHandler, stream_request_body
 
+from service import body
 from service.errors import ServiceError, error_body, to_http
 from service.http import BODY_ENCODING
 from service.settings import Settings
 
 HEALTH_PATH = "/healthz"
+OPENAPI_PATH = "/openapi.json"
+BODILESS = ("GET", "HEAD", "DELETE")  # methods whose endpoints take no body: its limit is 0
 KERNEL_HEADER = "X-Gradbook-Kernel"
 KERNEL_CHECK_SECONDS = 1.0  # how often a long cell execution checks that its kernel still runs
 DISCARD_LIMIT_BYTES = 1 << 30  # a refused body up to this size is read and dropped, not cut off
@@ -71,11 +79,17 @@ class SubscribedKernelPool(ManagedKernelPool):
     200 with an empty body (or hangs, if the idle status is lost too). Here each kernel is sent
     ``kernel_info`` requests until the status messages of one arrive on IOPub; from then on the
     subscription delivers everything.
+
+    It also keeps its own queue of waiting requests instead of the stock semaphore: the queue
+    is bounded (``max_queue``: 503 past it), and a waiter that is cancelled (its client went
+    away) leaves it without taking a kernel.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_queue: int) -> None:
         super().__init__()
         self.subscribed = asyncio.Event()
+        self.max_queue = max_queue
+        self.waiters: deque[asyncio.Future[str]] = deque()
 
     async def initialize(self, prespawn_count: int, kernel_manager: Any, **kwargs: Any) -> None:
         await super().initialize(prespawn_count, kernel_manager, **kwargs)
@@ -83,8 +97,34 @@ class SubscribedKernelPool(ManagedKernelPool):
         self.subscribed.set()
 
     async def acquire(self) -> tuple[Any, str]:
+        """A free kernel's client and id, waiting in line for one if need be."""
         await self.subscribed.wait()
-        return await super().acquire()
+        if self.kernel_pool and not self.waiters:
+            kernel_id = self.kernel_pool.pop(0)
+            return self.kernel_clients[kernel_id], kernel_id
+        if len(self.waiters) >= self.max_queue:
+            raise ServiceError(503, f"all kernels are busy and {self.max_queue} requests wait; "
+                               "retry later")
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            kernel_id = await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # handed a kernel as it was cancelled
+                self.release(waiter.result())
+            with contextlib.suppress(ValueError):
+                self.waiters.remove(waiter)
+            raise
+        return self.kernel_clients[kernel_id], kernel_id
+
+    def release(self, kernel_id: str) -> None:
+        """Hand ``kernel_id`` to the first request still waiting, or back to the pool."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(kernel_id)
+                return
+        self.kernel_pool.append(kernel_id)
 
     async def is_running(self, kernel_id: str) -> bool:
         return await ensure_async(self.kernel_manager.get_kernel(kernel_id).is_alive())
@@ -129,10 +169,15 @@ class SubscribedKernelPool(ManagedKernelPool):
             app_log.error("no IOPub message from kernel %s; lending it anyway", kernel_id)
 
 
-class JSONErrors:
-    """``write_error`` for every handler: the body is ``{"error": {"status", "message"}}``."""
+class ServiceHandler:
+    """What every handler of the service shares: JSON errors ``{"error": {"status",
+    "message"}}`` (with ``Retry-After`` on a 503), and no ``Server`` header naming the software
+    and its version to whoever asks."""
 
     kernel_id: str | None = None
+
+    def set_default_headers(self) -> None:
+        self.clear_header("Server")
 
     def fail(self, error: ServiceError) -> None:
         self.send_error(error.status, error=error)
@@ -141,13 +186,15 @@ class JSONErrors:
         """Called by ``fail`` with ``error``, or by tornado for its own errors (a phrase only)."""
         error = kwargs.get("error") or ServiceError(status_code)
         self.set_header("Content-Type", "application/json")
+        if status_code == 503:
+            self.set_header("Retry-After", "1")
         if self.kernel_id is not None:
             self.set_header(KERNEL_HEADER, self.kernel_id)
         self.finish(json.dumps(error_body(error)))
 
 
 @stream_request_body
-class EndpointHandler(JSONErrors, NotebookAPIHandler):
+class EndpointHandler(ServiceHandler, NotebookAPIHandler):
     """Runs an endpoint's cells on a pooled kernel, like ``NotebookAPIHandler``, with the checks
     and error handling described in the module docstring.
 
@@ -156,6 +203,7 @@ class EndpointHandler(JSONErrors, NotebookAPIHandler):
     100 MB) never applies. A refused request is answered once its body has been read: answering
     while the client still sends would close the connection under it (a reset, in which the
     answer is lost). A client that waits for ``100 Continue`` is answered at once instead.
+    Endpoints of a GET or DELETE take no body: their limit is 0 bytes.
     """
 
     def initialize(self, health: bool, max_body_bytes: int, **kwargs: Any) -> None:
@@ -164,11 +212,14 @@ class EndpointHandler(JSONErrors, NotebookAPIHandler):
         self.max_body_bytes = max_body_bytes
         self.received = bytearray()
         self.refusal: ServiceError | None = None
+        self.waiting: asyncio.Future[tuple[Any, str]] | None = None  # for a free kernel
 
     def prepare(self) -> None:
         """Decide from the headers alone whether the request is refused."""
         if self.request.method == "OPTIONS":  # CORS preflight, answered by CORSMixin
             return
+        if self.request.method in BODILESS:
+            self.max_body_bytes = 0
         self.request.connection.set_max_body_size(max(self.max_body_bytes, DISCARD_LIMIT_BYTES))
         self.refusal = self._refusal()
         declared = self._declared_length()
@@ -187,6 +238,9 @@ class EndpointHandler(JSONErrors, NotebookAPIHandler):
         if method not in self.sources:
             allowed = ", ".join(sorted(self.sources))
             return ServiceError(405, f"{method} is not supported here; use {allowed}")
+        chunked = "chunked" in self.request.headers.get("Transfer-Encoding", "").lower()
+        if self.max_body_bytes == 0 and (chunked or self._declared_length() > 0):
+            return ServiceError(413, f"{method} {self.request.path} takes no request body")
         if (size := self._declared_length()) > self.max_body_bytes:
             message = f"the body has {size} bytes; the limit is {self.max_body_bytes}"
             return ServiceError(413, message)
@@ -207,6 +261,12 @@ class EndpointHandler(JSONErrors, NotebookAPIHandler):
         if self.refusal is None:
             self.received += chunk
 
+    def on_connection_close(self) -> None:
+        """The client went away: a request still waiting for a kernel leaves the queue unrun."""
+        super().on_connection_close()
+        if self.waiting is not None:
+            self.waiting.cancel()
+
     async def patch(self, **kwargs: Any) -> None:
         """notebook-http has no PATCH (or HEAD) cells: answer the 405 that ``prepare`` decided."""
         await self._handle_request()
@@ -219,17 +279,29 @@ class EndpointHandler(JSONErrors, NotebookAPIHandler):
         if self.refusal is not None:
             return self.fail(self.refusal)
         self.request.body, self.received = bytes(self.received), bytearray()
+        content_type = self.request.headers.get("Content-Type", "")
         try:  # form fields, which the non-streaming handler has tornado parse
-            parse_body_arguments(self.request.headers.get("Content-Type", ""), self.request.body,
-                                 self.request.body_arguments, self.request.files)
+            parse_body_arguments(content_type, self.request.body, self.request.body_arguments,
+                                 self.request.files)
+            request_body = body.decode(content_type, self.request.body,
+                                       self.request.body_arguments)
         except HTTPInputError as err:
             return self.fail(ServiceError(400, f"the body is malformed: {err}"))
-        kernel_client, self.kernel_id = await self.kernel_pool.acquire()
-        error, body = None, None
+        except ServiceError as err:
+            return self.fail(err)
+        self.request.body = b""  # decoded: the raw bytes need not stay while the request waits
+        try:
+            self.waiting = asyncio.ensure_future(self.kernel_pool.acquire())
+            kernel_client, self.kernel_id = await self.waiting
+        except asyncio.CancelledError:  # the client went away while waiting: nothing ran
+            return None
+        except ServiceError as err:  # the queue is full
+            return self.fail(err)
+        error, response = None, None
         try:
             if not await self.kernel_pool.is_running(self.kernel_id):
                 kernel_client, self.kernel_id = await self._replace_kernel()
-            body = await self._run_cells(kernel_client)
+            response = await self._run_cells(kernel_client, request_body)
         except Exception as err:  # every failure becomes a JSON error response
             error = to_http(err)
             if error.status == 500:  # the details go to the log, not to the client
@@ -239,16 +311,17 @@ class EndpointHandler(JSONErrors, NotebookAPIHandler):
         if error is not None:
             self.fail(error)
         else:
-            await self.finish(body)
+            with contextlib.suppress(StreamClosedError):  # the client left: nobody to tell
+                await self.finish(response)
 
-    async def _run_cells(self, kernel_client: Any) -> bytes | str:
+    async def _run_cells(self, kernel_client: Any, request_body: Any) -> bytes | str:
         """Assign ``REQUEST``, run the endpoint cell and its ``ResponseInfo`` cell; set status and
         headers from the latter and return the body."""
         if self.health:
             await self._check_pool()
         method = self.request.method
         request = {
-            "body": parse_body(self.request),
+            "body": request_body,
             "args": parse_args(self.request.query_arguments),
             "path": self.path_kwargs,
             "headers": headers_to_dict(self.request.headers),
@@ -307,9 +380,20 @@ class EndpointHandler(JSONErrors, NotebookAPIHandler):
                 raise ServiceError(503, message)
 
 
-class UnknownPathHandler(JSONErrors, NotFoundHandler):
+class UnknownPathHandler(ServiceHandler, NotFoundHandler):
     def prepare(self) -> None:
-        self.fail(ServiceError(404, f"no endpoint {self.request.path}; see GET /openapi.json"))
+        path = self.request.path[:100]  # a client's path, quoted briefly
+        self.fail(ServiceError(404, f"no endpoint {path}; see GET /openapi.json"))
+
+
+class OpenAPIRedirectHandler(ServiceHandler, RequestHandler):
+    """The stock Swagger path, which the gateway's log announces, leads to ``/openapi.json``."""
+
+    def initialize(self, url: str) -> None:
+        self.url = url
+
+    def get(self) -> None:
+        self.redirect(self.url, permanent=True)
 
 
 class GradbookPersonality(NotebookHTTPPersonality):
@@ -317,10 +401,11 @@ class GradbookPersonality(NotebookHTTPPersonality):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.kernel_pool = SubscribedKernelPool()
+        self.kernel_pool = SubscribedKernelPool(Settings(parent=self).max_queue)
 
     def create_request_handlers(self) -> list[tuple[Any, ...]]:
         health = url_path_join("/", self.parent.base_url, HEALTH_PATH)
+        openapi = url_path_join("/", self.parent.base_url, OPENAPI_PATH)
         max_body_bytes = Settings(parent=self).max_body_bytes
         handlers = []
         for route in super().create_request_handlers():
@@ -330,8 +415,11 @@ class GradbookPersonality(NotebookHTTPPersonality):
                 handlers.append((pattern, EndpointHandler, args))
             elif handler is NotFoundHandler:
                 handlers.append((pattern, UnknownPathHandler))
-            elif handler is not SwaggerSpecHandler:
-                handlers.append(route)
+            elif handler is SwaggerSpecHandler:
+                handlers.append((pattern, OpenAPIRedirectHandler, {"url": openapi}))
+            else:  # the notebook download or static files, if configured: no Server header
+                quiet = type(handler.__name__, (ServiceHandler, handler), {})
+                handlers.append((pattern, quiet, *route[2:]))
         return handlers
 
 

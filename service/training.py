@@ -42,7 +42,7 @@ class TrainingData:
     X_eval: np.ndarray
     Y_eval: Any
     label: str
-    evaluated_on: str  # "held-out" or "training"
+    evaluated_on: str  # "held_out" or "training": names the accuracy in the metrics
 
 
 @lru_cache(maxsize=len(DATASETS))
@@ -53,7 +53,7 @@ def _dataset(name: str) -> Dataset:
 def named_data(name: str) -> TrainingData:
     """A registered data set (``gradbook.datasets``), evaluated on its held-out part."""
     d = _dataset(name)
-    evaluated_on = "training" if d.X_test is d.X_train else "held-out"  # xor has no held-out part
+    evaluated_on = "training" if d.X_test is d.X_train else "held_out"  # xor has no held-out part
     return TrainingData(d.X_train, d.Y_train, d.X_test, d.Y_test, name, evaluated_on)
 
 
@@ -84,8 +84,10 @@ def train(
 ) -> list[float]:
     """Gradient descent on ``data`` (``MLP.fit``); records metrics, a run summary and the curve.
 
-    ``metrics`` holds the final training loss (summed over examples, as in the derivations) and,
-    for classifiers, the accuracy on ``data``'s evaluation set. Raises ``ValueError`` when the
+    ``metrics`` names each figure by the examples it was measured on: ``training_loss`` (the
+    final loss, summed over the ``training_examples``, as in the derivations) and, for
+    classifiers, ``held_out_accuracy`` over ``held_out_examples`` kept out of training, or
+    ``training_accuracy`` when the data has no held-out part. Raises ``ValueError`` when the
     loss or the weights stop being finite (a learning rate too large), so nothing is committed.
     """
     start = time.perf_counter()
@@ -95,12 +97,16 @@ def train(
         raise ValueError(
             f"training diverged (the loss became NaN or infinite): lr={lr} is too large"
         )
-    metrics: dict[str, Any] = {"data": data.label, "loss": history[-1], "examples": len(data.X)}
+    metrics: dict[str, Any] = {
+        "data": data.label, "training_loss": history[-1], "training_examples": len(data.X)
+    }
     if net.is_classifier:
         labels = np.asarray(data.Y_eval)
         labels = labels if labels.ndim == 1 else labels.argmax(axis=1)
-        metrics["accuracy"] = float(np.mean(net.predict(data.X_eval) == labels))
-        metrics["evaluated_on"] = data.evaluated_on
+        on = data.evaluated_on
+        metrics[f"{on}_accuracy"] = float(np.mean(net.predict(data.X_eval) == labels))
+        if on == "held_out":
+            metrics["held_out_examples"] = len(data.X_eval)
     run = {
         "data": data.label,
         "epochs": epochs,

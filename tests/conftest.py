@@ -77,10 +77,13 @@ def http_request(
 class Service:
     """A running service (one gateway process and its kernels) and an HTTP client for it."""
 
-    def __init__(self, workdir: Path, token: str | None = None) -> None:
+    def __init__(
+        self, workdir: Path, token: str | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.workdir = workdir
         self.store = (workdir / "store").resolve()  # absent until the first start trains defaults
         self.token = token
+        self.env = dict(env or {})  # more GRADBOOK_* settings
         self.spec: dict[str, Any] | None = None
         self.start()
 
@@ -105,6 +108,7 @@ class Service:
                    GRADBOOK_STORE=str(self.store))
         if self.token:
             env["GRADBOOK_TOKEN"] = self.token
+        env.update(self.env)
         self.log = self.workdir / f"service-{self.port}.log"
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
@@ -129,10 +133,12 @@ class Service:
         return False
 
     def _check_health(self, reply: Reply) -> None:
-        """The first 200 from /healthz must be this service's whole health document."""
+        """The first 200 from /healthz must be a whole health document, and the service behind
+        it ours: its diagnostics name our store."""
         try:
-            health = reply.json()
-            healthy = health["status"] == "ok" and health["store"]["path"] == str(self.store)
+            healthy = reply.json()["status"] == "ok"
+            diagnostics = self.request("GET", "/diagnostics", timeout=30, check=False).json()
+            healthy = healthy and diagnostics["store"]["path"] == str(self.store)
         except (ValueError, KeyError, TypeError):
             healthy = False
         if not healthy:
@@ -272,8 +278,9 @@ def start_service(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """``start_service(token=…)`` starts another service; each is stopped after the module."""
     started: list[Service] = []
 
-    def start(token: str | None = None) -> Service:
-        started.append(Service(tmp_path_factory.mktemp("service"), token=token))
+    def start(token: str | None = None, **settings: str) -> Service:
+        """``settings`` are more environment variables, e.g. ``GRADBOOK_MAX_MODELS="3"``."""
+        started.append(Service(tmp_path_factory.mktemp("service"), token=token, env=settings))
         return started[-1]
 
     yield start

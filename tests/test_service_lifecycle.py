@@ -127,7 +127,7 @@ def test_a_kernel_that_dies_is_replaced_by_a_seeded_one(secured) -> None:
     assert secured.get("/healthz", token="").status == 200
     kernels = child_pids(secured.process.pid)
     assert dead not in kernels and len(kernels) == 2
-    assert len({secured.get("/healthz").json()["kernel"]["pid"] for _ in range(4)}) == 2
+    assert len({secured.get("/diagnostics").json()["kernel"]["pid"] for _ in range(4)}) == 2
     assert secured.get("/models/xor").json() == before
 
 

@@ -1,0 +1,85 @@
+"""A request body as the gateway personality hands it to a kernel: decoded once, checked, bounded.
+
+Stock notebook-http decodes only a body whose Content-Type is exactly ``application/json`` and
+passes anything it cannot decode on as a string, which the notebook then decodes again (a JSON
+string holding JSON was decoded twice). Here the gateway decides, before any kernel is involved:
+
+* a JSON body (``application/json`` or ``…+json``, any parameters) is decoded once; malformed
+  JSON, bytes that are not UTF-8, a ``charset`` other than UTF-8, numbers Python will not read
+  and nesting deeper than ``MAX_JSON_DEPTH`` are the client's errors (400 or 415);
+* form bodies become ``{field: [values]}`` and other bodies text, as in stock notebook-http.
+
+Every step is linear in the body's size, and deep nesting is refused in the gateway, so no
+kernel ever meets a body deep enough to reach Python's recursion limit.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kernel_gateway.notebook_http.request_utils import parse_args
+
+from service.errors import ServiceError
+from service.http import is_json
+from service.settings import MAX_JSON_DEPTH
+
+FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
+UTF8 = ("utf-8", "utf8")
+
+
+def decode(content_type: str, raw: bytes, form_fields: dict[str, list[bytes]]) -> Any:
+    """The body for ``REQUEST``: the JSON value, the form's fields, or the text.
+
+    ``form_fields`` are the fields tornado parsed from a form body (``body_arguments``).
+    """
+    media_type, *parameters = (part.strip() for part in content_type.split(";"))
+    media_type = media_type.lower()
+    charset = _charset(parameters)
+    if charset is not None and charset not in UTF8:
+        raise ServiceError(415, f"send the body as UTF-8; charset {charset[:40]!r} is not read")
+    try:
+        if media_type in FORMS:
+            return parse_args(form_fields)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ServiceError(400, f"the body is not valid UTF-8 (byte {err.start})") from None
+    if not text or not is_json(content_type):
+        return text
+    value = _parse_json(text)
+    if _deeper_than(value, MAX_JSON_DEPTH):
+        raise ServiceError(400, f"the body nests JSON more than {MAX_JSON_DEPTH} levels deep")
+    return value
+
+
+def _charset(parameters: list[str]) -> str | None:
+    for parameter in parameters:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return None
+
+
+def _parse_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ServiceError(400, f"the request body is not valid JSON: {err}") from None
+    except RecursionError:  # far deeper than MAX_JSON_DEPTH; json's C parser stops cleanly
+        raise ServiceError(
+            400, f"the body nests JSON more than {MAX_JSON_DEPTH} levels deep"
+        ) from None
+    except ValueError:  # an integer of more than 4300 digits (sys.int_info.default_max_str_digits)
+        raise ServiceError(400, "the body holds a number with too many digits") from None
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether lists and objects nest more than ``limit`` levels in ``value``; visits each
+    element once, level by level, without recursion."""
+    level = [value] if isinstance(value, (list, dict)) else []
+    for _ in range(limit):
+        children = (c for v in level for c in (v.values() if isinstance(v, dict) else v))
+        level = [c for c in children if isinstance(c, (list, dict))]
+        if not level:
+            return False
+    return bool(level)
