@@ -10,8 +10,8 @@ from service.settings import Settings
 
 @pytest.fixture(autouse=True)
 def no_gradbook_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("HOST", "PORT", "KERNELS", "STORE", "TOKEN", "MAX_BODY_BYTES", "MAX_EPOCHS"):
-        monkeypatch.delenv(f"GRADBOOK_{name}", raising=False)
+    for name in Settings.class_trait_names(config=True):
+        monkeypatch.delenv(getattr(Settings, f"{name}_env"), raising=False)
 
 
 def test_defaults() -> None:
@@ -19,17 +19,26 @@ def test_defaults() -> None:
     assert (settings.host, settings.port, settings.kernels) == ("127.0.0.1", 8888, 2)
     assert (settings.store, settings.token) == (str(DEFAULT_ROOT), "")
     assert (settings.max_body_bytes, settings.max_epochs) == (4 * 2**20, 10_000)
+    assert (settings.max_train_seconds, settings.max_response_bytes) == (60.0, 16 * 2**20)
+    assert (settings.body_timeout, settings.max_queue) == (30.0, 64)
+    assert (settings.model_cache, settings.max_models, settings.allow_open) == (16, 100, False)
 
 
 def test_every_setting_reads_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     values = {"HOST": "127.0.0.2", "PORT": "9001", "KERNELS": "3", "STORE": "/tmp/models",
-              "TOKEN": "t0ken", "MAX_BODY_BYTES": "1024", "MAX_EPOCHS": "50"}
+              "TOKEN": "t0ken", "MAX_BODY_BYTES": "1024", "MAX_EPOCHS": "50",
+              "MAX_TRAIN_SECONDS": "2.5", "MAX_RESPONSE_BYTES": "4096", "BODY_TIMEOUT": "0.5",
+              "MAX_QUEUE": "0", "MODEL_CACHE": "3", "MAX_MODELS": "7", "ALLOW_OPEN": "1"}
     for name, value in values.items():
         monkeypatch.setenv(f"GRADBOOK_{name}", value)
     settings = Settings()
     assert (settings.host, settings.port, settings.kernels) == ("127.0.0.2", 9001, 3)
     assert (settings.store, settings.token) == ("/tmp/models", "t0ken")
     assert (settings.max_body_bytes, settings.max_epochs) == (1024, 50)
+    assert (settings.max_train_seconds, settings.max_response_bytes) == (2.5, 4096)
+    assert (settings.body_timeout, settings.max_queue) == (0.5, 0)
+    assert (settings.model_cache, settings.max_models, settings.allow_open) == (3, 7, True)
+    assert len(values) == len(Settings.class_trait_names(config=True))  # every setting is here
 
 
 def test_an_empty_variable_means_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -42,6 +51,12 @@ def test_a_bad_number_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GRADBOOK_KERNELS", "two")
     with pytest.raises(ValueError, match="GRADBOOK_KERNELS must be an integer; got 'two'"):
         Settings().kernels  # noqa: B018
+
+
+def test_a_bad_flag_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRADBOOK_ALLOW_OPEN", "yes")
+    with pytest.raises(ValueError, match="GRADBOOK_ALLOW_OPEN must be 0 or 1; got 'yes'"):
+        Settings().allow_open  # noqa: B018
 
 
 def test_explicit_configuration_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
