@@ -23,6 +23,7 @@ from service.settings import MAX_NUMBER_CHARS
 NUMBER_CHARS = frozenset("0123456789+-.eE")  # with them int/float spell only decimal numbers
 MAX_DEPTH = 2  # a matrix: a list of lists of numbers
 MAX_SEED = 2**64 - 1
+MAX_RATE = 1000.0  # far above any rate that trains these networks; 2**64 is a client's mistake
 
 
 def numeric(name: str, value: Any) -> Any:
@@ -98,7 +99,11 @@ def count(name: str, value: Any, maximum: int | None = None) -> int:
 
 
 def rate(name: str, value: Any) -> float:
-    return positive_float(name, numeric(name, value))
+    """A learning rate: a number > 0 and at most ``MAX_RATE``."""
+    value = positive_float(name, numeric(name, value))
+    if value > MAX_RATE:
+        raise ValueError(f"{name} must be at most {MAX_RATE:g}; got {value:g}")
+    return value
 
 
 def seed(name: str, value: Any) -> int:

@@ -63,7 +63,7 @@ def check_training(
         steps = math.ceil(n / (batch_size or n))
         raise ValueError(
             f"this training run is estimated to take {seconds:.0f} s ({epochs} epochs × {steps} "
-            f"steps of up to {batch_size or n} examples), more than the limit of "
+            f"steps, batch_size {batch_size or n}), more than the limit of "
             f"{max_seconds:g} s; use fewer epochs or examples, or a larger batch_size"
         )
 

@@ -13,7 +13,7 @@ from gradbook.activations import ACTIVATIONS
 from gradbook.datasets import DATASETS
 from gradbook.losses import LOSSES
 from gradbook.store import NAME
-from service.inputs import MAX_SEED
+from service.inputs import MAX_RATE, MAX_SEED
 from service.settings import MAX_ELEMENTS, MAX_JSON_DEPTH, MAX_NUMBER_CHARS, Settings
 
 Schema = dict[str, Any]
@@ -81,9 +81,10 @@ def schemas(settings: Settings) -> Schema:
     seed = {"oneOf": [{"type": "integer", "minimum": 0, "maximum": MAX_SEED},
                       {**spelt, "pattern": COUNT}]}
     hyperparameters = {
-        "lr": {"oneOf": [{"type": "number", "minimum": 0, "exclusiveMinimum": True},
-                         number["oneOf"][1]],
-               "description": "Learning rate (> 0); the loss is summed over a batch."},
+        "lr": {"oneOf": [{"type": "number", "minimum": 0, "exclusiveMinimum": True,
+                          "maximum": MAX_RATE}, number["oneOf"][1]],
+               "description": f"Learning rate, > 0 and at most {MAX_RATE:g}; the loss is summed "
+               "over a batch."},
         "epochs": {"oneOf": [{**count["oneOf"][0], "maximum": settings.max_epochs},
                              count["oneOf"][1]],
                    "description": f"Epochs per training run, 1 to {settings.max_epochs}."},

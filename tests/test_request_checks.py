@@ -103,7 +103,9 @@ def test_reading_a_numeric_string_is_linear() -> None:
 def test_huge_integers_are_refused_not_crashed() -> None:
     with pytest.raises(ValueError, match="finite number"):  # not a TypeError from isfinite
         positive_float("lr", 10**400)
-    assert positive_float("lr", 2**64) == float(2**64)
+    assert positive_float("lr", 2**64) == float(2**64)  # a number, but no learning rate:
+    with pytest.raises(ValueError, match="lr must be at most 1000"):
+        inputs.rate("lr", 2**64)
     with pytest.raises(ValueError, match="from 0 to 2"):
         inputs.seed("seed", 2**64)
     assert inputs.seed("seed", "18446744073709551615") == 2**64 - 1
