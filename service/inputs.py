@@ -85,7 +85,7 @@ def fields(body: Any, required: Iterable[str] = (), optional: Iterable[str] = ()
         raise ValueError(f"missing field(s) {missing}; required: {required}")
     unknown = sorted(set(body) - set(required) - set(optional))
     if unknown:
-        raise ValueError(f"unknown field(s) {unknown}; allowed: {required + optional}")
+        raise ValueError(f"unknown field(s) {brief(unknown)}; allowed: {required + optional}")
     return body
 
 
