@@ -44,6 +44,7 @@ docs: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bench_backprop.py
 	$(PY) bench/bench_service.py
+	$(PY) bench/bench_admission.py
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

@@ -24,7 +24,7 @@ from service.settings import MAX_ELEMENTS
 
 STEP_SECONDS = 4e-6  # fixed cost of one gradient step
 LAYER_STEP_SECONDS = 14e-6  # per layer and step: a dozen numpy calls forward and back
-PARAMETER_STEP_SECONDS = 2.5e-9  # per parameter and step: gradient and update of every weight
+PARAMETER_STEP_SECONDS = 3.5e-9  # per parameter and step: gradient and update of every weight
 EXAMPLE_SECONDS = 40e-9  # per example and epoch: indexing, shuffling, the epoch's loss
 EXAMPLE_PARAMETER_SECONDS = 0.15e-9  # per example and parameter: the products, forward and back
 EXAMPLE_UNIT_SECONDS = 20e-9  # per example and unit: activations and their slopes
