@@ -102,11 +102,29 @@ def test_numbers_may_come_as_strings(service) -> None:
     assert as_strings == as_numbers
 
 
+def forward(
+    weights: list[np.ndarray], biases: list[np.ndarray], X: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """A tanh network written out again, independently of ``MLP``: ``l_k = tanh(l_{k-1} · W_k +
+    b_k)``; the output layer's pre-activation ``z_K`` and ``l_K``."""
+    l = X
+    for W, b in zip(weights, biases, strict=True):
+        z = l @ W + b
+        l = np.tanh(z)
+    return z, l
+
+
 def test_a_classifier_answers_with_class_and_probabilities(service) -> None:
-    x = load("digits").X_test[0].tolist()
-    reply = service.post("/models/digits/predict", {"x": x}).json()
-    assert reply["class"] == max(range(10), key=lambda k: reply["output"][k])
-    assert sum(reply["output"]) == pytest.approx(1.0)  # the softmax probabilities
+    """Checked against the stored weights run by hand: softmax of the last layer's z."""
+    digits = load("digits")
+    net = ModelStore(service.store).get("digits")
+    z, _ = forward(net.weights, net.biases, digits.X_test[:20])
+    softmax = np.exp(z - z.max(axis=1, keepdims=True))
+    softmax /= softmax.sum(axis=1, keepdims=True)
+    for x, p in zip(digits.X_test[:20], softmax, strict=True):
+        reply = service.post("/models/digits/predict", {"x": x.tolist()}).json()
+        np.testing.assert_allclose(reply["output"], p, rtol=1e-9, atol=1e-15)
+        assert reply["class"] == int(np.argmax(p))
     create(service, "labels", sizes=[3, 5, 2], activation="tanh", loss="cross_entropy", bias=True)
     trained = service.post("/models/labels/train", {"data": {"X": XOR_X, "Y": [0, 1, "1", 0]}})
     assert trained.status == 200
@@ -114,17 +132,41 @@ def test_a_classifier_answers_with_class_and_probabilities(service) -> None:
     assert set(metrics) == {"data", "training_loss", "training_examples", "training_accuracy"}
 
 
-def test_gradients_are_those_of_the_stored_network(service) -> None:
-    X, Y = [[0.5, -1.0, 2.0], [1.0, 0.0, 1.0]], [[1.0], [0.0]]
-    reply = service.post("/models/xor/gradients", {"X": X, "Y": Y}).json()
-    net = ModelStore(service.store).get("xor")
-    assert reply["version"] == net.metadata["version"]
-    assert reply["loss"] == pytest.approx(net.loss(X, Y), rel=1e-12)
-    assert list(reply["gradients"]) == ["W1", "W2"]
-    for sent, expected in zip(reply["gradients"].values(), net.gradients(X, Y), strict=True):
-        np.testing.assert_allclose(sent, expected, rtol=1e-12)
-    biased = service.post("/models/digits/gradients", {"X": [[0.0] * 64], "Y": [3]}).json()
-    assert list(biased["gradients"]) == ["W1", "W2", "b1", "b2"]
+def test_gradients_over_http_match_central_differences(service) -> None:
+    """Every weight's and bias's gradient against central differences of the loss computed by
+    hand (tanh layers, half squared error), not against ``MLP.gradients``."""
+    create(service, "grads", sizes=[3, 4, 2], activation="tanh", bias=True, seed=3)
+    trained = service.post("/models/grads/train",  # so that the biases are not all zero
+                           {"data": {"X": XOR_X, "Y": [[0, 1], [1, 0], [1, 0], [0, 1]]},
+                            "epochs": 20, "lr": 0.1})
+    assert trained.status == 200
+    X = np.array([[0.5, -1.0, 2.0], [1.0, 0.0, 1.0], [0.0, 0.3, -0.7]])
+    Y = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    reply = service.post("/models/grads/gradients", {"X": X.tolist(), "Y": Y.tolist()}).json()
+    net = ModelStore(service.store).get("grads")
+    assert reply["version"] == net.metadata["version"] == trained.json()["version"]
+    weights = [W.copy() for W in net.weights]
+    biases = [b.copy() for b in net.biases]
+    assert all(np.any(b != 0) for b in biases)
+
+    def loss() -> float:
+        return 0.5 * float(np.sum((forward(weights, biases, X)[1] - Y) ** 2))
+
+    assert reply["loss"] == pytest.approx(loss(), rel=1e-12)
+    assert list(reply["gradients"]) == ["W1", "W2", "b1", "b2"]
+    h = 1e-6
+    for label, p in zip(reply["gradients"], weights + biases, strict=True):
+        expected = np.zeros_like(p)
+        for i in np.ndindex(p.shape):
+            p[i] += h
+            up = loss()
+            p[i] -= 2 * h
+            down = loss()
+            p[i] += h
+            expected[i] = (up - down) / (2 * h)
+        np.testing.assert_allclose(reply["gradients"][label], expected, rtol=1e-6, atol=1e-9,
+                                   err_msg=label)
+    assert service.delete("/models/grads").status == 200
 
 
 def test_the_training_curve_is_a_png(service) -> None:
