@@ -146,7 +146,7 @@ def test_a_request_whose_kernel_dies_gets_503_at_once_and_nothing_is_committed(s
         os.kill(pid, signal.SIGKILL)
     train.join(timeout=60)
     assert replies and replies[0].status == 503, replies and replies[0].body
-    assert time.monotonic() - killed_at < 5
+    assert time.monotonic() - killed_at < 2  # the gateway checks its kernel every second
     assert "stopped while running" in replies[0].json()["error"]["message"]
     replies = [secured.post("/models/xor/predict", {"x": [1, 0, 1]}, timeout=60) for _ in range(4)]
     assert [reply.status for reply in replies] == [200] * 4
