@@ -6,12 +6,19 @@ Several processes are real processes (multiprocessing, spawn), as the pooled ker
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
+import traceback
+from collections.abc import Callable
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+import gradbook.store as store_module
 from gradbook.network import MLP
 from gradbook.store import (
     ModelBusyError,
@@ -92,24 +99,163 @@ def test_another_store_sees_each_commit_at_once(tmp_path: Path) -> None:
         np.testing.assert_array_equal(net.weights[0], new_net(seed).weights[0])
 
 
-def _count_up(root: str, times: int) -> None:
-    store = ModelStore(root, lock_timeout=30)
-    for _ in range(times):
-        store.update("m", lambda net: net.metadata.update(count=net.metadata["count"] + 1))
+class OneInode:
+    """The store's ``os``, but ``stat`` reports one inode number for every file: as a file system
+    does that gives the next file the inode number the last rename freed."""
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(os, name)
+
+    @staticmethod
+    def stat(path: os.PathLike[str]) -> SimpleNamespace:
+        st = os.stat(path)
+        return SimpleNamespace(st_ino=1, st_mtime_ns=st.st_mtime_ns, st_size=st.st_size)
 
 
-def test_concurrent_writers_are_serialized(tmp_path: Path) -> None:
-    """Two processes updating one model lose no update: each change sees the previous one."""
-    ModelStore(tmp_path).create("m", new_net())
-    workers = [spawn.Process(target=_count_up, args=(str(tmp_path), 15)) for _ in range(2)]
+def test_a_new_version_in_the_same_inode_size_and_clock_tick_is_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worst case for the read-through cache, built on purpose: the new version's file has
+    the old one's inode number and size, and is committed in the same tick of a coarse clock
+    (the store's clock stands still). The commit's stamp, one nanosecond after the previous
+    version's mtime, alone tells the versions apart; a reader with the old one cached must see
+    the new one."""
+    tick = 1_600_000_000 * 10**9  # far from now: an mtime the stamp did not set cannot be it
+    monkeypatch.setattr(store_module, "os", OneInode())
+    monkeypatch.setattr(
+        store_module, "time", SimpleNamespace(time_ns=lambda: tick, monotonic=time.monotonic,
+                                              sleep=time.sleep),
+    )
+    writer, reader = ModelStore(tmp_path), ModelStore(tmp_path)
+    path = writer.path("m")
+    writer.create("m", new_net(seed=0))
+    assert reader.get("m").metadata["version"] == 1  # cached now
+    first = os.stat(path)
+    writer.update("m", lambda net: net.reset(seed=1))
+    second = os.stat(path)
+    assert second.st_size == first.st_size  # the case: only the stamp can differ
+    net = reader.get("m")
+    assert net.metadata["version"] == 2
+    np.testing.assert_array_equal(net.weights[0], new_net(seed=1).weights[0])
+    # The stamps themselves: the stopped clock's tick, then one nanosecond after it.
+    assert [first.st_mtime_ns, second.st_mtime_ns] == [tick, tick + 1]
+
+
+def _meet_the_other(arrived: Event, other: Event) -> None:
+    """In a spawned worker: make its first commit wait until the other worker has arrived, that
+    is found a store lock held (and polls it) or is about to commit too.
+
+    Each worker is thus inside a locked section (from reading to committing) while the other is
+    on its way in: with the store's locks the other waits for the lock, without them both are
+    inside at once, every run. A worker that never meets the other fails after 30 s.
+    """
+    commit = ModelStore._commit
+
+    def commit_once_the_other_arrived(self: ModelStore, *args: object, **kwargs: object) -> None:
+        arrived.set()
+        if not other.wait(timeout=30):
+            raise AssertionError("the other worker never arrived")
+        commit(self, *args, **kwargs)
+
+    class Clock:  # the store's ``time``, but waiting for a held lock says "arrived"
+        monotonic = staticmethod(time.monotonic)
+        time_ns = staticmethod(time.time_ns)
+
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            arrived.set()
+            time.sleep(seconds)
+
+    ModelStore._commit = commit_once_the_other_arrived
+    store_module.time = Clock
+
+
+def two_workers(target: Callable[..., None], *args_of_each: tuple) -> list[object]:
+    """Run ``target(*args, arrived, other, results)`` in two spawned processes that meet inside
+    the store (``_meet_the_other``); what they put in ``results`` (a worker that failed puts
+    its exception's name)."""
+    arrived = [spawn.Event(), spawn.Event()]
+    results = spawn.Queue()
+    workers = [
+        spawn.Process(target=_report, args=(target, *args, arrived[i], arrived[1 - i], results))
+        for i, args in enumerate(args_of_each)
+    ]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join(timeout=60)
         assert worker.exitcode == 0
+    return [results.get(timeout=10) for _ in workers]
+
+
+def _report(target: Callable[..., None], *args: object) -> None:
+    results = args[-1]
+    try:
+        target(*args)
+    except Exception as err:  # e.g. two unlocked commits renaming one staging file
+        traceback.print_exc()
+        results.put(type(err).__name__)
+
+
+def _count_up(root: str, times: int, arrived: Event, other: Event, results: Queue) -> None:
+    _meet_the_other(arrived, other)
+    store = ModelStore(root, lock_timeout=30)
+    for _ in range(times):
+        store.update("m", lambda net: net.metadata.update(count=net.metadata["count"] + 1))
+    results.put(times)
+
+
+def test_concurrent_writers_are_serialized(tmp_path: Path) -> None:
+    """Two processes updating one model lose no update: each change sees the previous one.
+
+    The first commit of each waits until the other is on its way in, so without the lock both
+    would read the same count and one increment would be lost, every run."""
+    ModelStore(tmp_path).create("m", new_net())
+    outcomes = two_workers(_count_up, (str(tmp_path), 15), (str(tmp_path), 15))
     net = ModelStore(tmp_path).get("m")
-    assert net.metadata["count"] == 30
-    assert net.metadata["version"] == 31
+    assert (net.metadata["count"], net.metadata["version"]) == (30, 31)
+    assert outcomes == [15, 15]
+
+
+def sized_net(seed: int) -> MLP:
+    """A net whose architecture and weights both tell its seed."""
+    return MLP([3, 4 + seed, 1], seed=seed)
+
+
+def _create(
+    root: str, name: str, seed: int, max_models: int | None,
+    arrived: Event, other: Event, results: Queue,
+) -> None:
+    _meet_the_other(arrived, other)
+    try:
+        ModelStore(root, lock_timeout=30).create(name, sized_net(seed), max_models=max_models)
+        results.put((seed, "created"))
+    except StoreError as err:
+        results.put((seed, type(err).__name__))
+
+
+def test_concurrent_creates_of_one_name_make_one_whole_model(tmp_path: Path) -> None:
+    """Two processes create one name at once: one succeeds, the other gets ModelExistsError, and
+    the store holds the winner's model whole (its architecture and all its weights)."""
+    root = str(tmp_path)
+    outcomes = dict(two_workers(_create, (root, "m", 1, None), (root, "m", 2, None)))
+    assert sorted(outcomes.values()) == ["ModelExistsError", "created"]
+    [winner] = [seed for seed, outcome in outcomes.items() if outcome == "created"]
+    net, expected = ModelStore(tmp_path).get("m"), sized_net(winner)
+    assert net.config == expected.config and net.metadata["version"] == 1
+    for got, want in zip(net.parameters, expected.parameters, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_concurrent_creates_never_overshoot_max_models(tmp_path: Path) -> None:
+    """One place left, two processes create a model each at once: one gets it, the other
+    StoreFullError."""
+    store = ModelStore(tmp_path)
+    store.create("first", new_net())
+    root = str(tmp_path)
+    outcomes = dict(two_workers(_create, (root, "a", 1, 2), (root, "b", 2, 2)))
+    assert sorted(outcomes.values()) == ["StoreFullError", "created"]
+    assert len(store.names()) == 2
 
 
 def test_a_busy_model_refuses_a_second_writer(tmp_path: Path) -> None:
