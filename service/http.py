@@ -119,7 +119,8 @@ def serve(endpoint: Callable[[Request], Response], REQUEST: str | Mapping[str, A
         error = to_http(err)
         if error.status >= 500:  # the service's fault: keep the details in the service log
             traceback.print_exc(file=sys.__stderr__)
-        return json_response(error_body(error), error.status)
+        retry = {"Retry-After": "1"} if error.status == 503 else {}
+        return json_response(error_body(error), error.status, retry)
 
 
 def respond(endpoint: Callable[[Request], Response], REQUEST: str | Mapping[str, Any]) -> str:

@@ -1,7 +1,17 @@
 """The OpenAPI 3 description of the service: every operation's body, responses and error codes.
 
-The tests keep it honest: the spec validates, its operations are exactly the notebook's annotated
-cells, and every response the tests receive has a documented status and matches its schema.
+It describes what the service does, not only what the notebook's cells do: the statuses the
+gateway personality answers before a kernel runs (401, 413, 503), the gateway's own answers
+(OPTIONS, 304 to ``If-None-Match``, the Swagger redirect), the answers to a method a path does
+not take (``x-other-methods`` of each path item) and to a path that matches no template
+(``x-unknown-paths`` of the document). ``default`` stands for one status only: 500, an
+unexpected fault of the service.
+
+The tests keep it honest (``check_against_spec`` in ``tests/conftest.py`` and
+``tests/test_service_contract.py``): every reply they receive must have a status documented
+where this description says it answers and match its schema, a request answered with 2xx must be
+one this description calls valid, every status documented here is produced by a real request,
+and the limits it states are the limits the service enforces.
 """
 
 from __future__ import annotations
@@ -22,24 +32,52 @@ ERRORS = {
     400: "Invalid request: malformed JSON, missing or unknown fields, wrong shapes or types, "
     "non-finite numbers, or a limit exceeded (work, response size, nesting); the message says "
     "which.",
-    401: "GRADBOOK_TOKEN is set and the request lacks 'Authorization: token <value>'.",
     404: "No model of that name.",
     409: "The name is taken, another request is changing the model (retry), or the store holds "
     "its most models (delete one).",
-    413: "The request body is larger than the limit, or the endpoint takes no body.",
     415: "The body is not JSON (a form, text), or its charset is not UTF-8.",
-    500: "Fault of the service (details in its log, never in the response).",
-    503: "A kernel stopped (it is replaced), the store is not readable, or too many requests "
-    "wait for a kernel; retry after Retry-After seconds.",
+}
+# The one 400 of an operation that reads no input: a response over the limit.
+TOO_LONG = "The response would be larger than GRADBOOK_MAX_RESPONSE_BYTES allows."
+# A 500 listed where a damaged store file causes it; any other 500 is the ``default`` response.
+DAMAGED = ("The model's file in the store could not be read (it is damaged); the details are in "
+           "the service log, never in the response.")
+# Responses many operations share (components/responses): name -> (status, description).
+SHARED = {
+    "NotModified": (304, "If-None-Match names this response's ETag (or is *): no body."),
+    "Unauthorized": (401, "GRADBOOK_TOKEN is set and the request lacks "
+                     "'Authorization: token <value>'."),
+    "NoSuchPath": (404, "No endpoint at this path."),
+    "MethodNotAllowed": (405, "The path takes no such method; the message, and on an endpoint's "
+                         "path the Allow header, name the methods it takes. A method the "
+                         "service implements on no path (anything but GET, HEAD, POST, PUT, "
+                         "DELETE, PATCH, OPTIONS) gets 405 on every path, known or not."),
+    "TooLarge": (413, "The request body is larger than the limit, the endpoint takes no body, "
+                 "or the request needs more memory than the service has."),
+    "Unavailable": (503, "A kernel stopped (it is replaced when next lent), or too many "
+                    "requests wait for a kernel; retry after Retry-After seconds."),
+    "Fault": (500, "Stands for 500 only: an unexpected fault of the service (details in its "
+              "log, never in the response)."),
+}
+PREFLIGHT = {
+    "summary": "CORS preflight, answered by the gateway: no token, no kernel, no body",
+    "security": [],
+    "responses": {"200": {"description": "No body; the Access-Control-* headers the gateway is "
+                          "configured with (KG_ALLOW_ORIGIN and the like), if any."}},
 }
 # Strings that spell numbers, as service.inputs reads them (surrounding blanks allowed), for
 # clients and their validators: the service itself reads them without regular expressions.
 DECIMAL = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
 COUNT = r"^\s*\+?\d+\s*$"  # a positive whole number
+WHOLE = r"^\s*(\+?\d+|-0+)\s*$"  # a whole number >= 0: "-0" is read as 0
 
 
 def ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{name}"}
+
+
+def shared(name: str) -> Schema:
+    return {"$ref": f"#/components/responses/{name}"}
 
 
 def obj(properties: Schema, required: list[str] | None = None, **extra: Any) -> Schema:
@@ -56,20 +94,58 @@ def json_content(schema: Schema, description: str) -> Schema:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def operation(summary: str, ok: Schema, errors: list[int], body: str | None = None,
-              public: bool = False, body_required: bool = True) -> Schema:
-    """One operation. ``ok`` maps success statuses to responses; 401 (unless ``public``), 413,
-    500 and 503 can answer any request, as the gateway personality checks them first."""
-    codes = sorted({*errors, 413, 500, 503} | (set() if public else {401}))
+def errors(*statuses: int, **descriptions: str) -> dict[int, str]:
+    """``{status: description}`` from ``ERRORS``; ``descriptions`` (``e400=…``) override."""
+    chosen = {status: ERRORS[status] for status in statuses}
+    return {**chosen, **{int(key[1:]): text for key, text in descriptions.items()}}
+
+
+def operation(summary: str, ok: Schema, own: dict[int, str], body: str | None = None,
+              public: bool = False, body_required: bool = True, get: bool = False) -> Schema:
+    """One operation of an endpoint cell. ``ok`` maps success statuses to responses, ``own`` the
+    operation's error statuses to descriptions. 401 (unless ``public``), 413 and 503 can answer
+    any request, as the gateway personality checks them first; a GET answered with 200 carries
+    an ETag, and 304 answers an If-None-Match that names it."""
     responses = {str(status): response for status, response in ok.items()}
-    responses.update({str(code): json_content(ref("Error"), ERRORS[code]) for code in codes})
-    result: Schema = {"summary": summary, "responses": responses}
+    responses.update({str(code): json_content(ref("Error"), text) for code, text in own.items()})
+    responses.update({"413": shared("TooLarge"), "503": shared("Unavailable")})
+    if not public:
+        responses["401"] = shared("Unauthorized")
+    if get:
+        etag = {"ETag": {"required": True, "schema": {"type": "string"}}}
+        responses["200"] = {**responses["200"],
+                            "headers": {**responses["200"].get("headers", {}), **etag}}
+        responses["304"] = shared("NotModified")
+    responses = {code: responses[code] for code in sorted(responses)}
+    result: Schema = {"summary": summary, "responses": {**responses, "default": shared("Fault")}}
     if body is not None:
         content = {"application/json": {"schema": ref(body)}}
-        result["requestBody"] = {"required": body_required, "content": content}
+        result["requestBody"] = {
+            "required": body_required, "content": content,
+            "description": "JSON, Content-Type application/json (any application/…+json type "
+            "is read as JSON too); a charset other than UTF-8 gets 415."}
     if public:
         result["security"] = []
     return result
+
+
+def unavailable(description: str) -> Schema:
+    """A 503, with a Retry-After header."""
+    retry = {"required": True, "schema": {"type": "integer", "minimum": 1}}
+    return {**json_content(ref("Error"), description), "headers": {"Retry-After": retry}}
+
+
+def shared_responses() -> Schema:
+    """components/responses: ``SHARED`` as response objects."""
+    responses = {}
+    for name, (status, description) in SHARED.items():
+        if status == 304:
+            responses[name] = {"description": description}
+        elif status == 503:
+            responses[name] = unavailable(description)
+        else:
+            responses[name] = json_content(ref("Error"), description)
+    return responses
 
 
 def schemas(settings: Settings) -> Schema:
@@ -79,7 +155,7 @@ def schemas(settings: Settings) -> Schema:
     count = {"oneOf": [{"type": "integer", "minimum": 1},  # the string form: ASCII digits only
                        {**spelt, "pattern": COUNT}]}
     seed = {"oneOf": [{"type": "integer", "minimum": 0, "maximum": MAX_SEED},
-                      {**spelt, "pattern": COUNT}]}
+                      {**spelt, "pattern": WHOLE}]}
     hyperparameters = {
         "lr": {"oneOf": [{"type": "number", "minimum": 0, "exclusiveMinimum": True,
                           "maximum": MAX_RATE}, number["oneOf"][1]],
@@ -92,7 +168,8 @@ def schemas(settings: Settings) -> Schema:
                        "description": "Examples per step; null for the whole data set."},
     }
     matrix = array(array(number, minItems=1), minItems=1, description="Rows of numbers, (n, d).")
-    labels = array({"oneOf": [{"type": "integer", "minimum": 0}, count["oneOf"][1]]}, minItems=1)
+    labels = array({"oneOf": [{"type": "integer", "minimum": 0}, {**spelt, "pattern": WHOLE}]},
+                   minItems=1)
     targets = {"oneOf": [matrix, labels],
                "description": "Targets (n, d_out), or class labels (n,) for cross_entropy models."}
     architecture = {
@@ -162,7 +239,8 @@ def schemas(settings: Settings) -> Schema:
         }, ["name", "sizes"]),
         "UpdateModel": obj(hyperparameters, minProperties=1),
         "Reset": obj({"seed": {**seed,
-                               "description": "Default: the model's seed (its first weights)."}}),
+                               "description": "Default: the model's seed (its first weights)."}},
+                     nullable=True, description="null, like no body, resets to the model's seed."),
         "Predict": {"oneOf": [obj({"x": array(number, minItems=1)}, ["x"]),
                               obj({"X": matrix}, ["X"])]},
         "Prediction": {"oneOf": [
@@ -181,7 +259,10 @@ def schemas(settings: Settings) -> Schema:
             "gradients": {"type": "object", "additionalProperties": {"oneOf": [vector, rows]},
                           "description": "dL/dW1 … dL/dWK, then dL/db1 … dL/dbK if biased."},
         }, [*model, "loss", "gradients"]),
-        "Deleted": obj({**model, "deleted": {"type": "boolean"}}, [*model, "deleted"]),
+        "Deleted": obj({"name": name, "deleted": {"type": "boolean"},
+                        "version": {"type": "integer", "minimum": 0, "description": "Its last "
+                                    "version; 0 if its file was damaged."}},
+                       [*model, "deleted"]),
     }
 
 
@@ -189,37 +270,44 @@ def openapi_spec(settings: Settings) -> Schema:
     """The description served at ``GET /openapi.json``, with this service's limits filled in."""
     name = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
     png = {"description": "PNG; the X-Gradbook-Version header holds the model's version.",
-           "headers": {"X-Gradbook-Version": {"schema": {"type": "integer"}}},
+           "headers": {"X-Gradbook-Version": {"required": True, "schema": {"type": "integer"}}},
            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}
-    read, write = [400, 404], [400, 404, 409, 415]
+    read, write = errors(400, 404, e500=DAMAGED), errors(400, 404, 409, 415, e500=DAMAGED)
+    listing = errors(e400=TOO_LONG)  # what an operation that reads no input can get wrong
 
     def ok(schema: str, description: str, status: int = 200) -> Schema:
         return {status: json_content(ref(schema), description)}
 
     paths = {
         "/healthz": {"get": operation("Liveness and readiness: kernels up, store readable",
-                                      ok("Health", "Serving."), [], public=True)},
+                                      ok("Health", "Serving."), listing, public=True, get=True)},
         "/diagnostics": {"get": operation(
             "The answering kernel, the store's folder and the limits in force",
-            ok("Diagnostics", "Diagnostics."), [])},
+            ok("Diagnostics", "Diagnostics."), listing, get=True)},
         "/openapi.json": {"get": operation(
-            "This description", {200: json_content({"type": "object"}, "OpenAPI 3.0")}, [])},
+            "This description", {200: json_content({"type": "object"}, "OpenAPI 3.0")}, listing,
+            get=True)},
         "/models": {
-            "get": operation("List the models", ok("ModelList", "All models."), []),
+            "get": operation("List the models", ok("ModelList", "All models."), listing,
+                             get=True),
             "post": operation("Create a model", ok("Model", "Created, version 1.", 201),
-                              [400, 409, 415], "CreateModel"),
+                              errors(400, 409, 415, e500="The record of a deleted model of that "
+                                     "name is damaged, or the store cannot be written."),
+                              "CreateModel"),
         },
         "/models/{name}": {
             "parameters": name,
-            "get": operation("A model and its training history", ok("Model", "The model."), read),
+            "get": operation("A model and its training history", ok("Model", "The model."), read,
+                             get=True),
             "put": operation("Change the training defaults (lr, epochs, batch_size)",
                              ok("Model", "Changed: a new version."), write, "UpdateModel"),
-            "delete": operation("Delete a model", ok("Deleted", "Gone; its last version."),
-                                [*read, 409]),
+            "delete": operation("Delete a model (a damaged one too)",
+                                ok("Deleted", "Gone; its last version (0 if it was damaged)."),
+                                errors(400, 404, 409)),
         },
         "/models/{name}/predict": {"parameters": name, "post": operation(
             "Outputs for one example (x) or a batch (X); classes too for classifiers",
-            ok("Prediction", "Outputs."), [*read, 415], "Predict")},
+            ok("Prediction", "Outputs."), {**read, **errors(415)}, "Predict")},
         "/models/{name}/train": {"parameters": name, "post": operation(
             "Train; hyperparameters left out come from the model's defaults",
             ok("Training", "Trained: a new version."), write, "Train")},
@@ -228,10 +316,31 @@ def openapi_spec(settings: Settings) -> Schema:
             ok("Model", "Reset: a new version."), write, "Reset", body_required=False)},
         "/models/{name}/gradients": {"parameters": name, "post": operation(
             "Loss and gradients of every weight and bias at X, Y",
-            ok("Gradients", "Gradients, as the W_k and b_k they belong to."), [*read, 415],
-            "GradientsRequest")},
+            ok("Gradients", "Gradients, as the W_k and b_k they belong to."),
+            {**read, **errors(415)}, "GradientsRequest")},
         "/models/{name}/loss.png": {"parameters": name, "get": operation(
-            "Training curve since the last reset", {200: png}, read)},
+            "Training curve since the last reset", {200: png}, read, get=True)},
+    }
+    paths["/healthz"]["get"]["responses"]["503"] = unavailable(
+        "A kernel stopped (it is replaced when next lent), too many requests wait for a kernel, "
+        "or the store is not readable.")
+    for item in paths.values():  # the gateway's answers on every endpoint path
+        guarded = any("security" not in op for key, op in item.items() if key != "parameters")
+        item["options"] = {**PREFLIGHT}
+        item["x-other-methods"] = {**({"401": shared("Unauthorized")} if guarded else {}),
+                                   "405": shared("MethodNotAllowed")}
+    location = {"required": True, "schema": {"type": "string", "enum": ["/openapi.json"]}}
+    paths["/_api/spec/swagger.json"] = {
+        "get": {"summary": "The gateway's stock Swagger path, which its start-up log names",
+                "security": [],
+                "responses": {"301": {"description": "Moved to /openapi.json; no body.",
+                                      "headers": {"Location": location}}}},
+        "x-other-methods": {"405": shared("MethodNotAllowed")},
+    }
+    limits = {
+        "max_body_bytes": settings.max_body_bytes, "max_json_depth": MAX_JSON_DEPTH,
+        "max_epochs": settings.max_epochs, "max_train_seconds": settings.max_train_seconds,
+        "max_elements": MAX_ELEMENTS, "max_response_bytes": settings.max_response_bytes,
     }
     description = (
         "Small neural networks served from notebooks/api.ipynb by the Jupyter Kernel Gateway. "
@@ -240,16 +349,27 @@ def openapi_spec(settings: Settings) -> Schema:
         "DELETE take no body. A training run takes at most "
         f"{settings.max_epochs} epochs and an estimated {settings.max_train_seconds:g} seconds; "
         f"one request may ask for at most {MAX_ELEMENTS} examples × widest layer; a response has "
-        f"at most {settings.max_response_bytes} bytes. Errors are "
-        '{"error": {"status", "message"}}. The X-Gradbook-Kernel header of every response names '
-        "the kernel that served it."
+        f"at most {settings.max_response_bytes} bytes (info.x-limits lists these limits). Errors "
+        'are {"error": {"status", "message"}}. The X-Gradbook-Kernel header of every response '
+        "a kernel served names that kernel.\n\n"
+        "Every status the service answers is documented: an operation lists its statuses, and "
+        "its `default` response stands for 500 only, an unexpected fault. A method a path does "
+        "not list is answered as the path's `x-other-methods` say (405, or 401 first where the "
+        "path needs the token); a path that matches no template as the document's "
+        "`x-unknown-paths` say (404; 405 for a method the service implements nowhere). OPTIONS "
+        "(a CORS preflight) is answered on every endpoint path. A GET answered with 200 carries "
+        "an ETag: sent back in If-None-Match, it gets 304 without a body. (A request that is not "
+        "HTTP at all, a malformed header say, gets the HTTP server's bare 400 and is closed.)"
     )
     token = {"type": "apiKey", "in": "header", "name": "Authorization",
              "description": "'token <value>', when the service runs with GRADBOOK_TOKEN."}
     return {
         "openapi": "3.0.3",
-        "info": {"title": "gradbook", "version": version("gradbook"), "description": description},
-        "components": {"schemas": schemas(settings), "securitySchemes": {"token": token}},
+        "info": {"title": "gradbook", "version": version("gradbook"), "description": description,
+                 "x-limits": limits},
+        "components": {"schemas": schemas(settings), "responses": shared_responses(),
+                       "securitySchemes": {"token": token}},
         "security": [{"token": []}],
         "paths": paths,
+        "x-unknown-paths": {"404": shared("NoSuchPath"), "405": shared("MethodNotAllowed")},
     }

@@ -188,6 +188,8 @@ class ServiceHandler:
         self.set_header("Content-Type", "application/json")
         if status_code == 503:
             self.set_header("Retry-After", "1")
+        if status_code == 405 and getattr(self, "sources", None):  # an endpoint's methods
+            self.set_header("Allow", ", ".join(sorted(self.sources)))
         if self.kernel_id is not None:
             self.set_header(KERNEL_HEADER, self.kernel_id)
         self.finish(json.dumps(error_body(error)))

@@ -192,7 +192,8 @@ class Service:
             headers["Authorization"] = f"token {token}"
         reply = http_request(self.port, method, path, raw, headers, timeout)
         if check:
-            check_against_spec(self.spec, method, path, reply)
+            check_against_spec(self.spec, method, path, reply,
+                               request=(raw, headers.get("Content-Type")))
         return reply
 
     def get(self, path: str, **kwargs: Any) -> Reply:
@@ -208,40 +209,116 @@ class Service:
         return self.request("DELETE", path, **kwargs)
 
 
-def check_against_spec(spec: dict[str, Any], method: str, path: str, reply: Reply) -> None:
-    """Fail unless ``reply`` is what the OpenAPI description promises for ``method path``."""
+METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")  # OpenAPI's
+
+
+def check_against_spec(
+    spec: dict[str, Any], method: str, path: str, reply: Reply,
+    request: tuple[bytes | None, str | None] | None = None,
+) -> None:
+    """Fail unless ``reply`` is what the OpenAPI description promises for ``method path``.
+
+    The status must be documented where the description says the service answers (see
+    ``documented_responses``); ``default`` stands for 500 and no other status. Headers the
+    response marks required must be there and match their schemas, a JSON body must match its
+    schema (formats such as date-time checked), and a response without content has no body.
+    ``request`` is what was sent, ``(body bytes or None, its Content-Type or None)``: given, a
+    2xx reply also needs the request to be one the description calls valid.
+    """
+    assert isinstance(spec, dict) and "paths" in spec, f"not an OpenAPI document: {spec!r:.200}"
     assert b"Traceback" not in reply.body, reply.body
-    path = path.split("?")[0]
-    operation = None
-    for template, item in spec["paths"].items():
-        if re.fullmatch(re.sub(r"\{\w+\}", "[^/]+", template), path):
-            operation = item.get(method.lower())
-    if operation is None:  # not an endpoint: the personality answers 404 or 405
-        assert reply.status in (404, 405), (method, path, reply.status)
-        responses = {str(reply.status): {"content": {"application/json": {
-            "schema": {"$ref": "#/components/schemas/Error"}}}}}
-    else:
-        responses = operation["responses"]
-    assert str(reply.status) in responses, f"{method} {path}: {reply.status} is undocumented"
-    content = responses[str(reply.status)]["content"]
-    content_type = reply.headers.get("Content-Type", "").split(";")[0]
-    assert content_type in content, (method, path, content_type)
-    if content_type == "application/json":
-        schema = _inline(content[content_type]["schema"], spec)
-        OAS30Validator(schema).validate(reply.json())
+    where, operation, responses = documented_responses(spec, method, path)
+    status = str(reply.status)
+    if status == "500" and status not in responses:
+        status = "default"
+    assert status in responses, f"{method} {path}: {reply.status} is undocumented for {where}"
+    response = _inline(responses[status], spec)
+    for name, header in response.get("headers", {}).items():
+        value = reply.headers.get(name)
+        assert value is not None or not header.get("required"), f"{where} {status}: no {name}"
+        if value is not None:
+            _validate(_header_value(value, header["schema"]), header["schema"])
+    content = response.get("content")
+    media_type = _media_type(reply.headers.get("Content-Type"))
+    if content is None or method.upper() == "HEAD":
+        assert reply.body == b"", f"{where} {status} has no body; got {reply.body[:200]!r}"
+    if content is not None:
+        assert media_type in content, f"{where} {status}: Content-Type {media_type!r}"
+    if content is not None and media_type == "application/json" and reply.body:
+        _validate(reply.json(), content[media_type]["schema"])
         if reply.status >= 400:
-            assert reply.json()["error"]["status"] == reply.status
+            assert reply.json()["error"]["status"] == reply.status, f"{where}: {reply.body!r:.200}"
+    if request is not None and 200 <= reply.status < 300:
+        _check_request(where, operation and _inline(operation, spec), *request)
 
 
-def _inline(schema: Any, spec: dict[str, Any]) -> Any:
-    """``schema`` with every ``$ref`` to ``#/components/schemas/…`` replaced by its target."""
-    if isinstance(schema, dict):
-        if "$ref" in schema:
-            return _inline(spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]], spec)
-        return {key: _inline(value, spec) for key, value in schema.items()}
-    if isinstance(schema, list):
-        return [_inline(item, spec) for item in schema]
-    return schema
+def documented_responses(
+    spec: dict[str, Any], method: str, path: str
+) -> tuple[str, dict[str, Any] | None, dict[str, Any]]:
+    """Where ``spec`` documents the answers to ``method path``: a label, the operation (or
+    None) and its responses. The label is ``"POST /models/{name}/train"`` for an operation,
+    ``"OTHER /models/{name}"`` for a method the path item lacks (its ``x-other-methods``), and
+    ``"UNKNOWN"`` for a path that matches no template (the document's ``x-unknown-paths``)."""
+    path = path.split("?")[0]
+    for template, item in spec["paths"].items():
+        parts = re.split(r"(\{\w+\})", template)
+        pattern = "".join("[^/]+" if p.startswith("{") else re.escape(p) for p in parts)
+        if re.fullmatch(pattern, path):
+            if method.lower() in METHODS and method.lower() in item:
+                operation = item[method.lower()]
+                return f"{method.upper()} {template}", operation, operation["responses"]
+            return f"OTHER {template}", None, item.get("x-other-methods", {})
+    return "UNKNOWN", None, spec.get("x-unknown-paths", {})
+
+
+def _check_request(
+    where: str, operation: dict[str, Any] | None, body: bytes | None, content_type: str | None
+) -> None:
+    """A request answered with 2xx must be one the (inlined) operation calls valid."""
+    described = (operation or {}).get("requestBody")
+    if not body:
+        assert not (described or {}).get("required"), f"{where} succeeded without its body"
+        return
+    assert described is not None, f"{where} succeeded with a body, and it takes none"
+    media_type = _media_type(content_type)
+    assert media_type in described["content"], f"{where} succeeded with a {media_type!r} body"
+    if media_type == "application/json":
+        try:
+            sent = json.loads(body)
+        except ValueError:
+            raise AssertionError(f"{where} succeeded with a body that is not JSON") from None
+        _validate(sent, described["content"][media_type]["schema"])
+
+
+def _validate(instance: Any, schema: dict[str, Any]) -> None:
+    """Validate ``instance`` against an inlined OpenAPI 3.0 ``schema``, formats included."""
+    OAS30Validator(schema, format_checker=OAS30Validator.FORMAT_CHECKER).validate(instance)
+
+
+def _header_value(value: str, schema: dict[str, Any]) -> Any:
+    """A header's text as the type its schema names (integers are digits)."""
+    if schema.get("type") == "integer":
+        assert re.fullmatch(r"\d+", value.strip()), f"not an integer: {value!r}"
+        return int(value)
+    return value
+
+
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";")[0].strip().lower()
+
+
+def _inline(node: Any, spec: dict[str, Any]) -> Any:
+    """``node`` with every local ``$ref`` (``#/components/…``) replaced by its target."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            target = spec
+            for key in node["$ref"].removeprefix("#/").split("/"):
+                target = target[key]
+            return _inline(target, spec)
+        return {key: _inline(value, spec) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_inline(item, spec) for item in node]
+    return node
 
 
 def child_pids(pid: int) -> list[int]:

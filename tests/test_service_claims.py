@@ -197,3 +197,8 @@ def test_healthz_is_503_while_a_kernel_is_stopped(configured: Service) -> None:
     while configured.get("/healthz").status != 200:  # replaced when it is next lent
         assert time.monotonic() < deadline, "the stopped kernel was never replaced"
         time.sleep(0.2)
+
+
+def test_a_405_names_the_allowed_methods(service: Service) -> None:
+    reply = service.request("PATCH", "/models/xor", {"lr": 1})
+    assert reply.status == 405 and reply.headers["Allow"] == "DELETE, GET, PUT"
