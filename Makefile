@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint notebook docs bench clean
+.PHONY: serve test lint notebook docs bench mutation clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,22 @@ bench: $(STAMP)
 	$(PY) bench/bench_backprop.py
 	$(PY) bench/bench_service.py
 	$(PY) bench/bench_admission.py
+
+# Mutation testing, not part of `make test` nor CI (2-4 minutes on 2 cores): mutmut mutates
+# gradbook/, service/inputs.py and service/errors.py ([tool.mutmut] in pyproject.toml), runs the
+# fast tests that call each mutated function, and the summary prints the share killed per module.
+# Each run starts afresh: mutmut's cache would keep survivors that new or changed tests now kill.
+MUTMUT_STAMP := $(VENV)/.mutmut-installed
+
+$(MUTMUT_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,mutation]'
+	touch $(MUTMUT_STAMP)
+
+mutation: $(MUTMUT_STAMP)
+	rm -rf mutants
+	$(VENV)/bin/mutmut run
+	@echo
+	$(PY) tests/mutation/summary.py
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache
