@@ -63,4 +63,4 @@ mutation: $(MUTMUT_STAMP)
 	$(PY) tests/mutation/summary.py
 
 clean:
-	rm -rf build .pytest_cache .ruff_cache
+	rm -rf build .pytest_cache .ruff_cache mutants

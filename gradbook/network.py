@@ -225,7 +225,8 @@ class MLP:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> MLP:
         """Rebuild a network saved with ``save``; parameters round-trip bit for bit."""
-        with np.load(path, allow_pickle=False) as data:
+        # the file is opened here, so that it is closed even when it is no valid .npz
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
             header = json.loads(str(data["header"]))
             net = cls(**header["config"])
             net.weights = [data[f"W{k}"] for k in range(len(net.weights))]

@@ -137,7 +137,8 @@ class ModelStore:
         weights and without touching the cache (for listings)."""
         path = self.path(name)
         try:
-            with np.load(path, allow_pickle=False) as data:  # an .npz reads members lazily
+            # an .npz reads members lazily; opened here so that a damaged one is closed too
+            with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
                 header = json.loads(str(data["header"]))
         except FileNotFoundError:
             raise ModelNotFoundError(f"no model named {name!r}") from None

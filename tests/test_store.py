@@ -324,3 +324,14 @@ def test_unknown_models_leave_no_lock_files(tmp_path: Path) -> None:
         with pytest.raises(ModelNotFoundError):
             call()
     assert list((tmp_path / ".locks").iterdir()) == []
+
+
+def test_a_damaged_zip_is_a_store_error_and_leaves_no_file_open(tmp_path: Path) -> None:
+    """A truncated .npz (a zip's first bytes) made ``np.load`` leave its file open: a
+    ResourceWarning, which the test settings turn into a failure."""
+    store = ModelStore(tmp_path)
+    (tmp_path / "cut.npz").write_bytes(b"PK\x03\x04" + b"\x00" * 40)
+    with pytest.raises(StoreError, match="could not be read"):
+        store.get("cut")
+    with pytest.raises(StoreError, match="could not be read"):
+        store.header("cut")
