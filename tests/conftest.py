@@ -46,6 +46,11 @@ class Reply:
         return self.headers.get("X-Gradbook-Kernel")
 
 
+def raises(message: str) -> Any:
+    """``pytest.raises(ValueError)`` whose message must be exactly ``message``."""
+    return pytest.raises(ValueError, match=f"^{re.escape(message)}$")
+
+
 def free_port() -> int:
     """A loopback port free now (another process may still take it before the gateway does)."""
     with socket.socket() as s:

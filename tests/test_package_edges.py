@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import raises
 
 import gradbook.network as network_module
 import gradbook.store as store_module
@@ -40,11 +41,6 @@ from gradbook.validation import (
     positive_float,
     positive_int,
 )
-
-
-def raises(message: str):
-    """``pytest.raises(ValueError)`` whose message must be exactly ``message``."""
-    return pytest.raises(ValueError, match=f"^{re.escape(message)}$")
 
 
 # -- data sets ---------------------------------------------------------------------------------

@@ -7,10 +7,9 @@ exception reaches the client with the documented status.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pytest
+from conftest import raises
 
 from gradbook.store import (
     ModelBusyError,
@@ -22,11 +21,6 @@ from gradbook.store import (
 from service import inputs
 from service.errors import MAX_MESSAGE_CHARS, ServiceError, error_body, to_http
 from service.settings import MAX_NUMBER_CHARS
-
-
-def raises(message: str):
-    """``pytest.raises(ValueError)`` whose message must be exactly ``message``."""
-    return pytest.raises(ValueError, match=f"^{re.escape(message)}$")
 
 
 # -- service.errors ----------------------------------------------------------------------------
