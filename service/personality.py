@@ -63,6 +63,7 @@ from service.settings import Settings
 HEALTH_PATH = "/healthz"
 OPENAPI_PATH = "/openapi.json"
 BODILESS = ("GET", "HEAD", "DELETE")  # methods whose endpoints take no body: its limit is 0
+NO_CONTENT = (204, 304)  # statuses whose responses carry no body
 KERNEL_HEADER = "X-Gradbook-Kernel"
 KERNEL_CHECK_SECONDS = 1.0  # how often a long cell execution checks that its kernel still runs
 DISCARD_LIMIT_BYTES = 1 << 30  # a refused body up to this size is read and dropped, not cut off
@@ -313,6 +314,8 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
         if error is not None:
             self.fail(error)
         else:
+            if self.get_status() in NO_CONTENT:  # tornado refuses even an empty body there
+                response = None
             with contextlib.suppress(StreamClosedError):  # the client left: nobody to tell
                 await self.finish(response)
 

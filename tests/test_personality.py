@@ -26,6 +26,8 @@ CELLS = [
     '# GET /broken\nraise KeyError("a secret detail")',
     '# GET /no-info\nprint("body")',
     '# ResponseInfo GET /no-info\nprint("this is not JSON")',
+    "# PUT /quiet\npass",
+    '# ResponseInfo PUT /quiet\nprint(json.dumps({"status": 204}))',
 ]
 
 
@@ -76,6 +78,13 @@ def test_a_response_info_cell_sets_status_and_headers(gateway) -> None:
     assert reply.status == 201
     assert reply.headers["X-Echo"] == "yes" and reply.headers["X-Gradbook-Kernel"]
     assert json.loads(reply.body) == {"got": {"a": [1, 2]}}
+
+
+def test_a_cell_with_no_body_can_answer_204(gateway) -> None:
+    """Stock notebook-http answers a ResponseInfo of ``{"status": 204}``; tornado refuses to
+    send even an empty body with a 204, so the personality sends none."""
+    reply = http_request(gateway, "PUT", "/quiet", None, {}, 30)
+    assert (reply.status, reply.body) == (204, b"")
 
 
 def test_form_fields_arrive_as_a_dict_of_lists(gateway) -> None:
