@@ -48,8 +48,8 @@ def refusal(settings: Settings) -> str | None:
     if not (settings.token or settings.allow_open or is_loopback(settings.host)):
         return (
             f"refusing to listen on {settings.host} without a token: anyone who reaches it could "
-            f"change and delete models. Set {settings.token_env}, or {settings.allow_open_env}=1 "
-            "to serve without one."
+            f"change and delete models. Set {settings.env('token')}, or "
+            f"{settings.env('allow_open')}=1 to serve without one."
         )
     try:
         with socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET) as probe:
@@ -59,7 +59,7 @@ def refusal(settings: Settings) -> str | None:
         if err.errno == errno.EADDRINUSE:
             return (
                 f"port {settings.port} on {settings.host} is already in use (another gradbook "
-                f"service?); stop that program or choose another port with {settings.port_env}"
+                f"service?); stop that program or choose another port with {settings.env('port')}"
             )
         return f"cannot listen on {settings.host}:{settings.port}: {err.strerror}"
     return None
@@ -92,8 +92,8 @@ def main() -> None:
         print(f"first start: training {', '.join(create_default_models(store))} in {store.root}")
     config = gateway_config(settings)
     # Kernels inherit this environment: they must use the same store, and never see the token.
-    os.environ[settings.store_env] = str(store.root.resolve())
-    os.environ.pop(settings.token_env, None)
+    os.environ[settings.env("store")] = str(store.root.resolve())
+    os.environ.pop(settings.env("token"), None)
     app = KernelGatewayApp(config=config)
     app.initialize(argv=[])
     limit_connection_time(app, settings.body_timeout)

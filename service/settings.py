@@ -1,5 +1,10 @@
 """Every setting of the service, each read from a ``GRADBOOK_*`` environment variable.
 
+A setting is one trait of ``Settings`` tagged with its variable and its default
+(``.tag(env=…, fallback=…)``); ``FromEnvironment`` turns each tag into the trait's dynamic
+default (the variable, read by the trait's type, or the fallback when it is unset or empty) and
+into the end of its help text. Explicit configuration still wins over the environment.
+
 The launcher, the gateway personality and the notebook's kernels each build a ``Settings()``;
 kernels inherit the launcher's environment, so all three agree (except on the token, which the
 launcher hands to the gateway and removes from the kernels' environment).
@@ -9,9 +14,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-from traitlets import Bool, Float, Integer, Unicode, default
+from traitlets import Bool, Float, Integer, TraitType, Unicode
 from traitlets.config import Configurable
 
 from gradbook.store import DEFAULT_ROOT
@@ -23,30 +28,6 @@ MAX_ELEMENTS = 10_000_000  # examples × widest layer (about 80 MB per layer's o
 MAX_JSON_DEPTH = 32  # nesting of a request body; ours need 4, Python's recursion limit is ~1000
 MAX_NUMBER_CHARS = 64  # a number sent as a string; float64 needs at most 24
 
-T = TypeVar("T")
-
-
-KINDS = {int: "an integer", float: "a number", str: "text"}
-
-
-def from_env(trait: str, env: str, fallback: T, parse: Callable[[str], T]) -> Any:
-    """A dynamic default for ``trait``: the variable ``env`` read with ``parse`` (``str``,
-    ``int``, ``float`` or ``flag``), or ``fallback`` when it is unset or empty. Explicit
-    configuration still wins."""
-
-    def read(self: Configurable) -> T:
-        value = os.getenv(env, "")
-        if not value:
-            return fallback
-        try:
-            return parse(value)
-        except ValueError:
-            kind = KINDS.get(parse, "0 or 1")
-            raise ValueError(f"{env} must be {kind}; got {value!r}") from None
-
-    return default(trait)(read)
-
-
 def flag(value: str) -> bool:
     """``"1"`` or ``"0"``, as an on/off environment variable is spelled."""
     if value not in ("0", "1"):
@@ -54,114 +35,103 @@ def flag(value: str) -> bool:
     return value == "1"
 
 
-class Settings(Configurable):
+# How a variable is read for each type of trait, and what the error calls a bad value.
+READERS: dict[type, tuple[Callable[[str], Any], str]] = {
+    Unicode: (str, "text"),
+    Integer: (int, "an integer"),
+    Float: (float, "a number"),
+    Bool: (flag, "0 or 1"),
+}
+
+
+class FromEnvironment(Configurable):
+    """A ``Configurable`` whose traits tagged ``env`` and ``fallback`` default to that variable.
+
+    The defaults are attached in ``__init_subclass__``, before traitlets sets the class up, so
+    they are dynamic defaults like those of ``@default`` methods.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, trait in list(vars(cls).items()):
+            if isinstance(trait, TraitType) and "env" in trait.metadata:
+                env, fallback = trait.metadata["env"], trait.metadata["fallback"]
+                trait.help += f" ({env}, default {fallback if fallback != '' else 'unset'})."
+                setattr(cls, f"_{name}_default", _reader(trait, env, fallback))
+
+
+def _reader(trait: TraitType, env: str, fallback: Any) -> Callable[[Configurable], Any]:
+    parse, kind = READERS[type(trait)]
+
+    def read(self: Configurable) -> Any:
+        value = os.getenv(env, "")
+        if not value:
+            return fallback
+        try:
+            return parse(value)
+        except ValueError:
+            raise ValueError(f"{env} must be {kind}; got {value!r}") from None
+
+    return read
+
+
+class Settings(FromEnvironment):
     """The service's configuration; each trait's help names its environment variable."""
 
-    host_env = "GRADBOOK_HOST"
-    host = Unicode(config=True, help="Address to listen on (GRADBOOK_HOST, default 127.0.0.1).")
-    _host_default = from_env("host", host_env, "127.0.0.1", str)
-
-    port_env = "GRADBOOK_PORT"
-    port = Integer(min=1, max=65535, config=True, help="Port to listen on (GRADBOOK_PORT, 8888).")
-    _port_default = from_env("port", port_env, 8888, int)
-
-    kernels_env = "GRADBOOK_KERNELS"
-    kernels = Integer(min=1, config=True, help="Kernels in the pool (GRADBOOK_KERNELS, 2).")
-    _kernels_default = from_env("kernels", kernels_env, 2, int)
-
-    store_env = "GRADBOOK_STORE"
-    store = Unicode(
-        config=True, help=f"Model store folder (GRADBOOK_STORE, default {DEFAULT_ROOT})."
-    )
-    _store_default = from_env("store", store_env, str(DEFAULT_ROOT), str)
-
-    token_env = "GRADBOOK_TOKEN"
+    host = Unicode(config=True, help="Address to listen on").tag(
+        env="GRADBOOK_HOST", fallback="127.0.0.1")
+    port = Integer(min=1, max=65535, config=True, help="Port to listen on").tag(
+        env="GRADBOOK_PORT", fallback=8888)
+    kernels = Integer(min=1, config=True, help="Kernels in the pool").tag(
+        env="GRADBOOK_KERNELS", fallback=2)
+    store = Unicode(config=True, help="Model store folder").tag(
+        env="GRADBOOK_STORE", fallback=str(DEFAULT_ROOT))
     token = Unicode(
         config=True,
-        help="When set, every endpoint but /healthz requires 'Authorization: token <value>' "
-        "(GRADBOOK_TOKEN, default unset).",
-    )
-    _token_default = from_env("token", token_env, "", str)
+        help="When set, every endpoint but /healthz requires 'Authorization: token <value>'",
+    ).tag(env="GRADBOOK_TOKEN", fallback="")
+    allow_open = Bool(
+        config=True,
+        help="1: listen on an address other than loopback without GRADBOOK_TOKEN (0: refuse to "
+        "start)",
+    ).tag(env="GRADBOOK_ALLOW_OPEN", fallback=False)
 
-    max_body_bytes_env = "GRADBOOK_MAX_BODY_BYTES"
+    # the limits of one request
     max_body_bytes = Integer(
-        min=1,
-        config=True,
-        help="Largest request body accepted, in bytes; larger ones get 413 "
-        "(GRADBOOK_MAX_BODY_BYTES, default 4 MiB).",
-    )
-    _max_body_bytes_default = from_env("max_body_bytes", max_body_bytes_env, 4 * 2**20, int)
-
-    max_epochs_env = "GRADBOOK_MAX_EPOCHS"
+        min=1, config=True, help="Largest request body accepted, in bytes; larger ones get 413"
+    ).tag(env="GRADBOOK_MAX_BODY_BYTES", fallback=4 * 2**20)
     max_epochs = Integer(
-        min=1,
-        config=True,
-        help="Most epochs one train request may ask for; more get 400 "
-        "(GRADBOOK_MAX_EPOCHS, default 10000).",
-    )
-    _max_epochs_default = from_env("max_epochs", max_epochs_env, 10_000, int)
-
-    max_train_seconds_env = "GRADBOOK_MAX_TRAIN_SECONDS"
+        min=1, config=True, help="Most epochs one train request may ask for; more get 400"
+    ).tag(env="GRADBOOK_MAX_EPOCHS", fallback=10_000)
     max_train_seconds = Float(
         min=0.001,
         config=True,
         help="Most seconds one training request may take, as estimated before it starts by "
-        "service.limits (calibrated on a 2-core machine); longer runs get 400 "
-        "(GRADBOOK_MAX_TRAIN_SECONDS, default 60).",
-    )
-    _max_train_seconds_default = from_env("max_train_seconds", max_train_seconds_env, 60.0, float)
-
-    max_response_bytes_env = "GRADBOOK_MAX_RESPONSE_BYTES"
+        "service.limits (calibrated on a 2-core machine); longer runs get 400",
+    ).tag(env="GRADBOOK_MAX_TRAIN_SECONDS", fallback=60.0)
     max_response_bytes = Integer(
         min=1,
         config=True,
-        help="Largest response body, in bytes; a request that would get a larger one gets 400 "
-        "(GRADBOOK_MAX_RESPONSE_BYTES, default 16 MiB).",
-    )
-    _max_response_bytes_default = from_env(
-        "max_response_bytes", max_response_bytes_env, 16 * 2**20, int
-    )
-
-    body_timeout_env = "GRADBOOK_BODY_TIMEOUT"
+        help="Largest response body, in bytes; a request that would get a larger one gets 400",
+    ).tag(env="GRADBOOK_MAX_RESPONSE_BYTES", fallback=16 * 2**20)
     body_timeout = Float(
         min=0.001,
         config=True,
         help="Seconds a client has to send a request's headers and body, and that an idle "
-        "connection is kept; then it is closed (GRADBOOK_BODY_TIMEOUT, default 30).",
-    )
-    _body_timeout_default = from_env("body_timeout", body_timeout_env, 30.0, float)
-
-    max_queue_env = "GRADBOOK_MAX_QUEUE"
+        "connection is kept; then it is closed",
+    ).tag(env="GRADBOOK_BODY_TIMEOUT", fallback=30.0)
     max_queue = Integer(
-        min=0,
-        config=True,
-        help="Most requests waiting for a free kernel; more get 503 with Retry-After "
-        "(GRADBOOK_MAX_QUEUE, default 64).",
-    )
-    _max_queue_default = from_env("max_queue", max_queue_env, 64, int)
-
-    model_cache_env = "GRADBOOK_MODEL_CACHE"
+        min=0, config=True, help="Most requests waiting for a free kernel; more get 503"
+    ).tag(env="GRADBOOK_MAX_QUEUE", fallback=64)
     model_cache = Integer(
-        min=1,
-        config=True,
-        help="Models each kernel keeps loaded, least recently used dropped first "
-        "(GRADBOOK_MODEL_CACHE, default 16).",
-    )
-    _model_cache_default = from_env("model_cache", model_cache_env, 16, int)
-
-    max_models_env = "GRADBOOK_MAX_MODELS"
+        min=1, config=True,
+        help="Models each kernel keeps loaded, least recently used dropped first",
+    ).tag(env="GRADBOOK_MODEL_CACHE", fallback=16)
     max_models = Integer(
-        min=1,
-        config=True,
-        help="Most models in the store; creating one more gets 409 "
-        "(GRADBOOK_MAX_MODELS, default 100).",
-    )
-    _max_models_default = from_env("max_models", max_models_env, 100, int)
+        min=1, config=True, help="Most models in the store; creating one more gets 409"
+    ).tag(env="GRADBOOK_MAX_MODELS", fallback=100)
 
-    allow_open_env = "GRADBOOK_ALLOW_OPEN"
-    allow_open = Bool(
-        config=True,
-        help="1: listen on an address other than loopback without GRADBOOK_TOKEN "
-        "(GRADBOOK_ALLOW_OPEN, default 0: refuse to start).",
-    )
-    _allow_open_default = from_env("allow_open", allow_open_env, False, flag)
+    @classmethod
+    def env(cls, name: str) -> str:
+        """The environment variable of setting ``name``."""
+        return cls.class_traits()[name].metadata["env"]

@@ -11,7 +11,7 @@ from service.settings import Settings
 @pytest.fixture(autouse=True)
 def no_gradbook_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in Settings.class_trait_names(config=True):
-        monkeypatch.delenv(getattr(Settings, f"{name}_env"), raising=False)
+        monkeypatch.delenv(Settings.env(name), raising=False)
 
 
 def test_defaults() -> None:
