@@ -2,8 +2,11 @@
 
 Stock notebook-http turns each ``# METHOD /path`` cell of the seed notebook into an endpoint run
 on a pooled kernel. This personality keeps that contract (the same ``REQUEST``, the same
-``ResponseInfo`` cells, so any notebook-http notebook runs unchanged) and adds:
+``ResponseInfo`` cells, so any notebook-http notebook of a Python kernel runs unchanged) and adds:
 
+* the engine (``service.engine``, ``service.runner``): one kernel execution per request instead
+  of two or three, and under load one execution for a whole batch of queued requests; body and
+  response info come back as separate fields of one message that no cell output can forge;
 * the gateway's token (``auth_token``, set from ``GRADBOOK_TOKEN``) guards every endpoint except
   ``/healthz``;
 * a body over ``GRADBOOK_MAX_BODY_BYTES``, or any body sent to a GET or DELETE, gets 413 before
@@ -14,14 +17,13 @@ on a pooled kernel. This personality keeps that contract (the same ``REQUEST``, 
   whose client disconnects while it waits leaves the queue without running;
 * every error is JSON ``{"error": {"status", "message"}}``; a failing cell gives a 500 whose
   details stay in the log; no response names the server software (no ``Server`` header);
-* a kernel that stops is replaced by a newly seeded one when it is next lent; a request whose
-  kernel stops under it gets 503 instead of hanging forever, and ``/healthz`` answers 503 while
-  any kernel of the pool is stopped;
-* no kernel is lent out before its output reaches the gateway (``SubscribedKernelPool``), so the
-  first requests after a start do not lose their bodies;
+* a kernel that stops is replaced by a newly seeded one; a request whose kernel stops under it
+  gets 503 instead of hanging forever, and ``/healthz`` answers 503 while any kernel of the pool
+  is stopped;
 * a ``ResponseInfo`` may add ``"body_encoding": "base64"``: the body is decoded to bytes here
   (cell output is text, so binary bodies such as PNGs travel base64-encoded);
 * every response names the kernel that served it in ``X-Gradbook-Kernel``;
+* ``GET /metrics``: Prometheus metrics of requests, latency, batches, queue and kernels;
 * the stock Swagger handler, which lists every operation as "200 Success", is replaced by a
   redirect to the notebook's own accurate ``/openapi.json``.
 """
@@ -33,22 +35,14 @@ import base64
 import contextlib
 import hmac
 import json
-from collections import deque
-from functools import partial
 from typing import Any
 
-from jupyter_core.utils import ensure_async
 from jupyter_server.utils import url_path_join
 from kernel_gateway.base.handlers import NotFoundHandler
 from kernel_gateway.notebook_http import NotebookHTTPPersonality
-from kernel_gateway.notebook_http.handlers import NotebookAPIHandler
-from kernel_gateway.notebook_http.request_utils import (
-    format_request,
-    headers_to_dict,
-    parse_args,
-)
+from kernel_gateway.notebook_http.handlers import NotebookAPIHandler, parameterize_path
+from kernel_gateway.notebook_http.request_utils import headers_to_dict, parse_args
 from kernel_gateway.notebook_http.swagger.handlers import SwaggerSpecHandler
-from kernel_gateway.services.kernels.pool import ManagedKernelPool
 from tornado.concurrent import Future
 from tornado.httputil import HTTPInputError, parse_body_arguments
 from tornado.iostream import StreamClosedError
@@ -56,118 +50,21 @@ from tornado.log import app_log
 from tornado.web import RequestHandler, stream_request_body
 
 from service import body
+from service.engine import BatchingKernelPool, Result
 from service.errors import ServiceError, error_body, to_http
 from service.http import BODY_ENCODING
+from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from service.metrics import Metrics
 from service.settings import Settings
 
 HEALTH_PATH = "/healthz"
 OPENAPI_PATH = "/openapi.json"
+METRICS_PATH = "/metrics"
 BODILESS = ("GET", "HEAD", "DELETE")  # methods whose endpoints take no body: its limit is 0
 NO_CONTENT = (204, 304)  # statuses whose responses carry no body
 KERNEL_HEADER = "X-Gradbook-Kernel"
-KERNEL_CHECK_SECONDS = 1.0  # how often a long cell execution checks that its kernel still runs
 DISCARD_LIMIT_BYTES = 1 << 30  # a refused body up to this size is read and dropped, not cut off
-SUBSCRIBE_PROBE_SECONDS = 0.2  # how long to wait for a probe's status before sending another
-SUBSCRIBE_TIMEOUT_SECONDS = 60.0  # then lend the kernel anyway: a dead one answers 503
-
-
-class SubscribedKernelPool(ManagedKernelPool):
-    """``ManagedKernelPool`` that lends a kernel only once its IOPub messages reach the gateway.
-
-    The stock pool subscribes to each kernel's IOPub channel and lends the kernel at once. ZeroMQ
-    drops what a publisher sends before a new subscription has reached it (the "slow joiner"), so
-    a request queued during start-up could run before that: its printed body lost, it answers
-    200 with an empty body (or hangs, if the idle status is lost too). Here each kernel is sent
-    ``kernel_info`` requests until the status messages of one arrive on IOPub; from then on the
-    subscription delivers everything.
-
-    It also keeps its own queue of waiting requests instead of the stock semaphore: the queue
-    is bounded (``max_queue``: 503 past it), and a waiter that is cancelled (its client went
-    away) leaves it without taking a kernel.
-    """
-
-    def __init__(self, max_queue: int) -> None:
-        super().__init__()
-        self.subscribed = asyncio.Event()
-        self.max_queue = max_queue
-        self.waiters: deque[asyncio.Future[str]] = deque()
-
-    async def initialize(self, prespawn_count: int, kernel_manager: Any, **kwargs: Any) -> None:
-        await super().initialize(prespawn_count, kernel_manager, **kwargs)
-        await asyncio.gather(*(self._await_subscription(kid) for kid in self.kernel_clients))
-        self.subscribed.set()
-
-    async def acquire(self) -> tuple[Any, str]:
-        """A free kernel's client and id, waiting in line for one if need be."""
-        await self.subscribed.wait()
-        if self.kernel_pool and not self.waiters:
-            kernel_id = self.kernel_pool.pop(0)
-            return self.kernel_clients[kernel_id], kernel_id
-        if len(self.waiters) >= self.max_queue:
-            raise ServiceError(503, f"all kernels are busy and {self.max_queue} requests wait; "
-                               "retry later")
-        waiter = asyncio.get_running_loop().create_future()
-        self.waiters.append(waiter)
-        try:
-            kernel_id = await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():  # handed a kernel as it was cancelled
-                self.release(waiter.result())
-            with contextlib.suppress(ValueError):
-                self.waiters.remove(waiter)
-            raise
-        return self.kernel_clients[kernel_id], kernel_id
-
-    def release(self, kernel_id: str) -> None:
-        """Hand ``kernel_id`` to the first request still waiting, or back to the pool."""
-        while self.waiters:
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(kernel_id)
-                return
-        self.kernel_pool.append(kernel_id)
-
-    async def is_running(self, kernel_id: str) -> bool:
-        return await ensure_async(self.kernel_manager.get_kernel(kernel_id).is_alive())
-
-    async def replace(self, kernel_id: str) -> tuple[Any, str]:
-        """Swap the lent kernel ``kernel_id``, which stopped, for a new kernel seeded like the
-        others, lent in its place: its client and id.
-
-        Kernels are never restarted in place (see ``service.launch``): a restarted kernel would
-        come back without the notebook's seed cells. The old kernel is let go only once the new
-        one serves, so a failed start leaves the pool as it was, to try again at the next lend.
-        """
-        # start_seeded_kernel, as the pool's start uses, does not return the new kernel's id
-        new_id = await self.kernel_manager.start_kernel(
-            kernel_name=self.kernel_manager.seed_kernelspec
-        )
-        self.kernel_clients[new_id] = self.kernel_manager.get_kernel(new_id).client()
-        self.kernel_manager.connect_iopub(new_id).on_recv(self.create_on_reply(new_id))
-        await self._await_subscription(new_id)
-        self.kernel_clients.pop(kernel_id).stop_channels()
-        self.on_recv_funcs.pop(kernel_id, None)
-        await self.kernel_manager.shutdown_kernel(kernel_id, now=True)
-        app_log.warning("kernel %s had stopped; kernel %s replaces it", kernel_id, new_id)
-        return self.kernel_clients[new_id], new_id
-
-    async def _await_subscription(self, kernel_id: str) -> None:
-        heard = asyncio.Event()
-        probes: set[str] = set()
-
-        def on_message(msg: dict[str, Any]) -> None:
-            if msg["parent_header"].get("msg_id") in probes:
-                heard.set()
-
-        self.on_recv(kernel_id, on_message)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + SUBSCRIBE_TIMEOUT_SECONDS
-        while not heard.is_set() and loop.time() < deadline:
-            probes.add(self.kernel_clients[kernel_id].kernel_info())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(heard.wait(), SUBSCRIBE_PROBE_SECONDS)
-        if not heard.is_set():
-            app_log.error("no IOPub message from kernel %s; lending it anyway", kernel_id)
+UNMATCHED = "(no endpoint)"  # the metrics label of a path that matches no endpoint
 
 
 class ServiceHandler:
@@ -176,9 +73,24 @@ class ServiceHandler:
     and its version to whoever asks."""
 
     kernel_id: str | None = None
+    metrics: Metrics | None = None
+    endpoint = UNMATCHED  # the metrics label: the notebook's annotated path
 
     def set_default_headers(self) -> None:
         self.clear_header("Server")
+
+    def on_finish(self) -> None:
+        if self.metrics is not None:
+            self.metrics.observe(self.request.method, self.endpoint, self.get_status(),
+                                 self.request.request_time())
+
+    def token_refusal(self) -> ServiceError | None:
+        """A 401 unless the request carries the gateway's token, if one is set."""
+        token = self.settings.get("kg_auth_token")
+        sent = self.request.headers.get("Authorization", "")
+        if token and not hmac.compare_digest(sent.encode(), f"token {token}".encode()):
+            return ServiceError(401, "send the service's token as 'Authorization: token <value>'")
+        return None
 
     def fail(self, error: ServiceError) -> None:
         self.send_error(error.status, error=error)
@@ -209,13 +121,15 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
     Endpoints of a GET or DELETE take no body: their limit is 0 bytes.
     """
 
-    def initialize(self, health: bool, max_body_bytes: int, **kwargs: Any) -> None:
+    def initialize(self, endpoint: str, health: bool, max_body_bytes: int, metrics: Metrics,
+                   **kwargs: Any) -> None:
         super().initialize(**kwargs)
+        self.endpoint, self.metrics = endpoint, metrics
         self.health = health  # the health endpoint: no token, and it checks every kernel
         self.max_body_bytes = max_body_bytes
         self.received = bytearray()
         self.refusal: ServiceError | None = None
-        self.waiting: asyncio.Future[tuple[Any, str]] | None = None  # for a free kernel
+        self.waiting: asyncio.Future[Result] | None = None  # queued, or running on a kernel
 
     def prepare(self) -> None:
         """Decide from the headers alone whether the request is refused."""
@@ -232,12 +146,8 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
 
     def _refusal(self) -> ServiceError | None:
         method = self.request.method
-        token = self.settings.get("kg_auth_token")
-        if token and not self.health:
-            sent = self.request.headers.get("Authorization", "")
-            if not hmac.compare_digest(sent.encode(), f"token {token}".encode()):
-                message = "send the service's token as 'Authorization: token <value>'"
-                return ServiceError(401, message)
+        if not self.health and (refusal := self.token_refusal()):
+            return refusal
         if method not in self.sources:
             allowed = ", ".join(sorted(self.sources))
             return ServiceError(405, f"{method} is not supported here; use {allowed}")
@@ -293,24 +203,25 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
         except ServiceError as err:
             return self.fail(err)
         self.request.body = b""  # decoded: the raw bytes need not stay while the request waits
-        try:
-            self.waiting = asyncio.ensure_future(self.kernel_pool.acquire())
-            kernel_client, self.kernel_id = await self.waiting
-        except asyncio.CancelledError:  # the client went away while waiting: nothing ran
-            return None
-        except ServiceError as err:  # the queue is full
-            return self.fail(err)
         error, response = None, None
         try:
-            if not await self.kernel_pool.is_running(self.kernel_id):
-                kernel_client, self.kernel_id = await self._replace_kernel()
-            response = await self._run_cells(kernel_client, request_body)
+            if self.health:
+                await self._check_pool()
+            request = {
+                "body": request_body,
+                "args": parse_args(self.request.query_arguments),
+                "path": self.path_kwargs,
+                "headers": headers_to_dict(self.request.headers),
+            }
+            key = f"{self.request.method} {self.endpoint}"
+            self.waiting = asyncio.ensure_future(self.kernel_pool.submit(key, json.dumps(request)))
+            response = self._respond(await self.waiting)
+        except asyncio.CancelledError:  # the client went away while waiting: nothing ran
+            return None
         except Exception as err:  # every failure becomes a JSON error response
             error = to_http(err)
             if error.status == 500:  # the details go to the log, not to the client
                 app_log.error("%s %s failed", self.request.method, self.request.path, exc_info=err)
-        finally:
-            self.kernel_pool.release(self.kernel_id)
         if error is not None:
             self.fail(error)
         else:
@@ -319,73 +230,60 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
             with contextlib.suppress(StreamClosedError):  # the client left: nobody to tell
                 await self.finish(response)
 
-    async def _run_cells(self, kernel_client: Any, request_body: Any) -> bytes | str:
-        """Assign ``REQUEST``, run the endpoint cell and its ``ResponseInfo`` cell; set status and
-        headers from the latter and return the body."""
-        if self.health:
-            await self._check_pool()
-        method = self.request.method
-        request = {
-            "body": request_body,
-            "args": parse_args(self.request.query_arguments),
-            "path": self.path_kwargs,
-            "headers": headers_to_dict(self.request.headers),
-        }
-        # The REQUEST assignment and the cell run as one execution (stock notebook-http uses
-        # two): the cell sees the same REQUEST, one kernel round trip sooner.
-        assignment = format_request(json.dumps(request), self.kernel_language)
-        body = await self._run_code(kernel_client, f"{assignment}\n{self.sources[method]}")
+    def _respond(self, result: Result) -> bytes | str:
+        """Set status and headers from the ``ResponseInfo`` cell's output; return the body."""
+        self.kernel_id = result.kernel_id
+        if result.error is not None:
+            raise CellError(result.error)
         info = {}
-        if method in self.response_sources:
-            printed = await self._run_code(kernel_client, self.response_sources[method])
+        if result.info is not None:
             try:
-                info = json.loads(printed)
+                info = json.loads(result.info)
             except ValueError:  # the notebook's fault, not the client's: a 500, not a 400
-                raise RuntimeError(f"ResponseInfo {method} printed {printed[:200]!r}") from None
+                raise RuntimeError(f"ResponseInfo {self.request.method} {self.endpoint} "
+                                   f"printed {result.info[:200]!r}") from None
         self.set_status(info.get("status", 200))
         self.set_header("Content-Type", "text/plain")
         for header, value in info.get("headers", {}).items():
             self.set_header(header, value)
         self.set_header(KERNEL_HEADER, self.kernel_id)
-        return base64.b64decode(body) if info.get(BODY_ENCODING) == "base64" else body
-
-    def execute_code(self, kernel_client: Any, kernel_id: str, source_code: str) -> Future:
-        """As the stock handler, but outside IPython's history: every request's ``REQUEST``
-        (up to the body limit) would otherwise stay in the kernel's ``In`` and history database
-        for good, growing the kernel until it dies."""
-        future: Future = Future()
-        accumulator: dict[str, Any] = {"stream": [], "error": None, "result": None}
-        parent = kernel_client.execute(source_code, store_history=False)
-        self.kernel_pool.on_recv(kernel_id, partial(self.on_recv, accumulator, future, parent))
-        return future
-
-    async def _run_code(self, kernel_client: Any, code: str) -> str:
-        """Run ``code`` on the acquired kernel; 503 if the kernel stops running meanwhile (the
-        stock handler would wait forever for a dead kernel to report back)."""
-        future = self.execute_code(kernel_client, self.kernel_id, code)
-        while not future.done():
-            await asyncio.wait([future], timeout=KERNEL_CHECK_SECONDS)
-            if not future.done() and not await self.kernel_pool.is_running(self.kernel_id):
-                raise ServiceError(503, "the kernel stopped while running the request; retry")
-        return future.result()
-
-    async def _replace_kernel(self) -> tuple[Any, str]:
-        try:
-            return await self.kernel_pool.replace(self.kernel_id)
-        except Exception as err:
-            app_log.error("kernel %s could not be replaced", self.kernel_id, exc_info=err)
-            raise ServiceError(503, "a kernel stopped and could not be replaced; retry") from None
+        if info.get(BODY_ENCODING) == "base64":
+            return base64.b64decode(result.body)
+        return result.body
 
     async def _check_pool(self) -> None:
-        """503 unless every kernel of the pool runs. A stopped kernel is replaced when it is next
-        lent, to the health endpoint or any other."""
+        """503 unless every kernel of the pool runs."""
         for kernel_id in list(self.kernel_pool.kernel_clients):
             if not await self.kernel_pool.is_running(kernel_id):
-                message = f"kernel {kernel_id} stopped; it is replaced when next lent to a request"
-                raise ServiceError(503, message)
+                raise ServiceError(503, f"kernel {kernel_id} stopped; it is being replaced")
+
+
+class CellError(Exception):
+    """An endpoint or ``ResponseInfo`` cell raised; its traceback goes to the log."""
+
+    def __init__(self, error: dict[str, str]) -> None:
+        super().__init__(f"{error['ename']}: {error['evalue']}\n{error['traceback']}")
+
+
+class MetricsHandler(ServiceHandler, RequestHandler):
+    """``GET /metrics``: the Prometheus text format, from the gateway without a kernel."""
+
+    endpoint = METRICS_PATH
+
+    def initialize(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def get(self) -> None:
+        if refusal := self.token_refusal():
+            return self.fail(refusal)
+        self.set_header("Content-Type", METRICS_CONTENT_TYPE)
+        self.finish(self.metrics.text())
 
 
 class UnknownPathHandler(ServiceHandler, NotFoundHandler):
+    def initialize(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
     def prepare(self) -> None:
         path = self.request.path[:100]  # a client's path, quoted briefly
         self.fail(ServiceError(404, f"no endpoint {path}; see GET /openapi.json"))
@@ -402,26 +300,45 @@ class OpenAPIRedirectHandler(ServiceHandler, RequestHandler):
 
 
 class GradbookPersonality(NotebookHTTPPersonality):
-    """notebook-http whose endpoints use ``EndpointHandler`` on a ``SubscribedKernelPool``."""
+    """notebook-http whose endpoints use ``EndpointHandler`` on a ``BatchingKernelPool``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.kernel_pool = SubscribedKernelPool(Settings(parent=self).max_queue)
+        if self.kernel_language not in (None, "python"):
+            language = self.kernel_language
+            raise ValueError(f"the engine runs notebooks of Python kernels, not of {language}")
+        settings = Settings(parent=self)
+        self.kernel_pool = BatchingKernelPool(settings.max_queue, settings.max_batch)
+        self.metrics = Metrics(queue_depth=lambda: len(self.kernel_pool.queue))
+        self.kernel_pool.on_batch = self.metrics.batch_size.observe
+        self.kernel_pool.on_replace = self.metrics.kernels_replaced.inc
 
     def create_request_handlers(self) -> list[tuple[Any, ...]]:
-        health = url_path_join("/", self.parent.base_url, HEALTH_PATH)
-        openapi = url_path_join("/", self.parent.base_url, OPENAPI_PATH)
+        def route_of(path: str) -> str:
+            return url_path_join("/", self.parent.base_url, path)
+
+        seed = self.parent.kernel_manager.seed_source
+        responses = self.api_parser.endpoint_responses(seed)
+        annotated = {}  # the route of each endpoint → its path as the notebook writes it
+        for path, sources in self.api_parser.endpoints(seed):
+            annotated[route_of(parameterize_path(path))] = path
+            for method, source in sources.items():
+                info = responses.get(path, {}).get(method)
+                self.kernel_pool.endpoints[f"{method} {path}"] = [source, info]
         max_body_bytes = Settings(parent=self).max_body_bytes
-        handlers = []
+        handlers: list[tuple[Any, ...]] = [
+            (route_of(METRICS_PATH), MetricsHandler, {"metrics": self.metrics})]
         for route in super().create_request_handlers():
             pattern, handler = route[0], route[1]
             if handler is NotebookAPIHandler:
-                args = {**route[2], "health": pattern == health, "max_body_bytes": max_body_bytes}
+                args = {**route[2], "endpoint": annotated[pattern], "metrics": self.metrics,
+                        "health": pattern == route_of(HEALTH_PATH),
+                        "max_body_bytes": max_body_bytes}
                 handlers.append((pattern, EndpointHandler, args))
             elif handler is NotFoundHandler:
-                handlers.append((pattern, UnknownPathHandler))
+                handlers.append((pattern, UnknownPathHandler, {"metrics": self.metrics}))
             elif handler is SwaggerSpecHandler:
-                handlers.append((pattern, OpenAPIRedirectHandler, {"url": openapi}))
+                handlers.append((pattern, OpenAPIRedirectHandler, {"url": route_of(OPENAPI_PATH)}))
             else:  # the notebook download or static files, if configured: no Server header
                 quiet = type(handler.__name__, (ServiceHandler, handler), {})
                 handlers.append((pattern, quiet, *route[2:]))

@@ -122,7 +122,11 @@ class Settings(FromEnvironment):
     ).tag(env="GRADBOOK_BODY_TIMEOUT", fallback=30.0)
     max_queue = Integer(
         min=0, config=True, help="Most requests waiting for a free kernel; more get 503"
-    ).tag(env="GRADBOOK_MAX_QUEUE", fallback=64)
+    ).tag(env="GRADBOOK_MAX_QUEUE", fallback=1000)
+    max_batch = Integer(
+        min=1, config=True,
+        help="Most queued requests a kernel that becomes free takes into one execution",
+    ).tag(env="GRADBOOK_MAX_BATCH", fallback=64)
     model_cache = Integer(
         min=1, config=True,
         help="Models each kernel keeps loaded, least recently used dropped first",

@@ -124,7 +124,11 @@ def test_a_kernel_that_dies_is_replaced_by_a_seeded_one(secured) -> None:
     # the first may still find the kernel running and see it stop under it: 503, "retry"
     assert replies[0].status in (200, 503) and [r.status for r in replies[1:]] == [200] * 5
     assert len({reply.json()["output"][0] for reply in replies[1:]}) == 1
-    assert secured.get("/healthz", token="").status == 200
+    # the other kernel served meanwhile; /healthz answers 503 until the replacement serves
+    deadline = time.monotonic() + 60
+    while (health := secured.get("/healthz", token="", check=False)).status != 200:
+        assert health.status == 503 and time.monotonic() < deadline, health.body
+        time.sleep(0.2)
     kernels = child_pids(secured.process.pid)
     assert dead not in kernels and len(kernels) == 2
     assert len({secured.get("/diagnostics").json()["kernel"]["pid"] for _ in range(4)}) == 2

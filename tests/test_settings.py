@@ -20,7 +20,7 @@ def test_defaults() -> None:
     assert (settings.store, settings.token) == (str(DEFAULT_ROOT), "")
     assert (settings.max_body_bytes, settings.max_epochs) == (4 * 2**20, 10_000)
     assert (settings.max_train_seconds, settings.max_response_bytes) == (60.0, 16 * 2**20)
-    assert (settings.body_timeout, settings.max_queue) == (30.0, 64)
+    assert (settings.body_timeout, settings.max_queue, settings.max_batch) == (30.0, 1000, 64)
     assert (settings.model_cache, settings.max_models, settings.allow_open) == (16, 100, False)
 
 
@@ -28,7 +28,7 @@ def test_every_setting_reads_its_variable(monkeypatch: pytest.MonkeyPatch) -> No
     values = {"HOST": "127.0.0.2", "PORT": "9001", "KERNELS": "3", "STORE": "/tmp/models",
               "TOKEN": "t0ken", "MAX_BODY_BYTES": "1024", "MAX_EPOCHS": "50",
               "MAX_TRAIN_SECONDS": "2.5", "MAX_RESPONSE_BYTES": "4096", "BODY_TIMEOUT": "0.5",
-              "MAX_QUEUE": "0", "MODEL_CACHE": "3", "MAX_MODELS": "7", "ALLOW_OPEN": "1"}
+              "MAX_QUEUE": "0", "MAX_BATCH": "5", "MODEL_CACHE": "3", "MAX_MODELS": "7", "ALLOW_OPEN": "1"}
     for name, value in values.items():
         monkeypatch.setenv(f"GRADBOOK_{name}", value)
     settings = Settings()
@@ -36,7 +36,7 @@ def test_every_setting_reads_its_variable(monkeypatch: pytest.MonkeyPatch) -> No
     assert (settings.store, settings.token) == ("/tmp/models", "t0ken")
     assert (settings.max_body_bytes, settings.max_epochs) == (1024, 50)
     assert (settings.max_train_seconds, settings.max_response_bytes) == (2.5, 4096)
-    assert (settings.body_timeout, settings.max_queue) == (0.5, 0)
+    assert (settings.body_timeout, settings.max_queue, settings.max_batch) == (0.5, 0, 5)
     assert (settings.model_cache, settings.max_models, settings.allow_open) == (3, 7, True)
     assert len(values) == len(Settings.class_trait_names(config=True))  # every setting is here
 

@@ -1,0 +1,49 @@
+"""What ``GET /metrics`` reports, in the Prometheus text format (``prometheus_client``).
+
+One registry per gateway process, not the library's global one, so that nothing else a process
+imports adds to what the service reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")  # any other: "other"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class Metrics:
+    """The service's counters, histograms and gauges."""
+
+    def __init__(self, queue_depth: Callable[[], int]) -> None:
+        self.registry = CollectorRegistry()
+        labels = ("method", "endpoint")
+        self.requests = Counter(
+            "gradbook_requests", "HTTP requests answered, by endpoint (the notebook's annotated "
+            "path) and status", (*labels, "status"), registry=self.registry)
+        self.latency = Histogram(
+            "gradbook_request_duration_seconds", "Time from a request's arrival to its answer",
+            labels, buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.batch_size = Histogram(
+            "gradbook_batch_size", "Requests run in one kernel execution", buckets=BATCH_BUCKETS,
+            registry=self.registry)
+        self.kernels_replaced = Counter(
+            "gradbook_kernels_replaced", "Kernels that stopped and were replaced by a newly "
+            "seeded one", registry=self.registry)
+        queue = Gauge("gradbook_queue_depth", "Requests waiting for a free kernel",
+                      registry=self.registry)
+        queue.set_function(queue_depth)
+
+    def observe(self, method: str, endpoint: str, status: int, seconds: float) -> None:
+        """Count one answered request."""
+        method = method if method in METHODS else "other"  # a label the client cannot inflate
+        self.requests.labels(method, endpoint, str(status)).inc()
+        self.latency.labels(method, endpoint).observe(seconds)
+
+    def text(self) -> bytes:
+        return generate_latest(self.registry)
