@@ -329,6 +329,15 @@ def openapi_spec(settings: Settings) -> Schema:
         item["options"] = {**PREFLIGHT}
         item["x-other-methods"] = {**({"401": shared("Unauthorized")} if guarded else {}),
                                    "405": shared("MethodNotAllowed")}
+    paths["/metrics"] = {
+        "get": {"summary": "Prometheus metrics of this gateway process: requests by endpoint and "
+                "status, latency, batch sizes, queue depth, kernels replaced",
+                "responses": {
+                    "200": {"description": "The Prometheus text exposition format 0.0.4.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    "401": shared("Unauthorized"), "default": shared("Fault")}},
+        "x-other-methods": {"405": shared("MethodNotAllowed")},
+    }
     location = {"required": True, "schema": {"type": "string", "enum": ["/openapi.json"]}}
     paths["/_api/spec/swagger.json"] = {
         "get": {"summary": "The gateway's stock Swagger path, which its start-up log names",

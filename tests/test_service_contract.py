@@ -107,8 +107,10 @@ PATHS = {  # every path the service answers: a path of it, and a method it lacks
     "/models/{name}/gradients": ("/models/xor/gradients", "GET"),
     "/models/{name}/loss.png": ("/models/xor/loss.png", "POST"),
     "/_api/spec/swagger.json": ("/_api/spec/swagger.json", "POST"),
+    "/metrics": ("/metrics", "POST"),
 }
-ENDPOINT_PATHS = [template for template in PATHS if not template.startswith("/_api/")]
+GATEWAY_PATHS = ("/_api/spec/swagger.json", "/metrics")  # answered by the gateway, no kernel
+ENDPOINT_PATHS = [template for template in PATHS if template not in GATEWAY_PATHS]
 
 
 def too_large(method: str, path: str) -> Case:
@@ -178,8 +180,10 @@ PLAIN: dict[str, Case] = {
     **{f"OTHER {template} 405": Case(method, path) for template, (path, method) in PATHS.items()},
     **{f"OTHER {template} 401": Case(method, path, token="")
        for template, (path, method) in PATHS.items()
-       if template not in ("/healthz", "/_api/spec/swagger.json")},
+       if template not in ("/healthz", *GATEWAY_PATHS)},
     "GET /_api/spec/swagger.json 301": Case("GET", "/_api/spec/swagger.json", token=""),
+    "GET /metrics 200": Case("GET", "/metrics"),
+    "GET /metrics 401": Case("GET", "/metrics", token=""),
     "UNKNOWN 404": Case("GET", "/models/xor/nowhere"),
     "UNKNOWN 405": Case("TRACE", "/nowhere"),
 }

@@ -51,7 +51,8 @@ def test_the_spec_is_valid_openapi() -> None:
 def test_the_spec_describes_exactly_the_notebook_endpoints_and_the_gateways_answers() -> None:
     paths = copy.deepcopy(SPEC["paths"])
     redirect = paths.pop("/_api/spec/swagger.json")  # the gateway's, not the notebook's
-    assert set(redirect) == {"get", "x-other-methods"}
+    metrics = paths.pop("/metrics")  # the gateway's too
+    assert set(redirect) == set(metrics) == {"get", "x-other-methods"}
     described = {(method, path) for path, item in paths.items() for method in item
                  if method in METHODS and method != "options"}
     assert described == notebook_operations()

@@ -28,7 +28,8 @@ def test_every_setting_reads_its_variable(monkeypatch: pytest.MonkeyPatch) -> No
     values = {"HOST": "127.0.0.2", "PORT": "9001", "KERNELS": "3", "STORE": "/tmp/models",
               "TOKEN": "t0ken", "MAX_BODY_BYTES": "1024", "MAX_EPOCHS": "50",
               "MAX_TRAIN_SECONDS": "2.5", "MAX_RESPONSE_BYTES": "4096", "BODY_TIMEOUT": "0.5",
-              "MAX_QUEUE": "0", "MAX_BATCH": "5", "MODEL_CACHE": "3", "MAX_MODELS": "7", "ALLOW_OPEN": "1"}
+              "MAX_QUEUE": "0", "MAX_BATCH": "5", "MODEL_CACHE": "3", "MAX_MODELS": "7",
+              "ALLOW_OPEN": "1"}
     for name, value in values.items():
         monkeypatch.setenv(f"GRADBOOK_{name}", value)
     settings = Settings()
