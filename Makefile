@@ -41,10 +41,19 @@ docs: $(STAMP)
 	  --HTMLExporter.mathjax_url='mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe,local/stix' \
 	  build/docs/*.ipynb
 
-bench: $(STAMP)
+# The bench extra (falcon, gunicorn) is for bench/bench_gateway.py's no-kernel floor; that
+# benchmark also needs wrk (Debian package `wrk`) and says so if it is missing.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(PY) bench/bench_backprop.py
 	$(PY) bench/bench_service.py
 	$(PY) bench/bench_admission.py
+	$(PY) bench/bench_gateway.py
 
 # Mutation testing, not part of `make test` nor CI (2-4 minutes on 2 cores): mutmut mutates
 # gradbook/, service/inputs.py and service/errors.py ([tool.mutmut] in pyproject.toml), runs the
