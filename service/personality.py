@@ -46,7 +46,7 @@ from kernel_gateway.notebook_http.swagger.handlers import SwaggerSpecHandler
 from tornado.concurrent import Future
 from tornado.httputil import HTTPInputError, parse_body_arguments
 from tornado.iostream import StreamClosedError
-from tornado.log import app_log
+from tornado.log import access_log, app_log
 from tornado.web import RequestHandler, stream_request_body
 
 from service import body
@@ -313,6 +313,10 @@ class GradbookPersonality(NotebookHTTPPersonality):
         self.kernel_pool.on_batch = self.metrics.batch_size.observe
         self.kernel_pool.on_replace = self.metrics.kernels_replaced.inc
 
+    async def init_configurables(self) -> None:
+        self.parent.web_app.settings["log_function"] = log_request
+        await super().init_configurables()
+
     def create_request_handlers(self) -> list[tuple[Any, ...]]:
         def route_of(path: str) -> str:
             return url_path_join("/", self.parent.base_url, path)
@@ -343,6 +347,16 @@ class GradbookPersonality(NotebookHTTPPersonality):
                 quiet = type(handler.__name__, (ServiceHandler, handler), {})
                 handlers.append((pattern, quiet, *route[2:]))
         return handlers
+
+
+def log_request(handler: RequestHandler) -> None:
+    """Log a request as jupyter_server does: successes at debug level (``GET /metrics`` counts
+    them), client errors as warnings, server errors as errors. Tornado logs every request at
+    info level, which under load cost the gateway a twentieth of its time."""
+    status = handler.get_status()
+    log = access_log.debug if status < 400 else access_log.warning if status < 500 \
+        else access_log.error
+    log("%d %s %.2fms", status, handler._request_summary(), 1000 * handler.request.request_time())
 
 
 def create_personality(*, parent: Any, log: Any) -> GradbookPersonality:

@@ -25,6 +25,8 @@ import ast
 import contextlib
 import io
 import json
+import linecache
+import sys
 import threading
 import traceback
 from typing import Any
@@ -84,12 +86,20 @@ class Runner:
 
     def run(self, batch: str) -> None:
         """Serve each ``[endpoint, REQUEST]`` of the JSON list ``batch`` in order, publishing
-        each result as soon as it is known."""
+        each result as soon as it is known. Called by the one line the gateway executes."""
+        self.forget(sys._getframe(1).f_code.co_filename)
         for index, (endpoint, request) in enumerate(json.loads(batch)):
             result, interrupted = self.serve(endpoint, request)
             self.publish({"index": index, **result})
             if interrupted:  # the gateway interrupted the kernel: the rest of the batch waits
                 raise KeyboardInterrupt
+
+    def forget(self, cell_name: str) -> None:
+        """Drop IPython's copy of the executed line, which holds the whole batch: IPython keeps
+        the source of every execution it runs (for tracebacks) for good, and each batch's
+        source differs, so a serving kernel would grow with every request it ever served."""
+        linecache.cache.pop(cell_name, None)
+        self.shell.compile._filename_map.pop(cell_name, None)
 
     def serve(self, endpoint: str, request: str) -> tuple[dict[str, Any], bool]:
         """One request's ``{"body", "info"}`` or ``{"error"}``, and whether it was interrupted."""
