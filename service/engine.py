@@ -21,6 +21,8 @@ import asyncio
 import contextlib
 import hmac
 import json
+import shutil
+import tempfile
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,13 +42,13 @@ SUBSCRIBE_PROBE_SECONDS = 0.2  # how long to wait for a probe's status before se
 SUBSCRIBE_TIMEOUT_SECONDS = 60.0  # then use the kernel anyway: a dead one answers 503
 RUNNER_MODULE = "gradbook_runner"  # the name service.runner has in each kernel's sys.modules
 INSTALL = """\
-def _install_gradbook_runner(source, endpoints):
+def _install_gradbook_runner(source, endpoints, journal):
     import sys, types
     module = types.ModuleType({name!r})
     exec(compile(source, {filename!r}, "exec"), module.__dict__)
     sys.modules[{name!r}] = module
-    module.install(endpoints)
-_install_gradbook_runner({source!r}, {endpoints!r})
+    module.install(endpoints, journal)
+_install_gradbook_runner({source!r}, {endpoints!r}, {journal!r})
 del _install_gradbook_runner
 """
 RUN = "__import__('sys').modules[{name!r}].runner.run({batch!r})"
@@ -122,6 +124,11 @@ class BatchingKernelPool(ManagedKernelPool):
         self.free = 0  # kernel loops waiting for requests
         self.endpoints: dict[str, list[str | None]] = {}
         self.listeners: dict[str, dict[str, Execution]] = {}  # kernel → msg_id → execution
+        # where each kernel's runner keeps its batch's results (service.runner): memory-backed
+        # where there is /dev/shm, private to this user
+        shm = Path("/dev/shm")
+        self.journals = Path(tempfile.mkdtemp(prefix="gradbook-results-",
+                                              dir=shm if shm.is_dir() else None))
         self.loops: set[asyncio.Task[None]] = set()
         self.on_batch = lambda size: None  # told each batch's size (metrics)
         self.on_replace = lambda: None  # told each replaced kernel (metrics)
@@ -136,6 +143,10 @@ class BatchingKernelPool(ManagedKernelPool):
         for loop in self.loops:
             loop.cancel()
         await super().shutdown()
+        shutil.rmtree(self.journals, ignore_errors=True)
+
+    def journal(self, kernel_id: str) -> Path:
+        return self.journals / f"{kernel_id}.jsonl"
 
     async def submit(self, endpoint: str, request: str) -> Result:
         """Run ``endpoint`` on ``request`` on the first kernel free, after the requests queued
@@ -197,6 +208,7 @@ class BatchingKernelPool(ManagedKernelPool):
                                       execution.failure.get("ename"),
                                       execution.failure.get("evalue"))
                 else:  # the unanswered requests learn it now, not after the replacement
+                    self._recover(execution)
                     _fail_all(jobs, when)
                     kernel_id = await self.replace(kernel_id)
             except Exception as err:
@@ -210,6 +222,16 @@ class BatchingKernelPool(ManagedKernelPool):
         msg_id = self.kernel_clients[kernel_id].execute(code, store_history=False)
         self.listeners.setdefault(kernel_id, {})[msg_id] = execution
         return execution
+
+    def _recover(self, execution: Execution) -> None:
+        """Answer the requests of ``execution``, whose kernel died, that the kernel finished but
+        whose results did not arrive, from the kernel's journal (a line cut short by the death
+        is no result)."""
+        with contextlib.suppress(OSError):
+            for line in self.journal(execution.kernel_id).read_text(encoding="utf-8").splitlines():
+                with contextlib.suppress(ValueError):
+                    execution.on_message({"header": {"msg_type": runner.RESULT},
+                                          "content": json.loads(line)})
 
     async def _follow(self, execution: Execution) -> bool:
         """Wait until ``execution`` is answered; False if its kernel stopped first."""
@@ -240,6 +262,7 @@ class BatchingKernelPool(ManagedKernelPool):
         self.kernel_clients.pop(kernel_id).stop_channels()
         self.on_recv_funcs.pop(kernel_id, None)
         self.listeners.pop(kernel_id, None)
+        self.journal(kernel_id).unlink(missing_ok=True)
         await self.kernel_manager.shutdown_kernel(kernel_id, now=True)
         self.on_replace()
         app_log.warning("kernel %s had stopped; kernel %s replaces it", kernel_id, new_id)
@@ -269,6 +292,12 @@ class BatchingKernelPool(ManagedKernelPool):
         # its activity, which only its idle-kernel culler reads; the pool's kernels are never
         # culled, and that decoding cost as much gateway time as the engine's own.
         self.kernel_manager.stop_watching_activity(kernel_id)
+        # A kernel restarted in place would come back without the notebook's seed cells and the
+        # runner, and race with the replacement (``replace``): the engine alone brings kernels
+        # back, however the gateway was started.
+        kernel = self.kernel_manager.get_kernel(kernel_id)
+        kernel.stop_restarter()
+        kernel.autorestart = False
         await self._await_subscription(kernel_id)
         await self._install_runner(kernel_id)
 
@@ -300,7 +329,7 @@ class BatchingKernelPool(ManagedKernelPool):
         """Send ``service.runner`` and the notebook's endpoints to the kernel."""
         source = Path(runner.__file__).read_text(encoding="utf-8")
         code = INSTALL.format(name=RUNNER_MODULE, filename=runner.__file__, source=source,
-                              endpoints=self.endpoints)
+                              endpoints=self.endpoints, journal=str(self.journal(kernel_id)))
         execution = self._start(kernel_id, [], code)
         if await self._follow(execution) and execution.failure:
             app_log.error("kernel %s could not install the runner: %s: %s", kernel_id,

@@ -9,6 +9,12 @@ here, and publishes a ``gradbook_result`` message on IOPub. So the body (what th
 printed) and the info (what the ``ResponseInfo`` cell printed) travel as two separate fields of a
 message type no cell output produces: nothing a cell prints can be taken for anything else.
 
+A message handed to ZeroMQ is sent by its I/O thread a moment later; a kernel killed in that
+moment (by the next request of the batch, say) would take a finished answer with it. So each
+result is also written to a journal file of the gateway's choosing before it is published: a
+write survives the death of the process that made it, and the gateway reads the journal of a
+kernel that died in mid-batch for the answers that did not arrive.
+
 What a cell sees is what stock notebook-http gives it: ``REQUEST`` as a JSON string in the
 notebook's namespace, IPython syntax (magics) allowed, and, when the cell prints nothing, its last
 expression's MIME bundle as the body (``{"text/plain": "42"}``). Requests run one after another,
@@ -27,14 +33,12 @@ import io
 import json
 import linecache
 import sys
-import threading
 import traceback
 from typing import Any
 
 from IPython import get_ipython
 
 RESULT = "gradbook_result"  # the IOPub message type of one request's result
-FLUSH_SECONDS = 5.0  # longest wait for the IOPub thread to hand a result to its socket
 
 
 class Cell:
@@ -76,8 +80,9 @@ class Cell:
 class Runner:
     """Runs batches of requests on this kernel's notebook namespace."""
 
-    def __init__(self, endpoints: dict[str, list[str | None]]) -> None:
+    def __init__(self, endpoints: dict[str, list[str | None]], journal: str) -> None:
         self.shell = get_ipython()
+        self.journal = journal
         self.cells = {
             key: (Cell(self.shell, cell, f"<{key}>"),
                   None if info is None else Cell(self.shell, info, f"<ResponseInfo {key}>"))
@@ -88,11 +93,17 @@ class Runner:
         """Serve each ``[endpoint, REQUEST]`` of the JSON list ``batch`` in order, publishing
         each result as soon as it is known. Called by the one line the gateway executes."""
         self.forget(sys._getframe(1).f_code.co_filename)
-        for index, (endpoint, request) in enumerate(json.loads(batch)):
-            result, interrupted = self.serve(endpoint, request)
-            self.publish({"index": index, **result})
-            if interrupted:  # the gateway interrupted the kernel: the rest of the batch waits
-                raise KeyboardInterrupt
+        # The gateway sends the next batch only once it has every answer of this one, so
+        # emptying the journal here loses nothing.
+        with open(self.journal, "w", encoding="utf-8") as journal:
+            for index, (endpoint, request) in enumerate(json.loads(batch)):
+                result, interrupted = self.serve(endpoint, request)
+                content = {"index": index, **result}
+                journal.write(json.dumps(content) + "\n")
+                journal.flush()  # in the operating system's hands: it outlives this process
+                self.publish(content)
+                if interrupted:  # the gateway interrupted the kernel: the rest of the batch waits
+                    raise KeyboardInterrupt
 
     def forget(self, cell_name: str) -> None:
         """Drop IPython's copy of the executed line, which holds the whole batch: IPython keeps
@@ -116,20 +127,15 @@ class Runner:
             return {"error": error}, isinstance(err, KeyboardInterrupt)
 
     def publish(self, content: dict[str, Any]) -> None:
-        """Send ``content`` to the gateway and wait until the IOPub thread has passed it to its
-        socket, so that a kernel dying in the next request does not take this answer with it."""
         kernel = self.shell.kernel
         kernel.send_response(kernel.iopub_socket, RESULT, content, ident=RESULT.encode())
-        sent = threading.Event()
-        kernel.iopub_thread.schedule(sent.set)
-        sent.wait(FLUSH_SECONDS)
 
 
-def install(endpoints: dict[str, list[str | None]]) -> None:
+def install(endpoints: dict[str, list[str | None]], journal: str) -> None:
     """Compile ``endpoints`` (``"METHOD /path"`` → [cell source, ResponseInfo source or None])
-    into this module's ``runner``."""
+    into this module's ``runner``, which keeps each batch's results in the file ``journal``."""
     global runner
-    runner = Runner(endpoints)
+    runner = Runner(endpoints, journal)
 
 
 runner: Runner | None = None
