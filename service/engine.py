@@ -24,14 +24,14 @@ import json
 import shutil
 import tempfile
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from jupyter_client.session import Session
 from jupyter_core.utils import ensure_async
-from kernel_gateway.services.kernels.pool import ManagedKernelPool
+from kernel_gateway.services.kernels.pool import KernelPool, ManagedKernelPool
 from tornado.log import app_log
 
 from service import runner
@@ -124,6 +124,7 @@ class BatchingKernelPool(ManagedKernelPool):
         self.free = 0  # kernel loops waiting for requests
         self.endpoints: dict[str, list[str | None]] = {}
         self.listeners: dict[str, dict[str, Execution]] = {}  # kernel → msg_id → execution
+        self.iopub: dict[str, Any] = {}  # kernel → its IOPub stream
         # where each kernel's runner keeps its batch's results (service.runner): memory-backed
         # where there is /dev/shm, private to this user
         shm = Path("/dev/shm")
@@ -134,7 +135,11 @@ class BatchingKernelPool(ManagedKernelPool):
         self.on_replace = lambda: None  # told each replaced kernel (metrics)
 
     async def initialize(self, prespawn_count: int, kernel_manager: Any, **kwargs: Any) -> None:
-        await super().initialize(prespawn_count, kernel_manager, **kwargs)
+        # KernelPool's start, not ManagedKernelPool's, which would subscribe to IOPub its way
+        await KernelPool.initialize(self, max(prespawn_count, 1), kernel_manager, **kwargs)
+        for kernel_id in kernel_manager.list_kernel_ids():
+            self._connect(kernel_id)
+        self.managed_pool_initialized.set_result(True)  # awaited by ManagedKernelPool.shutdown
         await asyncio.gather(*(self._prepare(kid) for kid in self.kernel_clients))
         self.loops = {asyncio.ensure_future(self._serve(kid)) for kid in self.kernel_clients}
         self.ready.set()
@@ -256,10 +261,10 @@ class BatchingKernelPool(ManagedKernelPool):
         new_id = await self.kernel_manager.start_kernel(
             kernel_name=self.kernel_manager.seed_kernelspec
         )
-        self.kernel_clients[new_id] = self.kernel_manager.get_kernel(new_id).client()
-        self.kernel_manager.connect_iopub(new_id).on_recv(self.create_on_reply(new_id))
+        self._connect(new_id)
         await self._prepare(new_id)
         self.kernel_clients.pop(kernel_id).stop_channels()
+        self.iopub.pop(kernel_id).close()
         self.on_recv_funcs.pop(kernel_id, None)
         self.listeners.pop(kernel_id, None)
         self.journal(kernel_id).unlink(missing_ok=True)
@@ -268,24 +273,26 @@ class BatchingKernelPool(ManagedKernelPool):
         app_log.warning("kernel %s had stopped; kernel %s replaces it", kernel_id, new_id)
         return new_id
 
-    def create_on_reply(self, kernel_id: str) -> Callable[[list[bytes]], None]:
-        """The kernel's IOPub callback: each message goes to the execution it answers, else to
-        the function ``on_recv`` set (the subscription probes)."""
-        session = self.kernel_clients[kernel_id].session
+    def _connect(self, kernel_id: str) -> None:
+        """A client for the kernel, and its IOPub stream (kept, to be closed with the kernel)."""
+        self.kernel_clients[kernel_id] = client = self.kernel_manager.get_kernel(kernel_id).client()
+        stream = self.iopub[kernel_id] = self.kernel_manager.connect_iopub(kernel_id)
 
-        def on_reply(frames: list[bytes]) -> None:
-            if (message := read_message(session, frames)) is None:
-                return
-            executions = self.listeners.get(kernel_id, {})
-            parent = message["parent_header"].get("msg_id")
-            if (execution := executions.get(parent)) is not None:
-                execution.on_message(message)
-                if execution.idle:
-                    del executions[parent]
-            elif listener := self.on_recv_funcs.get(kernel_id):
-                listener(message)
+        stream.on_recv(partial(self._on_iopub, kernel_id, client.session))
 
-        return on_reply
+    def _on_iopub(self, kernel_id: str, session: Session, frames: list[bytes]) -> None:
+        """Give a message to the execution it answers, else to the function ``on_recv`` set
+        (the subscription probes)."""
+        if (message := read_message(session, frames)) is None:
+            return
+        executions = self.listeners.get(kernel_id, {})
+        parent = message["parent_header"].get("msg_id")
+        if (execution := executions.get(parent)) is not None:
+            execution.on_message(message)
+            if execution.idle:
+                del executions[parent]
+        elif listener := self.on_recv_funcs.get(kernel_id):
+            listener(message)
 
     async def _prepare(self, kernel_id: str) -> None:
         # jupyter_server decodes every IOPub message of every kernel a second time to record
