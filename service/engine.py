@@ -23,6 +23,7 @@ import hmac
 import json
 import shutil
 import tempfile
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from functools import partial
@@ -51,7 +52,7 @@ def _install_gradbook_runner(source, endpoints, journal):
 _install_gradbook_runner({source!r}, {endpoints!r}, {journal!r})
 del _install_gradbook_runner
 """
-RUN = "__import__('sys').modules[{name!r}].runner.run({batch!r})"
+RUN = "__import__('sys').modules[{name!r}].runner.run({batch!r}, {batch_id!r})"
 CONTENT_READ = {runner.RESULT, "error", "status"}  # the messages whose content the engine reads
 
 
@@ -204,8 +205,9 @@ class BatchingKernelPool(ManagedKernelPool):
                 if not await self.is_running(kernel_id):
                     kernel_id = await self.replace(kernel_id)
                 when = "while running"
+                batch_id = uuid.uuid4().hex
                 execution = self._start(kernel_id, jobs, RUN.format(
-                    name=RUNNER_MODULE,
+                    name=RUNNER_MODULE, batch_id=batch_id,
                     batch=json.dumps([[job.endpoint, job.request] for job in jobs])))
                 if await self._follow(execution):
                     if execution.waiting and execution.failure:
@@ -213,7 +215,7 @@ class BatchingKernelPool(ManagedKernelPool):
                                       execution.failure.get("ename"),
                                       execution.failure.get("evalue"))
                 else:  # the unanswered requests learn it now, not after the replacement
-                    self._recover(execution)
+                    self._recover(execution, batch_id)
                     _fail_all(jobs, when)
                     kernel_id = await self.replace(kernel_id)
             except Exception as err:
@@ -228,15 +230,21 @@ class BatchingKernelPool(ManagedKernelPool):
         self.listeners.setdefault(kernel_id, {})[msg_id] = execution
         return execution
 
-    def _recover(self, execution: Execution) -> None:
+    def _recover(self, execution: Execution, batch_id: str) -> None:
         """Answer the requests of ``execution``, whose kernel died, that the kernel finished but
-        whose results did not arrive, from the kernel's journal (a line cut short by the death
-        is no result)."""
-        with contextlib.suppress(OSError):
-            for line in self.journal(execution.kernel_id).read_text(encoding="utf-8").splitlines():
-                with contextlib.suppress(ValueError):
-                    execution.on_message({"header": {"msg_type": runner.RESULT},
-                                          "content": json.loads(line)})
+        whose results did not arrive, from the kernel's journal: only if the journal is this
+        batch's (the kernel may have died before it began), and a line cut short by the death
+        is no result."""
+        try:
+            lines = self.journal(execution.kernel_id).read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return
+        if not lines or lines[0] != json.dumps({"batch": batch_id}):
+            return
+        for line in lines[1:]:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                execution.on_message({"header": {"msg_type": runner.RESULT},
+                                      "content": json.loads(line)})
 
     async def _follow(self, execution: Execution) -> bool:
         """Wait until ``execution`` is answered; False if its kernel stopped first."""

@@ -89,13 +89,15 @@ class Runner:
             for key, (cell, info) in endpoints.items()
         }
 
-    def run(self, batch: str) -> None:
+    def run(self, batch: str, batch_id: str) -> None:
         """Serve each ``[endpoint, REQUEST]`` of the JSON list ``batch`` in order, publishing
         each result as soon as it is known. Called by the one line the gateway executes."""
         self.forget(sys._getframe(1).f_code.co_filename)
         # The gateway sends the next batch only once it has every answer of this one, so
-        # emptying the journal here loses nothing.
+        # emptying the journal here loses nothing. Its first line names the batch, so that the
+        # results of an earlier one are never taken for this one's.
         with open(self.journal, "w", encoding="utf-8") as journal:
+            journal.write(json.dumps({"batch": batch_id}) + "\n")
             for index, (endpoint, request) in enumerate(json.loads(batch)):
                 result, interrupted = self.serve(endpoint, request)
                 content = {"index": index, **result}
