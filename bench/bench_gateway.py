@@ -78,6 +78,9 @@ class Load:
     socket_errors: int
 
 
+WARM_UP_SECONDS = 1.0  # of load on each server and model before its figures are taken
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -346,6 +349,8 @@ def measure(args: argparse.Namespace, tmp: Path) -> None:
         results = {}
         for model in args.models:
             script = wrk_script(tmp, model, bodies[model])
+            for name in names:  # a warm-up, not measured: first requests load the model, etc.
+                run_wrk(ports[name], model, script, max(args.connections), WARM_UP_SECONDS)
             for c in args.connections:
                 for name in names:
                     print(f"wrk: {model}, c={c}, {LABELS[name]}...", flush=True)
