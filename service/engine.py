@@ -184,7 +184,7 @@ class BatchingKernelPool(ManagedKernelPool):
             self.free += 1
             try:
                 await asyncio.wait_for(self.has_work.wait(), KERNEL_CHECK_SECONDS)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the built-in TimeoutError before Python 3.11
                 return []
             finally:
                 self.free -= 1
@@ -335,7 +335,7 @@ class BatchingKernelPool(ManagedKernelPool):
         deadline = loop.time() + SUBSCRIBE_TIMEOUT_SECONDS
         while not heard.is_set() and loop.time() < deadline:
             probes.add(self.kernel_clients[kernel_id].kernel_info())
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(heard.wait(), SUBSCRIBE_PROBE_SECONDS)
         if not heard.is_set():
             app_log.error("no IOPub message from kernel %s; using it anyway", kernel_id)
