@@ -215,6 +215,19 @@ def check_answers(ports: dict[str, int], bodies: dict[str, bytes]) -> list[str]:
     return problems
 
 
+def settle(port: int, model: str, body: bytes) -> None:
+    """Wait until the server has worked off what wrk left queued when it stopped.
+
+    wrk closes its connections when its time is up, but a server may still hold the requests
+    those connections had sent (stock notebook-http queues them for a kernel and runs them
+    anyway, about 0.4 s of work at c=64). Left alone, that backlog would burn CPU during the
+    next server's measurement. One more request, queued behind the backlog, returns when it is
+    gone."""
+    status, answer = request(port, "POST", f"/models/{model}/predict", body)
+    if status != 200:
+        raise RuntimeError(f"after a wrk run, 127.0.0.1:{port} answered {status}: {answer[:300]!r}")
+
+
 def kernel_round_trips(runtime: Path) -> list[float]:
     """Milliseconds from sending ``execute_request`` of ``print(1)`` to one bare ipykernel until
     it reports idle on IOPub, ``KERNEL_ROUND_TRIPS`` times after ``KERNEL_WARM_UP``."""
@@ -351,11 +364,13 @@ def measure(args: argparse.Namespace, tmp: Path) -> None:
             script = wrk_script(tmp, model, bodies[model])
             for name in names:  # a warm-up, not measured: first requests load the model, etc.
                 run_wrk(ports[name], model, script, max(args.connections), WARM_UP_SECONDS)
+                settle(ports[name], model, bodies[model])
             for c in args.connections:
                 for name in names:
                     print(f"wrk: {model}, c={c}, {LABELS[name]}...", flush=True)
                     results[model, c, name] = run_wrk(ports[name], model, script, c,
                                                       args.seconds)
+                    settle(ports[name], model, bodies[model])
     print(f"\nPOST /models/:name/predict, {args.seconds:g} s per point, {os.cpu_count()} cores, "
           f"load average {load_before:.2f} before the run; {versions()}")
     report(results, args.models, args.connections, names, kernel)

@@ -162,7 +162,7 @@ class ModelAPI:
         one = "x" in body
         if one:
             x = body["x"]
-            if not isinstance(x, list) or len(x) != d_in or any(isinstance(v, list) for v in x):
+            if not isinstance(x, list) or len(x) != d_in or list in map(type, x):
                 raise ValueError(f"x must be one example, {d_in} numbers; send a batch as X")
             X = inputs.matrix("x", [x], d_in)
         else:

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import os
 import shutil
 import tempfile
 import uuid
@@ -43,16 +44,19 @@ SUBSCRIBE_PROBE_SECONDS = 0.2  # how long to wait for a probe's status before se
 SUBSCRIBE_TIMEOUT_SECONDS = 60.0  # then use the kernel anyway: a dead one answers 503
 RUNNER_MODULE = "gradbook_runner"  # the name service.runner has in each kernel's sys.modules
 INSTALL = """\
-def _install_gradbook_runner(source, endpoints, journal):
+def _install_gradbook_runner(source, endpoints, inbox, journal):
     import sys, types
     module = types.ModuleType({name!r})
     exec(compile(source, {filename!r}, "exec"), module.__dict__)
     sys.modules[{name!r}] = module
-    module.install(endpoints, journal)
-_install_gradbook_runner({source!r}, {endpoints!r}, {journal!r})
+    module.install(endpoints, inbox, journal)
+_install_gradbook_runner({source!r}, {endpoints!r}, {inbox!r}, {journal!r})
 del _install_gradbook_runner
 """
-RUN = "__import__('sys').modules[{name!r}].runner.run({batch!r}, {batch_id!r})"
+# The code of every batch: short, and the same each time. The batch itself goes through a file
+# (``_post``): as code, each batch's requests would be hashed by ipykernel in pure Python to name
+# the cell, transformed and parsed by IPython, and echoed back on IOPub, signed both ways.
+RUN = f"__import__('sys').modules[{RUNNER_MODULE!r}].runner.run()"
 CONTENT_READ = {runner.RESULT, "error", "status"}  # the messages whose content the engine reads
 
 
@@ -126,10 +130,10 @@ class BatchingKernelPool(ManagedKernelPool):
         self.endpoints: dict[str, list[str | None]] = {}
         self.listeners: dict[str, dict[str, Execution]] = {}  # kernel → msg_id → execution
         self.iopub: dict[str, Any] = {}  # kernel → its IOPub stream
-        # where each kernel's runner keeps its batch's results (service.runner): memory-backed
-        # where there is /dev/shm, private to this user
+        # where each kernel's runner finds its batch and keeps its results (service.runner):
+        # memory-backed where there is /dev/shm, private to this user
         shm = Path("/dev/shm")
-        self.journals = Path(tempfile.mkdtemp(prefix="gradbook-results-",
+        self.exchange = Path(tempfile.mkdtemp(prefix="gradbook-results-",
                                               dir=shm if shm.is_dir() else None))
         self.loops: set[asyncio.Task[None]] = set()
         self.on_batch = lambda size: None  # told each batch's size (metrics)
@@ -149,10 +153,13 @@ class BatchingKernelPool(ManagedKernelPool):
         for loop in self.loops:
             loop.cancel()
         await super().shutdown()
-        shutil.rmtree(self.journals, ignore_errors=True)
+        shutil.rmtree(self.exchange, ignore_errors=True)
+
+    def inbox(self, kernel_id: str) -> Path:
+        return self.exchange / f"{kernel_id}.batch.json"
 
     def journal(self, kernel_id: str) -> Path:
-        return self.journals / f"{kernel_id}.jsonl"
+        return self.exchange / f"{kernel_id}.jsonl"
 
     async def submit(self, endpoint: str, request: str) -> Result:
         """Run ``endpoint`` on ``request`` on the first kernel free, after the requests queued
@@ -205,10 +212,8 @@ class BatchingKernelPool(ManagedKernelPool):
                 if not await self.is_running(kernel_id):
                     kernel_id = await self.replace(kernel_id)
                 when = "while running"
-                batch_id = uuid.uuid4().hex
-                execution = self._start(kernel_id, jobs, RUN.format(
-                    name=RUNNER_MODULE, batch_id=batch_id,
-                    batch=json.dumps([[job.endpoint, job.request] for job in jobs])))
+                batch_id = self._post(kernel_id, jobs)
+                execution = self._start(kernel_id, jobs, RUN)
                 if await self._follow(execution):
                     if execution.waiting and execution.failure:
                         app_log.error("kernel %s failed a batch: %s: %s", kernel_id,
@@ -221,6 +226,20 @@ class BatchingKernelPool(ManagedKernelPool):
             except Exception as err:
                 app_log.error("a batch on kernel %s failed", kernel_id, exc_info=err)
             _fail_all(jobs, when)  # not answered: the kernel stopped, or could not be replaced
+
+    def _post(self, kernel_id: str, jobs: list[Job]) -> str:
+        """Put ``jobs`` in the kernel's inbox for its runner to read; the batch's new id.
+
+        The file is replaced whole, so a reader sees the old batch or the new one. The runner
+        has read the old one before it sent its first result, and a new batch is posted only
+        once all of those arrived (or the kernel is gone)."""
+        batch_id = uuid.uuid4().hex
+        requests = [[job.endpoint, job.request] for job in jobs]
+        posting = self.inbox(kernel_id).with_suffix(".tmp")
+        posting.write_text(json.dumps({"batch": batch_id, "requests": requests}),
+                           encoding="utf-8")
+        os.replace(posting, self.inbox(kernel_id))
+        return batch_id
 
     def _start(self, kernel_id: str, jobs: list[Job], code: str) -> Execution:
         """Send ``code`` to the kernel, outside IPython's history (which would keep every
@@ -276,6 +295,7 @@ class BatchingKernelPool(ManagedKernelPool):
         self.on_recv_funcs.pop(kernel_id, None)
         self.listeners.pop(kernel_id, None)
         self.journal(kernel_id).unlink(missing_ok=True)
+        self.inbox(kernel_id).unlink(missing_ok=True)
         await self.kernel_manager.shutdown_kernel(kernel_id, now=True)
         self.on_replace()
         app_log.warning("kernel %s had stopped; kernel %s replaces it", kernel_id, new_id)
@@ -344,7 +364,8 @@ class BatchingKernelPool(ManagedKernelPool):
         """Send ``service.runner`` and the notebook's endpoints to the kernel."""
         source = Path(runner.__file__).read_text(encoding="utf-8")
         code = INSTALL.format(name=RUNNER_MODULE, filename=runner.__file__, source=source,
-                              endpoints=self.endpoints, journal=str(self.journal(kernel_id)))
+                              endpoints=self.endpoints, inbox=str(self.inbox(kernel_id)),
+                              journal=str(self.journal(kernel_id)))
         execution = self._start(kernel_id, [], code)
         if await self._follow(execution) and execution.failure:
             app_log.error("kernel %s could not install the runner: %s: %s", kernel_id,

@@ -21,6 +21,7 @@ from gradbook.validation import as_matrix, brief, positive_float, positive_int
 from service.settings import MAX_NUMBER_CHARS
 
 NUMBER_CHARS = frozenset("0123456789+-.eE")  # with them int/float spell only decimal numbers
+NUMBER_TYPES = frozenset({int, float})  # exact types: a bool (an int subclass) is not a number
 MAX_DEPTH = 2  # a matrix: a list of lists of numbers
 MAX_SEED = 2**64 - 1
 MAX_RATE = 1000.0  # far above any rate that trains these networks; 2**64 is a client's mistake
@@ -34,7 +35,7 @@ def numeric(name: str, value: Any) -> Any:
     else (another string, a boolean, null) is a ``ValueError`` naming ``name``.
     """
     if isinstance(value, list):
-        return [_entry(name, v, 1) for v in value]
+        return _entry(name, value, 0)
     return _parse(name, value)
 
 
@@ -42,6 +43,8 @@ def _entry(name: str, value: Any, depth: int) -> Any:
     if isinstance(value, list):
         if depth >= MAX_DEPTH:
             raise ValueError(f"{name} may nest lists at most {MAX_DEPTH} deep (rows of numbers)")
+        if NUMBER_TYPES.issuperset(map(type, value)):  # the usual row: nothing to convert
+            return value
         return [_entry(name, v, depth + 1) for v in value]
     value = _parse(name, value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):

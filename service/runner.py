@@ -3,7 +3,9 @@ execution and sends each request's result back to the gateway on its own.
 
 ``service.engine`` sends this module's source to each kernel of the pool once, after the seed
 cells, with the notebook's endpoint cells; ``install`` compiles them once. From then on a batch
-of requests costs one ``execute_request``: ``run`` takes every request in turn, assigns its
+of requests costs one ``execute_request`` of one short line, the same for every batch, while the
+requests themselves wait in an inbox file the gateway wrote: ``run`` reads them, takes every
+request in turn, assigns its
 ``REQUEST``, runs its endpoint cell and then its ``ResponseInfo`` cell, each with stdout captured
 here, and publishes a ``gradbook_result`` message on IOPub. So the body (what the endpoint cell
 printed) and the info (what the ``ResponseInfo`` cell printed) travel as two separate fields of a
@@ -31,8 +33,6 @@ import ast
 import contextlib
 import io
 import json
-import linecache
-import sys
 import traceback
 from typing import Any
 
@@ -80,25 +80,26 @@ class Cell:
 class Runner:
     """Runs batches of requests on this kernel's notebook namespace."""
 
-    def __init__(self, endpoints: dict[str, list[str | None]], journal: str) -> None:
+    def __init__(self, endpoints: dict[str, list[str | None]], inbox: str, journal: str) -> None:
         self.shell = get_ipython()
-        self.journal = journal
+        self.inbox, self.journal = inbox, journal
         self.cells = {
             key: (Cell(self.shell, cell, f"<{key}>"),
                   None if info is None else Cell(self.shell, info, f"<ResponseInfo {key}>"))
             for key, (cell, info) in endpoints.items()
         }
 
-    def run(self, batch: str, batch_id: str) -> None:
-        """Serve each ``[endpoint, REQUEST]`` of the JSON list ``batch`` in order, publishing
+    def run(self) -> None:
+        """Serve each ``[endpoint, REQUEST]`` of the batch in the inbox in order, publishing
         each result as soon as it is known. Called by the one line the gateway executes."""
-        self.forget(sys._getframe(1).f_code.co_filename)
+        with open(self.inbox, encoding="utf-8") as inbox:
+            batch = json.load(inbox)
         # The gateway sends the next batch only once it has every answer of this one, so
         # emptying the journal here loses nothing. Its first line names the batch, so that the
         # results of an earlier one are never taken for this one's.
         with open(self.journal, "w", encoding="utf-8") as journal:
-            journal.write(json.dumps({"batch": batch_id}) + "\n")
-            for index, (endpoint, request) in enumerate(json.loads(batch)):
+            journal.write(json.dumps({"batch": batch["batch"]}) + "\n")
+            for index, (endpoint, request) in enumerate(batch["requests"]):
                 result, interrupted = self.serve(endpoint, request)
                 content = {"index": index, **result}
                 journal.write(json.dumps(content) + "\n")
@@ -106,13 +107,6 @@ class Runner:
                 self.publish(content)
                 if interrupted:  # the gateway interrupted the kernel: the rest of the batch waits
                     raise KeyboardInterrupt
-
-    def forget(self, cell_name: str) -> None:
-        """Drop IPython's copy of the executed line, which holds the whole batch: IPython keeps
-        the source of every execution it runs (for tracebacks) for good, and each batch's
-        source differs, so a serving kernel would grow with every request it ever served."""
-        linecache.cache.pop(cell_name, None)
-        self.shell.compile._filename_map.pop(cell_name, None)
 
     def serve(self, endpoint: str, request: str) -> tuple[dict[str, Any], bool]:
         """One request's ``{"body", "info"}`` or ``{"error"}``, and whether it was interrupted."""
@@ -133,11 +127,12 @@ class Runner:
         kernel.send_response(kernel.iopub_socket, RESULT, content, ident=RESULT.encode())
 
 
-def install(endpoints: dict[str, list[str | None]], journal: str) -> None:
+def install(endpoints: dict[str, list[str | None]], inbox: str, journal: str) -> None:
     """Compile ``endpoints`` (``"METHOD /path"`` → [cell source, ResponseInfo source or None])
-    into this module's ``runner``, which keeps each batch's results in the file ``journal``."""
+    into this module's ``runner``, which reads each batch from the file ``inbox`` (written by
+    the gateway) and keeps its results in the file ``journal``."""
     global runner
-    runner = Runner(endpoints, journal)
+    runner = Runner(endpoints, inbox, journal)
 
 
 runner: Runner | None = None

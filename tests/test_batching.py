@@ -61,6 +61,8 @@ CELLS = [
     '# ResponseInfo POST /forged\nprint(json.dumps({"status": 202, "headers": {"X-Real": "yes"}}))',
     f'# POST /displayed\n{DISPLAY_LOOKALIKES}print("shown")',
     "# POST /answer\n40 + 2",
+    '# GET /memory\nprint(next(line.split()[1] for line in open("/proc/self/status")\n'
+    '           if line.startswith("VmRSS:")))',  # the kernel's resident memory, in kB
 ]
 
 
@@ -403,6 +405,40 @@ def test_queued_requests_run_in_batches_of_more_than_one(gateway: int, folder: P
     assert count - singles >= 1, f"{count} batches, all of one request"
     assert delta(before, after, "gradbook_batch_size_sum") == 11
     assert after.bucket("gradbook_batch_size", 1) < after.total("gradbook_batch_size_count")
+
+
+def kernel_memory_kb(port: int) -> int:
+    reply = http_request(port, "GET", "/memory", None, {}, 60)
+    assert reply.status == 200, reply.body
+    return int(reply.body)
+
+
+@pytest.mark.timeout(300)
+def test_kernel_memory_stays_flat_under_batched_load(gateway: int) -> None:
+    """32 clients sending 8 KB echo requests as fast as they are answered: after a warm-up, 30 MB
+    more of requests (in batches, the metrics show) grow the kernel by less than 4 MB. A kernel
+    that kept anything of each request or batch (IPython's cache of executed code, its output
+    history, the runner's results) would grow by about the traffic."""
+    padding = "x" * 8192
+
+    def load(requests_per_client: int) -> None:
+        def client(number: int) -> None:
+            for _ in range(requests_per_client):
+                reply = post(gateway, "/echo", {"client": number, "padding": padding})
+                assert reply.status == 200 and reply.headers["X-Client"] == str(number)
+
+        with ThreadPoolExecutor(max_workers=CLIENTS) as pool:
+            for future in [pool.submit(client, number) for number in range(CLIENTS)]:
+                future.result(timeout=240)
+
+    load(40)
+    before, batches_before = kernel_memory_kb(gateway), metrics(gateway)
+    load(120)
+    after, batches_after = kernel_memory_kb(gateway), metrics(gateway)
+    batches = delta(batches_before, batches_after, "gradbook_batch_size_count")
+    requests = delta(batches_before, batches_after, "gradbook_batch_size_sum")
+    assert requests >= CLIENTS * 120 and batches < requests, "the load did not run in batches"
+    assert after - before < 4096, f"the kernel grew from {before} kB to {after} kB"
 
 
 @pytest.mark.timeout(300)
