@@ -172,7 +172,7 @@ def start(name: str, tmp: Path) -> AbstractContextManager[int]:
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))
     if name == "gradbook":
         env.update(GRADBOOK_PORT=str(port), GRADBOOK_KERNELS="2")
-        command, ready = [sys.executable, "-m", "service.launch"], "/healthz"
+        command, ready = [sys.executable, "-m", "service.launch"], "/readyz"
     elif name == "stock":
         command = [sys.executable, "-m", "kernel_gateway",
                    "--KernelGatewayApp.api=kernel_gateway.notebook_http",

@@ -5,7 +5,7 @@ port with a temporary store and 2 kernels, then times a bounded number of reques
 
 * the same endpoint called in-process (``serve(api.predict, REQUEST)``: JSON, store, forward
   pass; no HTTP, no gateway, no kernel) and the bare forward pass ``net.forward``;
-* ``GET /healthz``, a near no-op that still crosses HTTP, the gateway and a kernel;
+* ``GET /diagnostics``, a near no-op that still crosses HTTP, the gateway and a kernel;
 * predictions from one client (latency) and from several threads (throughput);
 * the kernels' resident memory after many large batch predictions, against after the first few
   (1.0 means flat: a kernel keeps nothing of the requests it served).
@@ -50,7 +50,7 @@ def start(workdir: Path) -> tuple[subprocess.Popen, int]:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
-            if request(http.client.HTTPConnection("127.0.0.1", port, timeout=5), "GET", "/healthz"):
+            if request(http.client.HTTPConnection("127.0.0.1", port, timeout=5), "GET", "/readyz"):
                 return process, port
         except OSError:
             time.sleep(0.2)
@@ -139,7 +139,7 @@ def main() -> None:
         try:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
             health = statistics.median(timings(
-                lambda: request(connection, "GET", "/healthz"), SEQUENTIAL))
+                lambda: request(connection, "GET", "/diagnostics"), SEQUENTIAL))
             predict = statistics.median(timings(
                 lambda: request(connection, "POST", "/models/xor/predict", BODY), SEQUENTIAL))
             rate = throughput(port)
@@ -151,7 +151,7 @@ def main() -> None:
     print(f"POST /models/xor/predict, one client, median of {SEQUENTIAL} (2 kernels):")
     print(f"  {predict / endpoint:8.1f} x the same endpoint in-process, without HTTP and kernel")
     print(f"  {predict / forward:8.1f} x the bare forward pass net.forward")
-    print(f"  {predict / health:8.2f} x GET /healthz (HTTP, gateway and kernel, almost no work)")
+    print(f"  {predict / health:8.2f} x GET /diagnostics (HTTP, gateway and kernel, little work)")
     print(f"{THREADS} clients x {PER_THREAD} predictions: throughput "
           f"{rate * predict:.2f} x that of one client")
     print(f"(for scale on this machine: one predict over HTTP took {predict * 1e3:.1f} ms)")

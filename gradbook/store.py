@@ -107,6 +107,11 @@ class ModelStore:
     def path(self, name: str) -> Path:
         return self.root / f"{check_name(name)}.npz"
 
+    def readable(self) -> bool:
+        """Whether this process can list and read the store's folder (a glob of an unreadable
+        folder finds nothing rather than failing)."""
+        return self.root.is_dir() and os.access(self.root, os.R_OK | os.X_OK)
+
     def names(self) -> list[str]:
         """Names of the committed models, sorted."""
         return sorted(p.stem for p in self.root.glob("*.npz") if NAME.fullmatch(p.stem))

@@ -18,7 +18,6 @@ from gradbook.network import MLP
 from gradbook.store import ModelNotFoundError, ModelStore, StoreError, check_name
 from gradbook.validation import brief
 from service import inputs, limits, training
-from service.errors import ServiceError
 from service.http import Request, Response, binary_response, json_response
 from service.openapi import openapi_spec
 from service.plots import loss_curve_png
@@ -35,16 +34,6 @@ class ModelAPI:
         self.settings = settings
 
     # -- service -----------------------------------------------------------------------------
-    def healthz(self, request: Request) -> Response:
-        """200 when this kernel runs and reads the store (the gateway checks the other kernels).
-
-        It needs no token, so it names no path or process: ``diagnostics`` does, with a token.
-        """
-        root = self.store.root
-        if not (root.is_dir() and os.access(root, os.R_OK | os.X_OK)):
-            raise ServiceError(503, "the model store is not readable; see GET /diagnostics")
-        return self._json({"status": "ok", "models": len(self.store.names())})
-
     def diagnostics(self, request: Request) -> Response:
         """What an operator looks at: this kernel, the store and the limits in force."""
         settings = self.settings

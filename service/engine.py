@@ -165,13 +165,18 @@ class BatchingKernelPool(ManagedKernelPool):
         """Run ``endpoint`` on ``request`` on the first kernel free, after the requests queued
         before it. Cancelling (the client went away) while it waits removes it unrun."""
         await self.ready.wait()
-        if len(self.queue) >= self.free + self.max_queue:
+        if self.full():
             raise ServiceError(503, f"all kernels are busy and {self.max_queue} requests wait; "
                                "retry later")
         job = Job(endpoint, request)
         self.queue.append(job)
         self.has_work.set()
         return await job.future  # cancelling this cancels job.future: _take skips it
+
+    def full(self) -> bool:
+        """Whether a request submitted now would get 503: no kernel free to take it, and
+        ``max_queue`` requests waiting already."""
+        return len(self.queue) >= self.free + self.max_queue
 
     async def _take(self) -> list[Job]:
         """The queued requests, oldest first, up to ``max_batch``; waits for one if need be,

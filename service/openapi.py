@@ -135,6 +135,16 @@ def unavailable(description: str) -> Schema:
     return {**json_content(ref("Error"), description), "headers": {"Retry-After": retry}}
 
 
+def health_path(summary: str, unwell: str) -> Schema:
+    """The path item of ``/healthz`` or ``/readyz``: public, GET only, never a kernel."""
+    etag = {"ETag": {"required": True, "schema": {"type": "string"}}}
+    healthy = {**json_content(ref("Health"), "Healthy (ready)."), "headers": etag}
+    responses = {"200": healthy, "304": shared("NotModified"), "413": shared("TooLarge"),
+                 "503": unavailable(unwell), "default": shared("Fault")}
+    return {"get": {"summary": summary, "security": [], "responses": responses},
+            "options": {**PREFLIGHT}, "x-other-methods": {"405": shared("MethodNotAllowed")}}
+
+
 def shared_responses() -> Schema:
     """components/responses: ``SHARED`` as response objects."""
     responses = {}
@@ -201,7 +211,9 @@ def schemas(settings: Settings) -> Schema:
         "Error": obj({"error": obj({"status": {"type": "integer"}, "message": {"type": "string"}},
                                    ["status", "message"])}, ["error"]),
         "Health": obj({"status": {"type": "string", "enum": ["ok"]},
-                       "models": {"type": "integer"}}, ["status", "models"]),
+                       "kernels": {"type": "integer", "minimum": 0},
+                       "models": {"type": "integer", "minimum": 0}},
+                      ["status", "kernels", "models"]),
         "Diagnostics": obj({
             "kernel": obj({"pid": {"type": "integer"},
                            "cached_models": {"type": "integer", "minimum": 0},
@@ -279,8 +291,6 @@ def openapi_spec(settings: Settings) -> Schema:
         return {status: json_content(ref(schema), description)}
 
     paths = {
-        "/healthz": {"get": operation("Liveness and readiness: kernels up, store readable",
-                                      ok("Health", "Serving."), listing, public=True, get=True)},
         "/diagnostics": {"get": operation(
             "The answering kernel, the store's folder and the limits in force",
             ok("Diagnostics", "Diagnostics."), listing, get=True)},
@@ -321,14 +331,20 @@ def openapi_spec(settings: Settings) -> Schema:
         "/models/{name}/loss.png": {"parameters": name, "get": operation(
             "Training curve since the last reset", {200: png}, read, get=True)},
     }
-    paths["/healthz"]["get"]["responses"]["503"] = unavailable(
-        "A kernel stopped (it is replaced when next lent), too many requests wait for a kernel, "
-        "or the store is not readable.")
     for item in paths.values():  # the gateway's answers on every endpoint path
         guarded = any("security" not in op for key, op in item.items() if key != "parameters")
         item["options"] = {**PREFLIGHT}
         item["x-other-methods"] = {**({"401": shared("Unauthorized")} if guarded else {}),
                                    "405": shared("MethodNotAllowed")}
+    paths["/healthz"] = health_path(
+        "Liveness, answered by the gateway without a kernel: every kernel process alive, the "
+        "store readable", "A kernel stopped (it is being replaced), or the store is not "
+        "readable; the message says which.")
+    paths["/readyz"] = health_path(
+        "Readiness, answered by the gateway without a kernel: alive as for /healthz, the "
+        "kernels seeded, and fewer requests waiting than GRADBOOK_MAX_QUEUE",
+        "Not ready: as for /healthz, or the kernels are starting, or the queue is full; the "
+        "message says which.")
     paths["/metrics"] = {
         "get": {"summary": "Prometheus metrics of this gateway process: requests by endpoint and "
                 "status, latency, batch sizes, queue depth, kernels replaced",

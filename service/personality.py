@@ -8,7 +8,9 @@ on a pooled kernel. This personality keeps that contract (the same ``REQUEST``, 
   of two or three, and under load one execution for a whole batch of queued requests; body and
   response info come back as separate fields of one message that no cell output can forge;
 * the gateway's token (``auth_token``, set from ``GRADBOOK_TOKEN``) guards every endpoint except
-  ``/healthz``;
+  ``/healthz`` and ``/readyz``;
+* ``GET /healthz`` (liveness) and ``GET /readyz`` (readiness) are answered by the gateway itself
+  (``HealthHandler``), never queued behind kernels;
 * a body over ``GRADBOOK_MAX_BODY_BYTES``, or any body sent to a GET or DELETE, gets 413 before
   it reaches a kernel, and is dropped as it arrives rather than held (``EndpointHandler``);
 * the body is decoded and checked in the gateway (``service.body``): malformed or deeply nested
@@ -18,8 +20,8 @@ on a pooled kernel. This personality keeps that contract (the same ``REQUEST``, 
 * every error is JSON ``{"error": {"status", "message"}}``; a failing cell gives a 500 whose
   details stay in the log; no response names the server software (no ``Server`` header);
 * a kernel that stops is replaced by a newly seeded one; a request whose kernel stops under it
-  gets 503 instead of hanging forever, and ``/healthz`` answers 503 while any kernel of the pool
-  is stopped;
+  gets 503 instead of hanging forever, and a request whose cell runs past
+  ``GRADBOOK_REQUEST_TIMEOUT`` gets 504 while its kernel is interrupted;
 * a ``ResponseInfo`` may add ``"body_encoding": "base64"``: the body is decoded to bytes here
   (cell output is text, so binary bodies such as PNGs travel base64-encoded);
 * every response names the kernel that served it in ``X-Gradbook-Kernel``;
@@ -49,6 +51,7 @@ from tornado.iostream import StreamClosedError
 from tornado.log import access_log, app_log
 from tornado.web import RequestHandler, stream_request_body
 
+from gradbook.store import ModelStore
 from service import body
 from service.engine import BatchingKernelPool, Result
 from service.errors import ServiceError, error_body, to_http
@@ -58,6 +61,7 @@ from service.metrics import Metrics
 from service.settings import Settings
 
 HEALTH_PATH = "/healthz"
+READY_PATH = "/readyz"
 OPENAPI_PATH = "/openapi.json"
 METRICS_PATH = "/metrics"
 BODILESS = ("GET", "HEAD", "DELETE")  # methods whose endpoints take no body: its limit is 0
@@ -121,11 +125,12 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
     Endpoints of a GET or DELETE take no body: their limit is 0 bytes.
     """
 
-    def initialize(self, endpoint: str, health: bool, max_body_bytes: int, metrics: Metrics,
+    public = False  # True: answered without the token
+
+    def initialize(self, endpoint: str, max_body_bytes: int, metrics: Metrics,
                    **kwargs: Any) -> None:
         super().initialize(**kwargs)
         self.endpoint, self.metrics = endpoint, metrics
-        self.health = health  # the health endpoint: no token, and it checks every kernel
         self.max_body_bytes = max_body_bytes
         self.received = bytearray()
         self.refusal: ServiceError | None = None
@@ -146,7 +151,7 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
 
     def _refusal(self) -> ServiceError | None:
         method = self.request.method
-        if not self.health and (refusal := self.token_refusal()):
+        if not self.public and (refusal := self.token_refusal()):
             return refusal
         if method not in self.sources:
             allowed = ", ".join(sorted(self.sources))
@@ -203,10 +208,12 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
         except ServiceError as err:
             return self.fail(err)
         self.request.body = b""  # decoded: the raw bytes need not stay while the request waits
+        await self._answer(request_body)
+
+    async def _answer(self, request_body: Any) -> None:
+        """Run the request on a kernel and answer what its cells printed."""
         error, response = None, None
         try:
-            if self.health:
-                await self._check_pool()
             request = {
                 "body": request_body,
                 "args": parse_args(self.request.query_arguments),
@@ -251,11 +258,45 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
             return base64.b64decode(result.body)
         return result.body
 
-    async def _check_pool(self) -> None:
-        """503 unless every kernel of the pool runs."""
-        for kernel_id in list(self.kernel_pool.kernel_clients):
-            if not await self.kernel_pool.is_running(kernel_id):
-                raise ServiceError(503, f"kernel {kernel_id} stopped; it is being replaced")
+
+class HealthHandler(EndpointHandler):
+    """``GET /healthz`` and ``GET /readyz``, answered by the gateway process from what it knows,
+    so they answer at once however busy the kernels are (an orchestrator that saw a health check
+    hang behind two long trainings would restart a healthy service). No token: they say only
+    whether the service is well and how many models and kernels it has. As an endpoint it
+    refuses other methods and any body the same way.
+
+    Liveness (``/healthz``): every kernel process of the pool is alive and the model store is
+    readable. Readiness (``/readyz``, "send me traffic"): that, and the kernels are seeded (the
+    pool has started) and a request sent now would not be refused for a full queue
+    (``GRADBOOK_MAX_QUEUE``).
+    Either answers 503 with what is wrong.
+    """
+
+    public = True
+
+    def initialize(self, store: ModelStore, readiness: bool, **kwargs: Any) -> None:
+        super().initialize(**kwargs)
+        self.store, self.readiness = store, readiness
+
+    async def _answer(self, request_body: Any) -> None:
+        pool: BatchingKernelPool = self.kernel_pool
+        problems = []
+        for kernel_id in list(pool.kernel_clients):
+            if not await pool.is_running(kernel_id):
+                problems.append(f"kernel {kernel_id} stopped; it is being replaced")
+        if not self.store.readable():
+            problems.append("the model store is not readable; see GET /diagnostics")
+        if self.readiness and not pool.ready.is_set():
+            problems.append("the kernels are starting")
+        if self.readiness and pool.full():
+            problems.append(f"every kernel is busy and {len(pool.queue)} requests wait, the "
+                            "most allowed")
+        if problems:
+            return self.fail(ServiceError(503, "; ".join(problems)))
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"status": "ok", "kernels": len(pool.kernel_clients),
+                                "models": len(self.store.names())}))
 
 
 class CellError(Exception):
@@ -329,15 +370,22 @@ class GradbookPersonality(NotebookHTTPPersonality):
             for method, source in sources.items():
                 info = responses.get(path, {}).get(method)
                 self.kernel_pool.endpoints[f"{method} {path}"] = [source, info]
-        max_body_bytes = Settings(parent=self).max_body_bytes
+        settings = Settings(parent=self)
+        health = {"sources": {"GET": ""}, "response_sources": {}, "kernel_pool": self.kernel_pool,
+                  "kernel_name": self.parent.kernel_manager.seed_kernelspec,
+                  "metrics": self.metrics, "max_body_bytes": 0,
+                  "store": ModelStore(settings.store)}
         handlers: list[tuple[Any, ...]] = [
-            (route_of(METRICS_PATH), MetricsHandler, {"metrics": self.metrics})]
+            (route_of(METRICS_PATH), MetricsHandler, {"metrics": self.metrics}),
+            (route_of(HEALTH_PATH), HealthHandler,
+             {**health, "endpoint": HEALTH_PATH, "readiness": False}),
+            (route_of(READY_PATH), HealthHandler,
+             {**health, "endpoint": READY_PATH, "readiness": True})]
         for route in super().create_request_handlers():
             pattern, handler = route[0], route[1]
             if handler is NotebookAPIHandler:
                 args = {**route[2], "endpoint": annotated[pattern], "metrics": self.metrics,
-                        "health": pattern == route_of(HEALTH_PATH),
-                        "max_body_bytes": max_body_bytes}
+                        "max_body_bytes": settings.max_body_bytes}
                 handlers.append((pattern, EndpointHandler, args))
             elif handler is NotFoundHandler:
                 handlers.append((pattern, UnknownPathHandler, {"metrics": self.metrics}))

@@ -123,6 +123,16 @@ class Settings(FromEnvironment):
     max_queue = Integer(
         min=0, config=True, help="Most requests waiting for a free kernel; more get 503"
     ).tag(env="GRADBOOK_MAX_QUEUE", fallback=1000)
+    request_timeout = Float(
+        min=0.001, config=True,
+        help="Seconds a request's cell may run; then it gets 504 and its kernel is interrupted "
+        "(replaced if the interrupt does not take). Training jobs are not bounded by it",
+    ).tag(env="GRADBOOK_REQUEST_TIMEOUT", fallback=60.0)
+    lock_timeout = Float(
+        min=0.0, config=True,
+        help="Seconds a change to a model waits for another change of the same model to finish "
+        "before it gets 409",
+    ).tag(env="GRADBOOK_LOCK_TIMEOUT", fallback=2.0)
     max_batch = Integer(
         min=1, config=True,
         help="Most queued requests a kernel that becomes free takes into one execution",

@@ -103,7 +103,7 @@ class Service:
         self.spec = self.request("GET", "/openapi.json", check=False).json()
 
     def _launch(self, while_starting: Callable[[], None] | None) -> bool:
-        """Start the launcher on a free port; True once its /healthz answers for our store.
+        """Start the launcher on a free port; True once its /readyz answers for our store.
 
         ``while_starting`` is called once the process is started, before it answers.
         """
@@ -125,7 +125,7 @@ class Service:
         deadline = time.monotonic() + START_TIMEOUT
         while self.process.poll() is None and time.monotonic() < deadline:
             try:
-                reply = self.request("GET", "/healthz", timeout=5, check=False)
+                reply = self.request("GET", "/readyz", timeout=5, check=False)
             except OSError:
                 time.sleep(0.2)
                 continue
@@ -138,7 +138,7 @@ class Service:
         return False
 
     def _check_health(self, reply: Reply) -> None:
-        """The first 200 from /healthz must be a whole health document, and the service behind
+        """The first 200 from /readyz must be a whole health document, and the service behind
         it ours: its diagnostics name our store."""
         try:
             healthy = reply.json()["status"] == "ok"
@@ -149,7 +149,7 @@ class Service:
         if not healthy:
             self.stop()
             raise RuntimeError(
-                f"GET /healthz answered 200 with {reply.body[:500]!r} and headers "
+                f"GET /readyz answered 200 with {reply.body[:500]!r} and headers "
                 f"{dict(reply.headers)}\nservice log:\n{self.log.read_text()[-5000:]}"
             )
 

@@ -231,7 +231,7 @@ def test_healthz_names_no_path_and_no_process(service: Service) -> None:
     """Probe: the unauthenticated /healthz disclosed the store path and the kernel's PID."""
     reply = service.get("/healthz")
     health = reply.json()
-    assert health.keys() == {"status", "models"} and health["status"] == "ok"
+    assert health.keys() == {"status", "kernels", "models"} and health["status"] == "ok"
     assert isinstance(health["models"], int)
     assert str(service.store).encode() not in reply.body
     assert not {int(n) for n in re.findall(rb"\d+", reply.body)} & set(service.kernel_pids)

@@ -29,7 +29,8 @@ def create(service, name: str, **fields) -> dict:
 
 
 def test_healthz_is_brief_and_diagnostics_name_the_kernel_and_the_store(service) -> None:
-    assert service.get("/healthz").json() == {"status": "ok", "models": 2}
+    assert service.get("/healthz").json() == {"status": "ok", "kernels": 2, "models": 2}
+    assert service.get("/readyz").json() == {"status": "ok", "kernels": 2, "models": 2}
     diagnostics = service.get("/diagnostics").json()
     assert diagnostics["kernel"]["pid"] in service.kernel_pids
     assert diagnostics["store"] == {"path": str(service.store), "models": 2}

@@ -12,8 +12,8 @@ honest request produces one, which is why it is ``default`` rather than a listed
 
 Two services of this module's own answer: ``contract`` (a token, two kernels, no queue, small
 body and epoch limits) nearly everything; ``tight`` (responses of at most 1 byte) the 400 of the
-operations that read no input. ``tight`` is started by hand: ``Service`` waits for a 200 from
-/healthz, which it never gives.
+operations that read no input. ``tight`` is started by hand: ``Service`` checks the service's
+``/diagnostics``, which it answers with 400.
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ def form(method: str, path: str) -> Case:
 # which the gateway answers before the body reaches a kernel).
 OPERATIONS = {
     "GET /healthz": ("/healthz", None),
+    "GET /readyz": ("/readyz", None),
     "GET /diagnostics": ("/diagnostics", None),
     "GET /openapi.json": ("/openapi.json", None),
     "GET /models": ("/models", None),
@@ -94,9 +95,10 @@ OPERATIONS = {
     "POST /models/{name}/gradients": ("/models/xor/gradients", {"X": XOR_X, "Y": [[0]] * 4}),
     "GET /models/{name}/loss.png": ("/models/xor/loss.png", None),
 }
-PUBLIC = {"GET /healthz"}
+PUBLIC = {"GET /healthz", "GET /readyz"}  # answered by the gateway, without the token
 PATHS = {  # every path the service answers: a path of it, and a method it lacks
     "/healthz": ("/healthz", "HEAD"),
+    "/readyz": ("/readyz", "POST"),
     "/diagnostics": ("/diagnostics", "POST"),
     "/openapi.json": ("/openapi.json", "DELETE"),
     "/models": ("/models", "DELETE"),
@@ -131,6 +133,7 @@ def each_operation(make: Callable[[str, str, Any], Case], status: int,
 # Answered on the contract service as it is, in this order (later requests use c-model).
 PLAIN: dict[str, Case] = {
     "GET /healthz 200": Case("GET", "/healthz", token=""),
+    "GET /readyz 200": Case("GET", "/readyz", token=""),
     "GET /diagnostics 200": Case("GET", "/diagnostics"),
     "GET /openapi.json 200": Case("GET", "/openapi.json"),
     "GET /models 200": Case("GET", "/models"),
@@ -180,7 +183,7 @@ PLAIN: dict[str, Case] = {
     **{f"OTHER {template} 405": Case(method, path) for template, (path, method) in PATHS.items()},
     **{f"OTHER {template} 401": Case(method, path, token="")
        for template, (path, method) in PATHS.items()
-       if template not in ("/healthz", *GATEWAY_PATHS)},
+       if template not in ("/healthz", "/readyz", *GATEWAY_PATHS)},
     "GET /_api/spec/swagger.json 301": Case("GET", "/_api/spec/swagger.json", token=""),
     "GET /metrics 200": Case("GET", "/metrics"),
     "GET /metrics 401": Case("GET", "/metrics", token=""),
@@ -207,13 +210,16 @@ HELD = [
     {"POST /models/{name}/reset 409": Case("POST", "/models/c-held/reset", {}),
      "DELETE /models/{name} 409": Case("DELETE", "/models/c-held")},
 ]
-# Sent while both kernels wait for that lock: no kernel is free and no request may wait.
-BUSY = each_operation(Case, 503)
-# On the tight service: every response over the 1-byte limit.
+# Sent while both kernels wait for that lock: no kernel is free and no request may wait (and
+# so the service is not ready); liveness does not depend on busy kernels.
+BUSY = each_operation(Case, 503, skip={"GET /healthz"})
+# On the tight service: every response over the 1-byte limit (health is no kernel's response).
 TIGHT = {f"{key} 400": Case("GET", path) for key, (path, body) in OPERATIONS.items()
-         if key.startswith("GET ") and "{name}" not in key}
+         if key.startswith("GET ") and "{name}" not in key and key not in PUBLIC}
+# Sent while the store's folder is moved away.
+NO_STORE = {"GET /healthz 503": Case("GET", "/healthz", token="")}
 
-GROUPS = [PLAIN, DAMAGED, *HELD, BUSY, TIGHT]
+GROUPS = [PLAIN, DAMAGED, *HELD, BUSY, TIGHT, NO_STORE]
 TABLE = {key: case for group in GROUPS for key, case in group.items()}
 
 
@@ -304,9 +310,10 @@ def launch_tight(workdir: Path) -> tuple[subprocess.Popen, int] | None:
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 120
     while process.poll() is None and time.monotonic() < deadline:
-        try:  # the first answer comes from the kernel: the request waits for one
-            http_request(port, "GET", "/healthz", None, {}, timeout=30)
-            return process, port
+        try:
+            if http_request(port, "GET", "/readyz", None, {}, timeout=30).status == 200:
+                return process, port
+            time.sleep(0.2)
         except OSError:
             time.sleep(0.2)
     if process.poll() is None:
@@ -360,6 +367,16 @@ def test_a_damaged_store_gives_500_without_details(contract: Service) -> None:
     assert deleted.json()["version"] == 0
 
 
+def test_an_unreadable_store_fails_liveness(contract: Service) -> None:
+    moved = contract.store.with_name("store-moved")
+    contract.store.rename(moved)
+    try:
+        failures = produce(contract, NO_STORE)
+    finally:
+        moved.rename(contract.store)
+    passes(failures)
+
+
 def hold(service: Service, key: str, case: Case, replies: dict[str, Reply]) -> None:
     replies[key] = send(service.port, TOKEN, case)
 
@@ -388,7 +405,8 @@ def test_busy_kernels_give_503_and_a_model_being_changed_409(contract: Service) 
 
 
 def test_a_response_over_the_limit_is_a_400(tight: int, contract: Service) -> None:
-    """Even /healthz answers 400 when its response would be over GRADBOOK_MAX_RESPONSE_BYTES."""
+    """Even /openapi.json answers 400 when its response would be over
+    GRADBOOK_MAX_RESPONSE_BYTES."""
     failures = [verdict(contract.spec, key, case, send(tight, "", case))
                 for key, case in TIGHT.items()]
     passes(failures)

@@ -53,6 +53,8 @@ def test_the_spec_describes_exactly_the_notebook_endpoints_and_the_gateways_answ
     redirect = paths.pop("/_api/spec/swagger.json")  # the gateway's, not the notebook's
     metrics = paths.pop("/metrics")  # the gateway's too
     assert set(redirect) == set(metrics) == {"get", "x-other-methods"}
+    for health in ("/healthz", "/readyz"):  # the gateway's, with the endpoints' refusals
+        assert set(paths.pop(health)) == {"get", "options", "x-other-methods"}
     described = {(method, path) for path, item in paths.items() for method in item
                  if method in METHODS and method != "options"}
     assert described == notebook_operations()
