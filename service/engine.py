@@ -40,6 +40,7 @@ from service import runner
 from service.errors import ServiceError
 
 KERNEL_CHECK_SECONDS = 1.0  # how often a kernel's loop checks that its kernel is still alive
+INTERRUPT_GRACE_SECONDS = 5.0  # a kernel interrupted for a deadline that runs on is replaced
 SUBSCRIBE_PROBE_SECONDS = 0.2  # how long to wait for a probe's status before sending another
 SUBSCRIBE_TIMEOUT_SECONDS = 60.0  # then use the kernel anyway: a dead one answers 503
 RUNNER_MODULE = "gradbook_runner"  # the name service.runner has in each kernel's sys.modules
@@ -93,19 +94,39 @@ class Execution:
         # every request answered, or the kernel idle again: the kernel may take more work
         self.answered = asyncio.get_running_loop().create_future()
         self.idle = False
+        self.since = asyncio.get_running_loop().time()  # when the running request started
+        self.interrupted: float | None = None  # when a request's deadline interrupted the kernel
 
     def on_message(self, msg: dict[str, Any]) -> None:
         kind, content = msg["header"]["msg_type"], msg["content"]
         if kind == runner.RESULT and (job := self.waiting.pop(content["index"], None)):
-            if not job.future.done():  # not cancelled
+            self.since = asyncio.get_running_loop().time()  # the next request starts now
+            if job.future.done():  # cancelled
+                pass
+            elif (content.get("error") or {}).get("ename") == "KeyboardInterrupt":
+                # the interrupt meant for an earlier request, which ended just before it came
+                job.future.set_exception(ServiceError(503, "the request was interrupted with "
+                                                           "another that ran out of time; retry"))
+            else:
                 fields = {key: content.get(key) for key in ("body", "info", "error")}
                 job.future.set_result(Result(self.kernel_id, **fields))
         elif kind == "error":
             self.failure.update(content)
         elif kind == "status" and content["execution_state"] == "idle":
             self.idle = True
-        if (self.idle or (self.batch and not self.waiting)) and not self.answered.done():
+        # once interrupted, the kernel takes nothing more until the interrupt has taken
+        done = self.idle or (self.batch and not self.waiting and self.interrupted is None)
+        if done and not self.answered.done():
             self.answered.set_result(None)
+
+    def time_out(self, seconds: float) -> None:
+        """Answer 504 to the running request, which started ``seconds`` ago or more."""
+        self.interrupted = asyncio.get_running_loop().time()
+        job = self.waiting.pop(min(self.waiting))
+        if not job.future.done():
+            job.future.set_exception(ServiceError(
+                504, f"the request ran longer than {seconds:g} s (GRADBOOK_REQUEST_TIMEOUT) and "
+                     "was stopped; nothing it would have changed was saved"))
 
 
 class BatchingKernelPool(ManagedKernelPool):
@@ -120,8 +141,9 @@ class BatchingKernelPool(ManagedKernelPool):
     with the notebook's endpoints (``endpoints``, set by the personality before the pool starts).
     """
 
-    def __init__(self, max_queue: int, max_batch: int) -> None:
+    def __init__(self, max_queue: int, max_batch: int, request_timeout: float) -> None:
         super().__init__()
+        self.request_timeout = request_timeout
         self.ready = asyncio.Event()
         self.max_queue, self.max_batch = max_queue, max_batch
         self.queue: deque[Job] = deque()
@@ -220,7 +242,10 @@ class BatchingKernelPool(ManagedKernelPool):
                 batch_id = self._post(kernel_id, jobs)
                 execution = self._start(kernel_id, jobs, RUN)
                 if await self._follow(execution):
-                    if execution.waiting and execution.failure:
+                    if execution.interrupted is not None:  # the rest of the batch never ran
+                        self._requeue(execution)
+                        jobs = []  # each answered or queued again
+                    elif execution.waiting and execution.failure:
                         app_log.error("kernel %s failed a batch: %s: %s", kernel_id,
                                       execution.failure.get("ename"),
                                       execution.failure.get("evalue"))
@@ -231,6 +256,14 @@ class BatchingKernelPool(ManagedKernelPool):
             except Exception as err:
                 app_log.error("a batch on kernel %s failed", kernel_id, exc_info=err)
             _fail_all(jobs, when)  # not answered: the kernel stopped, or could not be replaced
+
+    def _requeue(self, execution: Execution) -> None:
+        """Put the requests of ``execution`` it did not run back at the head of the queue."""
+        unrun = [job for _, job in sorted(execution.waiting.items()) if not job.future.done()]
+        execution.waiting.clear()
+        self.queue.extendleft(reversed(unrun))
+        if unrun:
+            self.has_work.set()
 
     def _post(self, kernel_id: str, jobs: list[Job]) -> str:
         """Put ``jobs`` in the kernel's inbox for its runner to read; the batch's new id.
@@ -271,10 +304,33 @@ class BatchingKernelPool(ManagedKernelPool):
                                       "content": json.loads(line)})
 
     async def _follow(self, execution: Execution) -> bool:
-        """Wait until ``execution`` is answered; False if its kernel stopped first."""
+        """Wait until ``execution`` is answered; False if its kernel stopped first, or ran on
+        for ``INTERRUPT_GRACE_SECONDS`` after it was interrupted for a request's deadline.
+
+        A request running ``request_timeout`` seconds gets 504 and the kernel an interrupt: a
+        ``KeyboardInterrupt`` in the cell, which ends the batch (``service.runner``) and leaves
+        the kernel's namespace as it was."""
+        loop = asyncio.get_running_loop()
         while not execution.answered.done():
-            await asyncio.wait([execution.answered], timeout=KERNEL_CHECK_SECONDS)
-            if not execution.answered.done() and not await self.is_running(execution.kernel_id):
+            wait = KERNEL_CHECK_SECONDS
+            if execution.batch and execution.interrupted is None:
+                wait = min(wait, max(execution.since + self.request_timeout - loop.time(), 0))
+            await asyncio.wait([execution.answered], timeout=wait)
+            if execution.answered.done():
+                break
+            now = loop.time()
+            if (execution.batch and execution.interrupted is None and execution.waiting
+                    and now >= execution.since + self.request_timeout):
+                execution.time_out(self.request_timeout)
+                app_log.warning("a request on kernel %s ran out of time; interrupting it",
+                                execution.kernel_id)
+                await ensure_async(self.kernel_manager.interrupt_kernel(execution.kernel_id))
+            elif (execution.interrupted is not None
+                  and now - execution.interrupted > INTERRUPT_GRACE_SECONDS):
+                app_log.error("kernel %s ran on after an interrupt; replacing it",
+                              execution.kernel_id)
+                return False
+            if not await self.is_running(execution.kernel_id):
                 return False
         return True
 

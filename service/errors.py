@@ -17,6 +17,7 @@ from gradbook.store import (
     StoreError,
     StoreFullError,
 )
+from service.training import DivergedError
 
 MAX_MESSAGE_CHARS = 500  # messages quote client input briefly (``brief``); this is the backstop
 
@@ -48,6 +49,8 @@ def to_http(err: BaseException) -> ServiceError:
         return ServiceError(404, str(err))
     if isinstance(err, (ModelExistsError, ModelBusyError, StoreFullError)):
         return ServiceError(409, str(err))
+    if isinstance(err, DivergedError):  # the request was well-formed; its numbers blew up
+        return ServiceError(422, str(err))
     if isinstance(err, MemoryError):
         return ServiceError(413, "the request needs more memory than the service has; send less")
     if isinstance(err, StoreError):

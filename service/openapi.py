@@ -320,7 +320,11 @@ def openapi_spec(settings: Settings) -> Schema:
             ok("Prediction", "Outputs."), {**read, **errors(415)}, "Predict")},
         "/models/{name}/train": {"parameters": name, "post": operation(
             "Train; hyperparameters left out come from the model's defaults",
-            ok("Training", "Trained: a new version."), write, "Train")},
+            ok("Training", "Trained: a new version."), {**write, **errors(
+                e422="The loss or the weights became NaN or infinite: nothing was saved (a "
+                "smaller lr, or inputs of a smaller magnitude).",
+                e504="The run took longer than GRADBOOK_REQUEST_TIMEOUT and was stopped: "
+                "nothing was saved.")}, "Train")},
         "/models/{name}/reset": {"parameters": name, "post": operation(
             "Fresh weights drawn from a seed; clears the training record",
             ok("Model", "Reset: a new version."), write, "Reset", body_required=False)},

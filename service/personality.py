@@ -349,7 +349,8 @@ class GradbookPersonality(NotebookHTTPPersonality):
             language = self.kernel_language
             raise ValueError(f"the engine runs notebooks of Python kernels, not of {language}")
         settings = Settings(parent=self)
-        self.kernel_pool = BatchingKernelPool(settings.max_queue, settings.max_batch)
+        self.kernel_pool = BatchingKernelPool(settings.max_queue, settings.max_batch,
+                                              settings.request_timeout)
         self.metrics = Metrics(queue_depth=lambda: len(self.kernel_pool.queue))
         self.kernel_pool.on_batch = self.metrics.batch_size.observe
         self.kernel_pool.on_replace = self.metrics.kernels_replaced.inc

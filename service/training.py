@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from gradbook.datasets import DATASETS, Dataset, load
-from gradbook.network import MLP
+from gradbook.network import MLP, Callback
 from gradbook.store import ModelStore
 
 MAX_RUNS = 100
@@ -79,23 +79,32 @@ def reset(net: MLP, seed: int) -> None:
     net.metadata.update(seed=seed, metrics={}, runs=[], curve=[])
 
 
+class DivergedError(ValueError):
+    """The loss or the weights became NaN or infinite during training."""
+
+
 def train(
-    net: MLP, data: TrainingData, epochs: int, lr: float, batch_size: int | None
+    net: MLP, data: TrainingData, epochs: int, lr: float, batch_size: int | None,
+    callback: Callback | None = None,
 ) -> list[float]:
-    """Gradient descent on ``data`` (``MLP.fit``); records metrics, a run summary and the curve.
+    """Gradient descent on ``data`` (``MLP.fit``, which calls ``callback`` after each epoch);
+    records metrics, a run summary and the curve.
 
     ``metrics`` names each figure by the examples it was measured on: ``training_loss`` (the
     final loss, summed over the ``training_examples``, as in the derivations) and, for
     classifiers, ``held_out_accuracy`` over ``held_out_examples`` kept out of training, or
-    ``training_accuracy`` when the data has no held-out part. Raises ``ValueError`` when the
-    loss or the weights stop being finite (a learning rate too large), so nothing is committed.
+    ``training_accuracy`` when the data has no held-out part. Raises ``DivergedError`` when
+    the loss or the weights stop being finite, so nothing is committed.
     """
     start = time.perf_counter()
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        history = net.fit(data.X, data.Y, epochs=epochs, lr=lr, batch_size=batch_size)
+        history = net.fit(data.X, data.Y, epochs=epochs, lr=lr, batch_size=batch_size,
+                          callback=callback)
     if not (np.all(np.isfinite(history)) and all(np.all(np.isfinite(p)) for p in net.parameters)):
-        raise ValueError(
-            f"training diverged (the loss became NaN or infinite): lr={lr} is too large"
+        epoch = next((i for i, loss in enumerate(history) if not np.isfinite(loss)), epochs - 1)
+        raise DivergedError(
+            f"training diverged: the loss became NaN or infinite at epoch {epoch + 1}, so "
+            f"nothing was saved; try a smaller lr than {lr:g}, or inputs of a smaller magnitude"
         )
     metrics: dict[str, Any] = {
         "data": data.label, "training_loss": history[-1], "training_examples": len(data.X)

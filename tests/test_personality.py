@@ -97,11 +97,13 @@ CELLS = [
 
 @contextmanager
 def serve_notebook(
-    folder: Path, cells: list[str], *options: str, probe: str, headers: dict[str, str] | None = None
+    folder: Path, cells: list[str], *options: str, probe: str,
+    headers: dict[str, str] | None = None, env: dict[str, str] | None = None,
 ) -> Iterator[int]:
     """The stock gateway command with ``KernelGatewayApp.api`` set to the personality, serving a
-    notebook of ``cells`` (written to ``folder``) on one kernel, with more gateway ``options``;
-    yields its port once ``GET probe`` (sent with ``headers``) answers 200."""
+    notebook of ``cells`` (written to ``folder``) on one kernel, with more gateway ``options``
+    and environment variables ``env``; yields its port once ``GET probe`` (sent with
+    ``headers``) answers 200."""
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
     notebook.metadata["kernelspec"] = {"name": "python3", "language": "python",
                                        "display_name": "Python 3"}
@@ -113,8 +115,8 @@ def serve_notebook(
                *options]
     log = folder / "gateway.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, cwd=ROOT, env=gateway_env(folder), stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(command, cwd=ROOT, env={**gateway_env(folder), **(env or {})},
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while not _answers(port, probe, headers or {}):

@@ -218,8 +218,15 @@ TIGHT = {f"{key} 400": Case("GET", path) for key, (path, body) in OPERATIONS.ite
          if key.startswith("GET ") and "{name}" not in key and key not in PUBLIC}
 # Sent while the store's folder is moved away.
 NO_STORE = {"GET /healthz 503": Case("GET", "/healthz", token="")}
+# To c-relu, a relu classifier: inputs this large make its loss infinite.
+DIVERGING = {"POST /models/{name}/train 422": Case(
+    "POST", "/models/c-relu/train",
+    {"data": {"X": [[1e300, 1e300, -1e300], [1, 2, 3]], "Y": [1, 0]}, "epochs": 2, "lr": 1000})}
+# On the slow service (a deadline of 1 s): a run of several seconds.
+SLOW = {"POST /models/{name}/train 504": Case(
+    "POST", "/models/digits/train", {"data": "digits", "epochs": 50, "batch_size": 8})}
 
-GROUPS = [PLAIN, DAMAGED, *HELD, BUSY, TIGHT, NO_STORE]
+GROUPS = [PLAIN, DAMAGED, *HELD, BUSY, TIGHT, NO_STORE, DIVERGING, SLOW]
 TABLE = {key: case for group in GROUPS for key, case in group.items()}
 
 
@@ -375,6 +382,24 @@ def test_an_unreadable_store_fails_liveness(contract: Service) -> None:
     finally:
         moved.rename(contract.store)
     passes(failures)
+
+
+def test_a_diverging_run_is_422_and_saves_nothing(contract: Service) -> None:
+    created = contract.post("/models", {"name": "c-relu", "sizes": [3, 4, 2],
+                                        "activation": "relu", "loss": "cross_entropy"})
+    assert created.status == 201
+    try:
+        passes(produce(contract, DIVERGING))
+        assert contract.get("/models/c-relu").json()["version"] == 1
+    finally:
+        contract.delete("/models/c-relu")
+
+
+def test_a_run_past_the_deadline_is_504(start_service: Callable[..., Service],
+                                        contract: Service) -> None:
+    slow = start_service(token=TOKEN, GRADBOOK_REQUEST_TIMEOUT="1")
+    passes([verdict(contract.spec, key, case, send(slow.port, TOKEN, case))
+            for key, case in SLOW.items()])
 
 
 def hold(service: Service, key: str, case: Case, replies: dict[str, Reply]) -> None:
