@@ -205,7 +205,7 @@ class ModelStore:
                 previous = int(tombstone.read_text()) if tombstone.exists() else 0
             except ValueError:
                 raise StoreError(f"the record of deleted model {name!r} is damaged") from None
-            net.metadata["created"] = _now()
+            net.metadata["created"] = timestamp()
             self._commit(name, net, version=previous + 1)
         return net
 
@@ -251,7 +251,7 @@ class ModelStore:
     def _commit(self, name: str, net: MLP, version: int) -> None:
         path = self.path(name)
         net.metadata["version"] = version
-        net.metadata["updated"] = _now()
+        net.metadata["updated"] = timestamp()
         stamp = time.time_ns()
         if path.exists():
             stamp = max(stamp, path.stat().st_mtime_ns + 1)
@@ -261,5 +261,6 @@ class ModelStore:
         os.replace(staging, path)
 
 
-def _now() -> str:
+def timestamp() -> str:
+    """Now in UTC, ISO 8601 to the millisecond: how records are stamped."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")

@@ -14,11 +14,13 @@ from typing import Any
 import numpy as np
 
 from gradbook.datasets import DATASETS
-from gradbook.network import MLP
+from gradbook.network import MLP, Callback
 from gradbook.store import ModelNotFoundError, ModelStore, StoreError, check_name
 from gradbook.validation import brief
 from service import inputs, limits, training
+from service.errors import ServiceError
 from service.http import Request, Response, binary_response, json_response
+from service.jobs import JobStore
 from service.openapi import openapi_spec
 from service.plots import loss_curve_png
 from service.settings import MAX_LAYERS, MAX_PARAMETERS, Settings
@@ -32,6 +34,7 @@ class ModelAPI:
     def __init__(self, store: ModelStore, settings: Settings) -> None:
         self.store = store
         self.settings = settings
+        self.jobs = JobStore(store.root)
 
     # -- service -----------------------------------------------------------------------------
     def diagnostics(self, request: Request) -> Response:
@@ -173,23 +176,23 @@ class ModelAPI:
         return self._json(result)
 
     def train(self, request: Request) -> Response:
-        """Train a private copy of the latest version and commit it as the next (the store's lock
-        serializes concurrent trains of one model)."""
-        body = inputs.fields(request.json(), ["data"], HYPERPARAMETERS)
+        """Train now and answer with the run (``"wait": true``, the default), or queue the run as
+        a job for the training worker and answer 202 at once (``"wait": false``)."""
+        body = inputs.fields(request.json(), ["data"], [*HYPERPARAMETERS, "wait"])
+        wait = body.get("wait", True)
+        if not isinstance(wait, bool):
+            raise ValueError("wait must be true (answer when trained) or false (answer 202 with "
+                             f"a job at once); got {brief(wait)}")
         name = _name(request)
-        data = _training_data(body["data"], self.store.get(name))
+        net = self.store.get(name)
+        data = training_data(body["data"], net)
         chosen = self._hyperparameters(body)
-        history: list[float] = []
-
-        def change(net: MLP) -> None:
+        if not wait:  # what the job will run is fixed now: the defaults of this version
             hyperparameters = {**net.metadata["hyperparameters"], **chosen}
-            limits.check_training(
-                net, len(data.X), hyperparameters["epochs"], hyperparameters["batch_size"],
-                self.settings.max_train_seconds,
-            )
-            history.extend(training.train(net, data, **hyperparameters))
-
-        net = self.store.update(name, change)
+            self._check_training(net, data, hyperparameters)
+            job = self.jobs.create(name, hyperparameters, body["data"])
+            return self._json(job, 202, {"Location": f"/jobs/{job['id']}"})
+        net, history = self.run_training(name, data, chosen)
         return self._json(
             {
                 "name": name,
@@ -199,6 +202,45 @@ class ModelAPI:
                 "run": net.metadata["runs"][-1],
             }
         )
+
+    def run_training(
+        self, name: str, data: training.TrainingData, chosen: dict[str, Any],
+        callback: Callback | None = None,
+    ) -> tuple[MLP, list[float]]:
+        """Train a private copy of the latest version of ``name`` with ``chosen`` hyperparameters
+        (the rest from its defaults) and commit it as the next version (the store's lock
+        serializes concurrent trains of one model); the committed model and the loss after each
+        epoch. ``callback`` is called after each epoch; if it raises, nothing is committed."""
+        history: list[float] = []
+
+        def change(net: MLP) -> None:
+            hyperparameters = {**net.metadata["hyperparameters"], **chosen}
+            self._check_training(net, data, hyperparameters)
+            history.extend(training.train(net, data, **hyperparameters, callback=callback))
+
+        return self.store.update(name, change), history
+
+    # -- jobs --------------------------------------------------------------------------------
+    def list_jobs(self, request: Request) -> Response:
+        """Every job kept, oldest first, each without its losses (``GET /jobs/:id`` has them)."""
+        jobs = []
+        for job in self.jobs.all():
+            losses = job.pop("losses")
+            jobs.append({**job, "loss": losses[-1] if losses else None})
+        return self._json({"jobs": jobs})
+
+    def get_job(self, request: Request) -> Response:
+        return self._json(self.jobs.get(request.path.get("id", "")))
+
+    def cancel_job(self, request: Request) -> Response:
+        """200 when the job is cancelled now (it was queued, or already cancelled), 202 when it
+        runs (the worker stops it after the epoch it is in and commits nothing), 409 when it
+        has finished otherwise."""
+        job = self.jobs.cancel(request.path.get("id", ""))
+        if job["state"] in ("succeeded", "failed"):
+            raise ServiceError(409, f"job {job['id']} has {job['state']} already; nothing to "
+                                    "cancel")
+        return self._json(job, 202 if job["state"] == "running" else 200)
 
     def gradients(self, request: Request) -> Response:
         """The loss at ``X``, ``Y`` and ``MLP.gradients``: ∂L/∂W_k = l_{k-1}ᵀ · Δl_k (eq. 8.2),
@@ -244,6 +286,14 @@ class ModelAPI:
         response = json_response(payload, status, headers)
         limits.check_response(len(response.body), self.settings.max_response_bytes, "less")
         return response
+
+    def _check_training(
+        self, net: MLP, data: training.TrainingData, hyperparameters: dict[str, Any]
+    ) -> None:
+        limits.check_training(
+            net, len(data.X), hyperparameters["epochs"], hyperparameters["batch_size"],
+            self.settings.max_train_seconds,
+        )
 
     def _hyperparameters(self, body: dict[str, Any]) -> dict[str, Any]:
         """The hyperparameters present in ``body``, checked (``batch_size: null`` = full batch)."""
@@ -297,7 +347,7 @@ def _details(name: str, net: MLP) -> dict[str, Any]:
     }
 
 
-def _training_data(spec: Any, net: MLP) -> training.TrainingData:
+def training_data(spec: Any, net: MLP) -> training.TrainingData:
     """A registered data set by name, or ``{"X": …, "Y": …}`` (then evaluated on itself)."""
     if isinstance(spec, str):
         if spec not in DATASETS:

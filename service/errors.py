@@ -17,6 +17,7 @@ from gradbook.store import (
     StoreError,
     StoreFullError,
 )
+from service.jobs import JobNotFoundError
 from service.training import DivergedError
 
 MAX_MESSAGE_CHARS = 500  # messages quote client input briefly (``brief``); this is the backstop
@@ -45,7 +46,7 @@ def to_http(err: BaseException) -> ServiceError:
     """
     if isinstance(err, ServiceError):
         return err
-    if isinstance(err, ModelNotFoundError):
+    if isinstance(err, (ModelNotFoundError, JobNotFoundError)):
         return ServiceError(404, str(err))
     if isinstance(err, (ModelExistsError, ModelBusyError, StoreFullError)):
         return ServiceError(409, str(err))

@@ -11,17 +11,24 @@ and an address reachable from other machines with no token (unless ``GRADBOOK_AL
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import ipaddress
 import os
+import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
 from kernel_gateway.gatewayapp import KernelGatewayApp
+from tornado.ioloop import PeriodicCallback
+from tornado.log import app_log
 from traitlets.config import Config
 
 from gradbook.store import ModelStore
+from service import trainer
+from service.jobs import JobStore
 from service.settings import Settings
 from service.training import create_default_models
 
@@ -82,6 +89,55 @@ def limit_connection_time(app: KernelGatewayApp, seconds: float) -> None:
     params.header_timeout = params.body_timeout = seconds
 
 
+class TrainingWorker:
+    """The training worker (``service.trainer``) as the launcher runs it: started beside the
+    gateway, started again if it stops, stopped with the service."""
+
+    def __init__(self) -> None:
+        self.process = self._start()
+        self.watch = PeriodicCallback(self._check, 1000)
+
+    @staticmethod
+    def _start() -> subprocess.Popen:
+        # one BLAS thread: a training run must not take every core from the serving kernels
+        env = {**os.environ, **{variable: "1" for variable in THREAD_VARIABLES}}
+        return subprocess.Popen([sys.executable, "-m", "service.trainer"], env=env,
+                                preexec_fn=_as_worker)
+
+    def _check(self) -> None:
+        if (status := self.process.poll()) is not None:
+            app_log.error("the training worker stopped (exit status %s); starting another",
+                          status)
+            self.process = self._start()
+
+    def stop(self) -> None:
+        self.watch.stop()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _as_worker() -> None:
+    """In the worker's process before it runs: a lower priority than the serving processes,
+    and on Linux a SIGTERM when the launcher dies, however it dies (SIGKILL too)."""
+    os.nice(trainer.NICENESS)
+    if hasattr(os, "SCHED_IDLE"):  # Linux: run only when no serving process wants a CPU
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        # and on one CPU: measured on 2 cores, a worker free to move between them raised the
+        # predict p99 to 9x its idle value, one kept to a single CPU to 2x (bench_training.py)
+        if len(cpus := os.sched_getaffinity(0)) > 1:
+            os.sched_setaffinity(0, {max(cpus)})
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def main() -> None:
     settings = Settings()
     if (reason := refusal(settings)) is not None:
@@ -90,6 +146,10 @@ def main() -> None:
     store = ModelStore(settings.store)
     if first_start:
         print(f"first start: training {', '.join(create_default_models(store))} in {store.root}")
+    stranded = JobStore(store.root).fail_unfinished(
+        ("queued", "running"), "the service stopped while the job was {state}; nothing was saved")
+    if stranded:
+        print(f"{stranded} training job(s) the last run left unfinished are marked failed")
     config = gateway_config(settings)
     # Kernels inherit this environment: they must use the same store, and never see the token.
     os.environ[settings.env("store")] = str(store.root.resolve())
@@ -103,7 +163,12 @@ def main() -> None:
         f"token {'required' if app.auth_token else 'off'})",
         flush=True,
     )
-    app.start()
+    worker = TrainingWorker()
+    worker.watch.start()
+    try:
+        app.start()
+    finally:
+        worker.stop()
 
 
 if __name__ == "__main__":

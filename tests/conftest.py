@@ -99,7 +99,7 @@ class Service:
                 break
         else:
             raise RuntimeError(f"the service did not start:\n{self.log.read_text()[-3000:]}")
-        self.kernel_pids = child_pids(self.process.pid)
+        self.kernel_pids = kernel_pids(self.process.pid)
         self.spec = self.request("GET", "/openapi.json", check=False).json()
 
     def _launch(self, while_starting: Callable[[], None] | None) -> bool:
@@ -327,7 +327,7 @@ def _inline(node: Any, spec: dict[str, Any]) -> Any:
 
 
 def child_pids(pid: int) -> list[int]:
-    """Processes whose parent is ``pid`` (the gateway's kernels)."""
+    """Processes whose parent is ``pid`` (the launcher's: its kernels and training worker)."""
     children = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -337,6 +337,23 @@ def child_pids(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             children.append(int(stat.parent.name))
     return children
+
+
+def kernel_pids(pid: int) -> list[int]:
+    """The kernels among the children of ``pid``."""
+    return [child for child in child_pids(pid) if b"ipykernel" in _cmdline(child)]
+
+
+def trainer_pids(pid: int) -> list[int]:
+    """The training worker among the children of ``pid`` (one, unless it is being replaced)."""
+    return [child for child in child_pids(pid) if b"service.trainer" in _cmdline(child)]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def alive(pid: int) -> bool:

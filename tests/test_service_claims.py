@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Service, alive, child_pids
+from conftest import Service, alive, kernel_pids
 
 from service import training
 
@@ -178,7 +178,7 @@ def test_healthz_is_503_while_a_kernel_is_stopped(configured: Service) -> None:
     """Kill one of the three kernels and ask twice at once: a request lent the dead kernel
     replaces it (a second or more), so at least one of the others answers while it is dead,
     and says so."""
-    dead = child_pids(configured.process.pid)[0]
+    dead = kernel_pids(configured.process.pid)[0]
     os.kill(dead, signal.SIGKILL)
     while alive(dead):
         time.sleep(0.01)

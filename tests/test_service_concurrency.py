@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Reply, Service, child_pids
+from conftest import Reply, Service, kernel_pids
 
 from gradbook.network import MLP
 from gradbook.store import ModelStore
@@ -71,7 +71,7 @@ def kernels_waiting_for(service: Service, lock: str) -> int:
     them waits for it."""
     target = str(service.store / ".locks" / lock)
     waiting = 0
-    for pid in child_pids(service.process.pid):
+    for pid in kernel_pids(service.process.pid):
         fds = Path(f"/proc/{pid}/fd")
         try:
             names = list(fds.iterdir())

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Service, alive, child_pids
+from conftest import Service, alive, kernel_pids
 
 pytestmark = pytest.mark.xdist_group("gateway")
 
@@ -134,7 +134,7 @@ def test_a_kernel_that_dies_is_replaced_by_a_seeded_one(secured) -> None:
     assert len({reply.json()["output"][0] for reply in replies[1:]}) == 1
     # the other kernel served meanwhile; /healthz answers 503 until the replacement serves
     wait_until_healthy(secured)
-    kernels = child_pids(secured.process.pid)
+    kernels = kernel_pids(secured.process.pid)
     assert dead not in kernels and len(kernels) == 2
     assert len({secured.get("/diagnostics").json()["kernel"]["pid"] for _ in range(4)}) == 2
     assert secured.get("/models/xor").json() == before
@@ -151,7 +151,7 @@ def test_a_request_whose_kernel_dies_gets_503_at_once_and_nothing_is_committed(s
     train.start()
     time.sleep(1.0)
     killed_at = time.monotonic()
-    for pid in child_pids(secured.process.pid):
+    for pid in kernel_pids(secured.process.pid):
         os.kill(pid, signal.SIGKILL)
     train.join(timeout=60)
     assert replies and replies[0].status == 503, replies and replies[0].body

@@ -1,0 +1,114 @@
+"""``python -m service.trainer``: the training worker, which runs the service's training jobs.
+
+Jobs (``service.jobs``) run here rather than in the pool's kernels, so a long run never takes a
+kernel from the requests: predictions keep their speed while models train. The launcher starts
+one worker beside the gateway, at a lower scheduling priority (``nice``) and with numpy's BLAS
+held to one thread, so that on a busy machine the serving processes come first; it restarts the
+worker if it stops, and stops it with the service. A worker whose parent is gone stops too.
+
+Jobs run one at a time, oldest first. Each epoch's loss is written to the job's record at most
+every ``PROGRESS_SECONDS`` (and at the end); a cancellation is noticed within
+``CANCEL_CHECK_SECONDS`` of the epoch it arrives in, and the run then stops without committing.
+A run commits through ``ModelAPI.run_training``, the code that synchronous training runs: one
+implementation, the same limits and the same version rules.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+import traceback
+from typing import Any
+
+from gradbook.network import MLP
+from gradbook.store import ModelStore
+from service.api import ModelAPI, training_data
+from service.errors import to_http
+from service.jobs import Job, JobStore
+from service.settings import Settings
+
+POLL_SECONDS = 0.2  # between looks for a queued job when there is none
+PROGRESS_SECONDS = 0.25  # between writes of a running job's losses
+CANCEL_CHECK_SECONDS = 0.1  # between reads of a running job's record for a cancellation
+LOCK_WAIT_SECONDS = 300.0  # a job waits this long for another change of its model to finish
+NICENESS = 10  # added to the worker's scheduling priority
+
+
+class JobCancelledError(Exception):
+    """Raised from the epoch callback when the job was cancelled: nothing is committed."""
+
+
+class Progress:
+    """The epoch callback of one job: records the losses, and stops the run if cancelled."""
+
+    def __init__(self, jobs: JobStore, job: Job) -> None:
+        self.jobs, self.job_id = jobs, job["id"]
+        self.losses: list[float] = []
+        self.written = self.checked = time.monotonic()
+        self.parent = os.getppid()
+
+    def __call__(self, epoch: int, loss: float, net: MLP) -> None:
+        self.losses.append(float(loss))
+        if os.getppid() != self.parent:  # the service is gone: commit nothing it cannot report
+            sys.exit(1)
+        now = time.monotonic()
+        if now - self.checked >= CANCEL_CHECK_SECONDS:
+            self.checked = now
+            if self.jobs.get(self.job_id)["cancel_requested"]:
+                raise JobCancelledError
+        if now - self.written >= PROGRESS_SECONDS:
+            self.write()
+
+    def write(self) -> None:
+        self.written = time.monotonic()
+        losses = [loss if loss == loss and abs(loss) != float("inf") else None
+                  for loss in self.losses]  # JSON has no NaN or infinity
+
+        def record(job: Job) -> None:
+            job.update(epoch=len(losses), losses=losses)
+
+        self.jobs.change(self.job_id, record)
+
+
+def run(api: ModelAPI, jobs: JobStore, job: Job) -> None:
+    """Run ``job`` (claimed: running) to its end, and record how it ended."""
+    progress = Progress(jobs, job)
+    try:
+        net = api.store.get(job["model"])
+        data = training_data(jobs.data(job["id"]), net)
+        net, _ = api.run_training(job["model"], data, job["hyperparameters"], progress)
+    except JobCancelledError:
+        progress.write()
+        jobs.finish(job["id"], "cancelled")
+    except Exception as err:  # every failure ends the job, with what the client would be told
+        error = to_http(err)
+        if error.status >= 500:
+            traceback.print_exc(file=sys.stderr)
+        progress.write()
+        jobs.finish(job["id"], "failed", error={"status": error.status, "message": error.message})
+    else:
+        progress.write()
+        jobs.finish(job["id"], "succeeded", version=net.metadata["version"])
+
+
+def main() -> None:
+    settings = Settings()
+    store = ModelStore(settings.store, LOCK_WAIT_SECONDS, settings.model_cache)
+    api, jobs = ModelAPI(store, settings), JobStore(store.root)
+    # Only this worker runs jobs: one still "running" was cut short when the last worker stopped.
+    jobs.fail_unfinished(("running",), "the training worker stopped while the job was {state}; "
+                                       "nothing was saved")
+    parent = os.getppid()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    while os.getppid() == parent:  # the launcher is gone: so is the service
+        job: Any = jobs.claim()
+        if job is None:
+            time.sleep(POLL_SECONDS)
+        else:
+            run(api, jobs, job)
+
+
+if __name__ == "__main__":
+    main()
