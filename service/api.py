@@ -47,6 +47,8 @@ class ModelAPI:
             "max_train_seconds": settings.max_train_seconds,
             "max_models": settings.max_models,
             "max_queue": settings.max_queue,
+            "request_timeout": settings.request_timeout,
+            "lock_timeout": settings.lock_timeout,
             "body_timeout": settings.body_timeout,
         }
         return self._json(

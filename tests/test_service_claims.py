@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import Service, alive, kernel_pids
+from test_service_contract import lock_held
 
 from service import training
 
@@ -36,9 +37,10 @@ def ipython_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def configured(start_service, ipython_dir: Path) -> Service:
-    """Three kernels, a 2000-byte body limit, at most 5 epochs."""
+    """Three kernels, a 2000-byte body limit, at most 5 epochs, 4 s of waiting for a lock."""
     return start_service(GRADBOOK_KERNELS="3", GRADBOOK_MAX_BODY_BYTES="2000",
-                         GRADBOOK_MAX_EPOCHS="5", IPYTHONDIR=str(ipython_dir))
+                         GRADBOOK_MAX_EPOCHS="5", GRADBOOK_LOCK_TIMEOUT="4",
+                         IPYTHONDIR=str(ipython_dir))
 
 
 def vm_peak(pid: int) -> int:
@@ -163,6 +165,23 @@ def test_kernels_keep_no_request_history(configured: Service, ipython_dir: Path)
 
 
 # -- health: every kernel, the store -----------------------------------------------------------
+def test_a_change_waits_for_a_busy_model_as_long_as_the_setting_says(configured: Service) -> None:
+    """The model's lock is held for 2.5 s: with GRADBOOK_LOCK_TIMEOUT=4 a PUT sent meanwhile
+    waits and succeeds (the default, 2 s, would have given 409)."""
+    limits = configured.get("/diagnostics").json()["limits"]
+    assert (limits["lock_timeout"], limits["request_timeout"]) == (4, 60)
+    before = configured.get("/models/xor").json()["version"]
+    replies: list = []
+    with lock_held(configured.store, "xor"):
+        put = threading.Thread(target=lambda: replies.append(
+            configured.put("/models/xor", {"lr": 1.25})))
+        put.start()
+        time.sleep(2.5)
+        assert not replies, replies[0].body
+    put.join(timeout=30)
+    assert replies[0].status == 200 and replies[0].json()["version"] == before + 1
+
+
 def test_healthz_is_503_while_the_store_is_missing(configured: Service) -> None:
     moved = configured.store.with_name("store-moved")
     configured.store.rename(moved)
