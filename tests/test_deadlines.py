@@ -72,12 +72,18 @@ def assert_timed_out(reply: Reply, seconds: float) -> None:
     assert DEADLINE <= seconds < DEADLINE + 2, f"answered after {seconds:.2f} s"
 
 
+def set_then_time_out(port: int, value: str, path: str) -> bytes:
+    """Set the kernel's value, then run ``path`` past the deadline (a 504); the pid of the
+    kernel before."""
+    pid = call(port, "GET", "/pid").body
+    assert call(port, "POST", "/value", {"value": value}).status == 200
+    assert_timed_out(*timed(lambda: call(port, "POST", path, {})))
+    return pid
+
+
 @pytest.mark.timeout(120)
 def test_a_request_past_its_deadline_gets_504_and_the_kernel_keeps_its_state(gateway: int) -> None:
-    pid = call(gateway, "GET", "/pid").body
-    assert call(gateway, "POST", "/value", {"value": "kept"}).status == 200
-    reply, seconds = timed(lambda: call(gateway, "POST", "/spin", {}))
-    assert_timed_out(reply, seconds)
+    pid = set_then_time_out(gateway, "kept", "/spin")
     # the same kernel serves the next request, with what it held before
     after, seconds = timed(lambda: call(gateway, "GET", "/value"))
     assert (after.status, after.body, seconds < 1) == (200, b"kept\n", True)
@@ -102,10 +108,7 @@ def test_requests_batched_behind_a_timed_out_one_are_served(gateway: int) -> Non
 
 @pytest.mark.timeout(120)
 def test_a_kernel_that_ignores_the_interrupt_is_replaced(gateway: int) -> None:
-    pid = call(gateway, "GET", "/pid").body
-    assert call(gateway, "POST", "/value", {"value": "lost with the kernel"}).status == 200
-    reply, seconds = timed(lambda: call(gateway, "POST", "/stubborn", {}))
-    assert_timed_out(reply, seconds)
+    pid = set_then_time_out(gateway, "lost with the kernel", "/stubborn")
     # queued behind the stubborn cell: served by the replacement, seeded afresh
     after, seconds = timed(lambda: call(gateway, "GET", "/value"))
     assert (after.status, after.body) == (200, b"seeded\n"), after.body
