@@ -17,7 +17,7 @@ from gradbook.datasets import DATASETS
 from gradbook.network import MLP, Callback
 from gradbook.store import ModelNotFoundError, ModelStore, StoreError, check_name
 from gradbook.validation import brief
-from service import inputs, limits, training
+from service import inputs, limits, playground, training
 from service.errors import ServiceError
 from service.http import Request, Response, binary_response, json_response
 from service.jobs import JobStore
@@ -62,6 +62,10 @@ class ModelAPI:
                 "limits": limits,
             }
         )
+
+    def playground(self, request: Request) -> Response:
+        """The playground page (``service.playground``), which talks to the endpoints here."""
+        return Response(200, playground.page(), {"Content-Type": "text/html; charset=utf-8"})
 
     def openapi(self, request: Request) -> Response:
         return self._json(openapi_spec(self.settings))

@@ -16,6 +16,8 @@ and the limits it states are the limits the service enforces.
 
 from __future__ import annotations
 
+import math
+from decimal import Decimal
 from importlib.metadata import version
 from typing import Any
 
@@ -24,6 +26,7 @@ from gradbook.datasets import DATASETS
 from gradbook.losses import LOSSES
 from gradbook.store import NAME
 from service.inputs import MAX_RATE, MAX_SEED
+from service.jobs import JOB_ID, STATES
 from service.settings import MAX_ELEMENTS, MAX_JSON_DEPTH, MAX_NUMBER_CHARS, Settings
 
 Schema = dict[str, Any]
@@ -48,10 +51,12 @@ SHARED = {
     "Unauthorized": (401, "GRADBOOK_TOKEN is set and the request lacks "
                      "'Authorization: token <value>'."),
     "NoSuchPath": (404, "No endpoint at this path."),
-    "MethodNotAllowed": (405, "The path takes no such method; the message, and on an endpoint's "
-                         "path the Allow header, name the methods it takes. A method the "
-                         "service implements on no path (anything but GET, HEAD, POST, PUT, "
-                         "DELETE, PATCH, OPTIONS) gets 405 on every path, known or not."),
+    "MethodNotAllowed": (405, "The path takes no such method; the Allow header names the methods "
+                         "it takes. (A method the service implements on no path, anything but "
+                         "GET, HEAD, POST, PUT, DELETE, PATCH and OPTIONS, gets this 405 too.)"),
+    "NoSuchMethod": (405, "A method the service implements on no path (anything but GET, HEAD, "
+                     "POST, PUT, DELETE, PATCH and OPTIONS), sent to a path that matches no "
+                     "template: no Allow header, as there is no resource to name methods of."),
     "TooLarge": (413, "The request body is larger than the limit, the endpoint takes no body, "
                  "or the request needs more memory than the service has."),
     "Unavailable": (503, "A kernel stopped (it is replaced when next lent), or too many "
@@ -65,11 +70,96 @@ PREFLIGHT = {
     "responses": {"200": {"description": "No body; the Access-Control-* headers the gateway is "
                           "configured with (KG_ALLOW_ORIGIN and the like), if any."}},
 }
-# Strings that spell numbers, as service.inputs reads them (surrounding blanks allowed), for
-# clients and their validators: the service itself reads them without regular expressions.
-DECIMAL = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
-COUNT = r"^\s*\+?\d+\s*$"  # a positive whole number
-WHOLE = r"^\s*(\+?\d+|-0+)\s*$"  # a whole number >= 0: "-0" is read as 0
+
+
+# -- numbers sent as strings -------------------------------------------------------------------
+# service.inputs reads a string as a number when, stripped of the blanks around it, it spells one
+# in ASCII for int() or float(); then the field's bounds apply. The patterns below say exactly
+# which strings each field takes, bounds included, so that a client's validator agrees with the
+# service. A JSON Schema can constrain a string's characters but not the number they spell, so
+# each bound is spelt out digit by digit. The service itself reads numbers without regular
+# expressions; clients validate with these, so none has nested or overlapping unbounded
+# repetition: matching takes time linear in the string's length, whatever the string.
+
+# The blanks str.strip() removes (str.isspace()), spelt out: `\s` means a different set in each
+# regular expression dialect (ECMA-262 adds U+FEFF and lacks U+001C-U+001F and U+0085).
+BLANK = r"[\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+
+
+def spelling(numerals: str) -> str:
+    """The pattern of a string holding one of ``numerals`` between blanks, as the service reads
+    it (``str.strip()``)."""
+    return f"^{BLANK}*(?:{numerals}){BLANK}*$"
+
+
+def digits_from(low: int, high: int) -> str:
+    """A regular expression for one digit from ``low`` to ``high``."""
+    return str(low) if low == high else f"[{low}-{high}]"
+
+
+def any_digits(least: int, most: int) -> str:
+    """A regular expression for ``least`` to ``most`` digits."""
+    if most == 0:
+        return ""
+    return "[0-9]" + ("" if least == most == 1 else f"{{{least}}}" if least == most
+                      else f"{{{least},{most}}}")
+
+
+def up_to(limit: int) -> str:
+    """The whole numbers 1 to ``limit`` (no leading zero), as a regular expression: the digits
+    decide, case by case. For 2000: up to three digits, or 1 and three more, or 2000 itself."""
+    digits = str(limit)
+    alternatives = [f"[1-9]{any_digits(0, len(digits) - 2)}"] if len(digits) > 1 else []
+    for i, digit in enumerate(map(int, digits)):  # as long, and smaller from digit i on
+        low = 1 if i == 0 else 0  # no leading zero
+        if digit > low:
+            rest = len(digits) - i - 1
+            alternatives.append(digits[:i] + digits_from(low, digit - 1) + any_digits(rest, rest))
+    return "(?:" + "|".join([*alternatives, digits]) + ")"
+
+
+def fraction_up_to(digits: str) -> str:
+    """The digit strings f (the empty one too) with 0.f <= 0.``digits``: a prefix of ``digits``
+    and then a smaller digit and any digits, or all of ``digits`` and then zeros."""
+    pattern = "0*"
+    for digit in reversed(digits):
+        smaller = f"{digits_from(0, int(digit) - 1)}[0-9]*|" if digit != "0" else ""
+        pattern = f"(?:{smaller}{digit}{pattern})?"
+    return pattern
+
+
+def rate_numerals(limit: float) -> str:
+    """Decimal numerals (no exponent) of the numbers in (0, ``limit``] for a whole ``limit``:
+    below 1, from 1 to below ``limit`` with any fraction, and ``limit`` with any fraction that
+    float() rounds down to it: at most half a unit in the last place of ``limit`` (a tie
+    rounds to ``limit``, whose last binary digit is 0, as it is for 1000)."""
+    whole = int(limit)
+    tie = format(Decimal(math.ulp(limit) / 2), "f").split(".")[1]  # a power of 2: exact
+    if whole != limit or float(f"{whole}.{tie}") != limit:
+        raise ValueError(f"no pattern here for rates up to {limit!r}: a whole number whose last "
+                         "binary digit is 0 is needed")
+    below_one = r"\.0*[1-9][0-9]*"
+    below_limit = [rf"{up_to(whole - 1)}(?:\.[0-9]*)?"] if whole > 1 else []
+    at_limit = rf"{whole}(?:\.{fraction_up_to(tie)})?"
+    return rf"\+?0*(?:{'|'.join([below_one, *below_limit, at_limit])})"
+
+
+DECIMAL = spelling(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")  # any number
+COUNT = spelling(r"\+?0*[1-9][0-9]*")  # a whole number >= 1
+WHOLE = spelling(r"\+?[0-9]+|-0+")  # a whole number >= 0: "-0" is read as 0
+SEED = spelling(rf"\+?0*{up_to(MAX_SEED)}|[+-]?0+")  # 0 to MAX_SEED
+# An exponent of 0 or below, down to -99 ("2.5e0", "5E-04"), keeps a number in (0, MAX_RATE] in
+# range: a numeral of at most MAX_NUMBER_CHARS characters spells no positive number so small that
+# 10**-99 times it is below the smallest float. Other exponents can take a numeral out of range
+# into it ("5000e-3", "0.5e1"), which only arithmetic tells: the service reads those by value,
+# and the pattern leaves them out.
+SHRINKING = r"[eE](?:[+-]?0+|-0*[1-9][0-9]?)"
+RATE = spelling(rf"{rate_numerals(MAX_RATE)}(?:{SHRINKING})?")  # in (0, MAX_RATE]
+
+
+def count_up_to(limit: int) -> str:
+    """The pattern of a whole number from 1 to ``limit`` sent as a string."""
+    return spelling(rf"\+?0*{up_to(limit)}")
 
 
 def ref(name: str) -> Schema:
@@ -142,7 +232,21 @@ def health_path(summary: str, unwell: str) -> Schema:
     responses = {"200": healthy, "304": shared("NotModified"), "413": shared("TooLarge"),
                  "503": unavailable(unwell), "default": shared("Fault")}
     return {"get": {"summary": summary, "security": [], "responses": responses},
-            "options": {**PREFLIGHT}, "x-other-methods": {"405": shared("MethodNotAllowed")}}
+            "options": preflight([]), "x-other-methods": {"405": shared("MethodNotAllowed")}}
+
+
+def path_parameter(name: str, schema: Schema, description: str) -> Schema:
+    return {"name": name, "in": "path", "required": True, "description": description,
+            "schema": {"type": "string", **schema}}
+
+
+def preflight(parameters: list[Schema]) -> Schema:
+    """The OPTIONS operation of a path item with these path ``parameters``. The gateway answers
+    a preflight for whatever the path's parameters hold, so its own take any string: a name the
+    endpoints refuse gets 200 here, and a client (or fuzzer) must not expect 4xx for it."""
+    taken = [path_parameter(p["name"], {}, "Any string: the preflight does not read it.")
+             for p in parameters]
+    return {**PREFLIGHT, **({"parameters": taken} if taken else {})}
 
 
 def shared_responses() -> Schema:
@@ -155,6 +259,9 @@ def shared_responses() -> Schema:
             responses[name] = unavailable(description)
         else:
             responses[name] = json_content(ref("Error"), description)
+    allow = {"required": True, "schema": {"type": "string"},
+             "description": "The methods the path takes, e.g. \"DELETE, GET, PUT\"."}
+    responses["MethodNotAllowed"]["headers"] = {"Allow": allow}
     return responses
 
 
@@ -165,14 +272,19 @@ def schemas(settings: Settings) -> Schema:
     count = {"oneOf": [{"type": "integer", "minimum": 1},  # the string form: ASCII digits only
                        {**spelt, "pattern": COUNT}]}
     seed = {"oneOf": [{"type": "integer", "minimum": 0, "maximum": MAX_SEED},
-                      {**spelt, "pattern": WHOLE}]}
+                      {**spelt, "pattern": SEED}]}
+    rate = {**spelt, "pattern": RATE,
+            "description": "A decimal numeral in range (\"0.05\"), possibly followed by an "
+            "exponent from -99 to 0 (\"5e-2\"). The service also reads other spellings with an "
+            "exponent (\"0.5e1\", \"5000e-3\") when the number they spell is in range; as no "
+            "pattern can bound that number, this one leaves them out."}
     hyperparameters = {
         "lr": {"oneOf": [{"type": "number", "minimum": 0, "exclusiveMinimum": True,
-                          "maximum": MAX_RATE}, number["oneOf"][1]],
+                          "maximum": MAX_RATE}, rate],
                "description": f"Learning rate, > 0 and at most {MAX_RATE:g}; the loss is summed "
                "over a batch."},
         "epochs": {"oneOf": [{**count["oneOf"][0], "maximum": settings.max_epochs},
-                             count["oneOf"][1]],
+                             {**spelt, "pattern": count_up_to(settings.max_epochs)}],
                    "description": f"Epochs per training run, 1 to {settings.max_epochs}."},
         "batch_size": {"anyOf": [{**count["oneOf"][0], "nullable": True}, count["oneOf"][1]],
                        "description": "Examples per step; null for the whole data set."},
@@ -207,6 +319,22 @@ def schemas(settings: Settings) -> Schema:
     version = {"type": "integer", "minimum": 1, "description": "Grows by one on every change."}
     model = {"name": name, "version": version}
     vector, rows = array({"type": "number"}), array(array({"type": "number"}))
+    stamp = {"type": "string", "format": "date-time"}
+    job = {
+        "id": {"type": "string", "pattern": f"^{JOB_ID.pattern}$"}, "model": name,
+        "state": {"type": "string", "enum": list(STATES)},
+        "data": {"type": "string", "description": "The data set's name, or \"request\" for "
+                 "data sent with the request."},
+        "hyperparameters": obj(numbers, list(numbers)),
+        "epoch": {"type": "integer", "minimum": 0, "description": "Epochs done."},
+        "epochs": {"type": "integer", "minimum": 1},
+        "version": {**version, "nullable": True, "description": "The version it committed."},
+        "error": obj({"status": {"type": "integer"}, "message": {"type": "string"}},
+                     ["status", "message"], nullable=True),
+        "cancel_requested": {"type": "boolean"},
+        "created": stamp, "started": {**stamp, "nullable": True},
+        "finished": {**stamp, "nullable": True},
+    }
     return {
         "Error": obj({"error": obj({"status": {"type": "integer"}, "message": {"type": "string"}},
                                    ["status", "message"])}, ["error"]),
@@ -262,7 +390,17 @@ def schemas(settings: Settings) -> Schema:
         ], "description": "For a classifier the outputs are the softmax probabilities."},
         "Train": obj({"data": {"oneOf": [{"type": "string", "enum": sorted(DATASETS)},
                                          obj({"X": matrix, "Y": targets}, ["X", "Y"])]},
-                      **hyperparameters}, ["data"]),
+                      **hyperparameters,
+                      "wait": {"type": "boolean", "default": True,
+                               "description": "false: answer 202 with a training job at once "
+                               "instead of when trained."}}, ["data"]),
+        "Job": obj({**job, "losses": array({"type": "number", "nullable": True},
+                                           description="The loss after each epoch so far (null "
+                                           "where it was not finite).")}, [*job, "losses"]),
+        "JobList": obj({"jobs": array(obj(
+            {**job, "loss": {"type": "number", "nullable": True,
+                             "description": "The last loss recorded."}}, [*job, "loss"]))},
+            ["jobs"]),
         "Training": obj({**model, "history": array({"type": "number"}), "metrics": metrics,
                          "run": run}, [*model, "history", "metrics", "run"]),
         "GradientsRequest": obj({"X": matrix, "Y": targets}, ["X", "Y"]),
@@ -280,7 +418,11 @@ def schemas(settings: Settings) -> Schema:
 
 def openapi_spec(settings: Settings) -> Schema:
     """The description served at ``GET /openapi.json``, with this service's limits filled in."""
-    name = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
+    name = [path_parameter("name", {"pattern": f"^{NAME.pattern}$"},
+                           "A model's name; any other string gets 400.")]
+    job_id = [path_parameter("id", {"pattern": f"^{JOB_ID.pattern}$"},
+                             "A job's id, 32 lowercase hexadecimal digits; any other string "
+                             "names no job (404).")]
     png = {"description": "PNG; the X-Gradbook-Version header holds the model's version.",
            "headers": {"X-Gradbook-Version": {"required": True, "schema": {"type": "integer"}}},
            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}
@@ -320,11 +462,33 @@ def openapi_spec(settings: Settings) -> Schema:
             ok("Prediction", "Outputs."), {**read, **errors(415)}, "Predict")},
         "/models/{name}/train": {"parameters": name, "post": operation(
             "Train; hyperparameters left out come from the model's defaults",
-            ok("Training", "Trained: a new version."), {**write, **errors(
+            {**ok("Training", "Trained: a new version."),
+             **ok("Job", "With \"wait\": false: a training job, queued; Location names it.",
+                  202)}, {**write, **errors(
                 e422="The loss or the weights became NaN or infinite: nothing was saved (a "
                 "smaller lr, or inputs of a smaller magnitude).",
                 e504="The run took longer than GRADBOOK_REQUEST_TIMEOUT and was stopped: "
                 "nothing was saved.")}, "Train")},
+        "/": {"get": operation(
+            "The playground page: the models, a digit to draw, training, gradients as heatmaps",
+            {200: {"description": "One HTML document (its CSS and JavaScript inline); it asks "
+                   "for the token when GRADBOOK_TOKEN is set.",
+                   "content": {"text/html": {"schema": {"type": "string"}}}}},
+            {}, public=True, get=True)},
+        "/jobs": {"get": operation("Every training job kept, oldest first, without losses",
+                                   ok("JobList", "The jobs."), listing, get=True)},
+        "/jobs/{id}": {
+            "parameters": job_id,
+            "get": operation("A training job: state, progress, losses so far, outcome",
+                             ok("Job", "The job."),
+                             errors(e400=TOO_LONG, e404="No job of that id."), get=True),
+            "delete": operation(
+                "Cancel a training job; nothing is committed",
+                {**ok("Job", "Cancelled (it was queued, or cancelled before)."),
+                 **ok("Job", "Running: it stops after its current epoch.", 202)},
+                errors(e400=TOO_LONG, e404="No job of that id.", e409="The job has succeeded "
+                       "or failed already.")),
+        },
         "/models/{name}/reset": {"parameters": name, "post": operation(
             "Fresh weights drawn from a seed; clears the training record",
             ok("Model", "Reset: a new version."), write, "Reset", body_required=False)},
@@ -337,7 +501,7 @@ def openapi_spec(settings: Settings) -> Schema:
     }
     for item in paths.values():  # the gateway's answers on every endpoint path
         guarded = any("security" not in op for key, op in item.items() if key != "parameters")
-        item["options"] = {**PREFLIGHT}
+        item["options"] = preflight(item.get("parameters", []))
         item["x-other-methods"] = {**({"401": shared("Unauthorized")} if guarded else {}),
                                    "405": shared("MethodNotAllowed")}
     paths["/healthz"] = health_path(
@@ -383,9 +547,10 @@ def openapi_spec(settings: Settings) -> Schema:
         "a kernel served names that kernel.\n\n"
         "Every status the service answers is documented: an operation lists its statuses, and "
         "its `default` response stands for 500 only, an unexpected fault. A method a path does "
-        "not list is answered as the path's `x-other-methods` say (405, or 401 first where the "
-        "path needs the token); a path that matches no template as the document's "
-        "`x-unknown-paths` say (404; 405 for a method the service implements nowhere). OPTIONS "
+        "not list is answered as the path's `x-other-methods` say (405 with an Allow header "
+        "naming the methods it takes, or 401 first where the path needs the token); a path "
+        "that matches no template as the document's `x-unknown-paths` say (404; 405 without "
+        "Allow for a method the service implements nowhere). OPTIONS "
         "(a CORS preflight) is answered on every endpoint path. A GET answered with 200 carries "
         "an ETag: sent back in If-None-Match, it gets 304 without a body. (A request that is not "
         "HTTP at all, a malformed header say, gets the HTTP server's bare 400 and is closed.)"
@@ -400,5 +565,5 @@ def openapi_spec(settings: Settings) -> Schema:
                        "securitySchemes": {"token": token}},
         "security": [{"token": []}],
         "paths": paths,
-        "x-unknown-paths": {"404": shared("NoSuchPath"), "405": shared("MethodNotAllowed")},
+        "x-unknown-paths": {"404": shared("NoSuchPath"), "405": shared("NoSuchMethod")},
     }

@@ -8,7 +8,7 @@ on a pooled kernel. This personality keeps that contract (the same ``REQUEST``, 
   of two or three, and under load one execution for a whole batch of queued requests; body and
   response info come back as separate fields of one message that no cell output can forge;
 * the gateway's token (``auth_token``, set from ``GRADBOOK_TOKEN``) guards every endpoint except
-  ``/healthz`` and ``/readyz``;
+  ``/healthz``, ``/readyz`` and the notebook's page at ``/`` (which asks its user for the token);
 * ``GET /healthz`` (liveness) and ``GET /readyz`` (readiness) are answered by the gateway itself
   (``HealthHandler``), never queued behind kernels;
 * a body over ``GRADBOOK_MAX_BODY_BYTES``, or any body sent to a GET or DELETE, gets 413 before
@@ -60,6 +60,7 @@ from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from service.metrics import Metrics
 from service.settings import Settings
 
+PUBLIC_ENDPOINTS = {"/"}  # notebook endpoints answered without the token: the playground page
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
 OPENAPI_PATH = "/openapi.json"
@@ -125,12 +126,11 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
     Endpoints of a GET or DELETE take no body: their limit is 0 bytes.
     """
 
-    public = False  # True: answered without the token
-
     def initialize(self, endpoint: str, max_body_bytes: int, metrics: Metrics,
-                   **kwargs: Any) -> None:
+                   public: bool = False, **kwargs: Any) -> None:
         super().initialize(**kwargs)
         self.endpoint, self.metrics = endpoint, metrics
+        self.public = public  # answered without the token
         self.max_body_bytes = max_body_bytes
         self.received = bytearray()
         self.refusal: ServiceError | None = None
@@ -273,8 +273,6 @@ class HealthHandler(EndpointHandler):
     Either answers 503 with what is wrong.
     """
 
-    public = True
-
     def initialize(self, store: ModelStore, readiness: bool, **kwargs: Any) -> None:
         super().initialize(**kwargs)
         self.store, self.readiness = store, readiness
@@ -310,6 +308,7 @@ class MetricsHandler(ServiceHandler, RequestHandler):
     """``GET /metrics``: the Prometheus text format, from the gateway without a kernel."""
 
     endpoint = METRICS_PATH
+    sources = ("GET",)  # its methods, for the Allow header of a 405 (ServiceHandler.write_error)
 
     def initialize(self, metrics: Metrics) -> None:
         self.metrics = metrics
@@ -332,6 +331,8 @@ class UnknownPathHandler(ServiceHandler, NotFoundHandler):
 
 class OpenAPIRedirectHandler(ServiceHandler, RequestHandler):
     """The stock Swagger path, which the gateway's log announces, leads to ``/openapi.json``."""
+
+    sources = ("GET",)  # its methods, for the Allow header of a 405 (ServiceHandler.write_error)
 
     def initialize(self, url: str) -> None:
         self.url = url
@@ -374,7 +375,7 @@ class GradbookPersonality(NotebookHTTPPersonality):
         settings = Settings(parent=self)
         health = {"sources": {"GET": ""}, "response_sources": {}, "kernel_pool": self.kernel_pool,
                   "kernel_name": self.parent.kernel_manager.seed_kernelspec,
-                  "metrics": self.metrics, "max_body_bytes": 0,
+                  "metrics": self.metrics, "max_body_bytes": 0, "public": True,
                   "store": ModelStore(settings.store)}
         handlers: list[tuple[Any, ...]] = [
             (route_of(METRICS_PATH), MetricsHandler, {"metrics": self.metrics}),
@@ -386,7 +387,8 @@ class GradbookPersonality(NotebookHTTPPersonality):
             pattern, handler = route[0], route[1]
             if handler is NotebookAPIHandler:
                 args = {**route[2], "endpoint": annotated[pattern], "metrics": self.metrics,
-                        "max_body_bytes": settings.max_body_bytes}
+                        "max_body_bytes": settings.max_body_bytes,
+                        "public": annotated[pattern] in PUBLIC_ENDPOINTS}
                 handlers.append((pattern, EndpointHandler, args))
             elif handler is NotFoundHandler:
                 handlers.append((pattern, UnknownPathHandler, {"metrics": self.metrics}))

@@ -44,7 +44,7 @@ class Progress:
     """The epoch callback of one job: records the losses, and stops the run if cancelled."""
 
     def __init__(self, jobs: JobStore, job: Job) -> None:
-        self.jobs, self.job_id = jobs, job["id"]
+        self.jobs, self.job_id, self.epochs = jobs, job["id"], job["epochs"]
         self.losses: list[float] = []
         self.written = self.checked = time.monotonic()
         self.parent = os.getppid()
@@ -54,7 +54,8 @@ class Progress:
         if os.getppid() != self.parent:  # the service is gone: commit nothing it cannot report
             sys.exit(1)
         now = time.monotonic()
-        if now - self.checked >= CANCEL_CHECK_SECONDS:
+        # and always after the last epoch: a cancellation that came before the commit stops it
+        if now - self.checked >= CANCEL_CHECK_SECONDS or epoch + 1 == self.epochs:
             self.checked = now
             if self.jobs.get(self.job_id)["cancel_requested"]:
                 raise JobCancelledError

@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,8 @@ from conftest import (
     http_request,
 )
 from openapi_spec_validator import validate
+
+from service.jobs import JobStore
 
 pytestmark = pytest.mark.xdist_group("gateway")
 
@@ -80,6 +82,7 @@ def form(method: str, path: str) -> Case:
 # Every operation of an endpoint cell: a path of it and a body it takes (for 401, 413 and 503,
 # which the gateway answers before the body reaches a kernel).
 OPERATIONS = {
+    "GET /": ("/", None),
     "GET /healthz": ("/healthz", None),
     "GET /readyz": ("/readyz", None),
     "GET /diagnostics": ("/diagnostics", None),
@@ -94,9 +97,16 @@ OPERATIONS = {
     "POST /models/{name}/reset": ("/models/xor/reset", {"seed": 1}),
     "POST /models/{name}/gradients": ("/models/xor/gradients", {"X": XOR_X, "Y": [[0]] * 4}),
     "GET /models/{name}/loss.png": ("/models/xor/loss.png", None),
+    "GET /jobs": ("/jobs", None),
+    "GET /jobs/{id}": ("/jobs/{done}", None),
+    "DELETE /jobs/{id}": ("/jobs/{done}", None),
 }
-PUBLIC = {"GET /healthz", "GET /readyz"}  # answered by the gateway, without the token
+# A path's {done} stands for a job that has finished (succeeded on the contract service; made
+# cancelled on the tight one): its id is known only once the service runs.
+JOB_IDS: dict[str, str] = {}
+PUBLIC = {"GET /", "GET /healthz", "GET /readyz"}  # answered without the token
 PATHS = {  # every path the service answers: a path of it, and a method it lacks
+    "/": ("/", "POST"),
     "/healthz": ("/healthz", "HEAD"),
     "/readyz": ("/readyz", "POST"),
     "/diagnostics": ("/diagnostics", "POST"),
@@ -108,6 +118,8 @@ PATHS = {  # every path the service answers: a path of it, and a method it lacks
     "/models/{name}/reset": ("/models/xor/reset", "DELETE"),
     "/models/{name}/gradients": ("/models/xor/gradients", "GET"),
     "/models/{name}/loss.png": ("/models/xor/loss.png", "POST"),
+    "/jobs": ("/jobs", "POST"),
+    "/jobs/{id}": ("/jobs/{done}", "PUT"),
     "/_api/spec/swagger.json": ("/_api/spec/swagger.json", "POST"),
     "/metrics": ("/metrics", "POST"),
 }
@@ -132,6 +144,7 @@ def each_operation(make: Callable[[str, str, Any], Case], status: int,
 
 # Answered on the contract service as it is, in this order (later requests use c-model).
 PLAIN: dict[str, Case] = {
+    "GET / 200": Case("GET", "/", token=""),
     "GET /healthz 200": Case("GET", "/healthz", token=""),
     "GET /readyz 200": Case("GET", "/readyz", token=""),
     "GET /diagnostics 200": Case("GET", "/diagnostics"),
@@ -154,6 +167,8 @@ PLAIN: dict[str, Case] = {
     "POST /models/{name}/predict 415": form("POST", "/models/xor/predict"),
     "POST /models/{name}/train 200": Case("POST", "/models/c-model/train",
                                           {"data": "xor", "epochs": 3}),
+    "POST /models/{name}/train 202": Case("POST", "/models/c-model/train",
+                                          {"data": "xor", "epochs": 3, "wait": False}),
     "POST /models/{name}/train 400": Case("POST", "/models/c-model/train", {"data": "mnist"}),
     "POST /models/{name}/train 404": Case("POST", "/models/c-none/train", {"data": "xor"}),
     "POST /models/{name}/train 415": form("POST", "/models/c-model/train"),
@@ -170,6 +185,11 @@ PLAIN: dict[str, Case] = {
     "GET /models/{name}/loss.png 200": Case("GET", "/models/c-model/loss.png"),
     "GET /models/{name}/loss.png 400": Case("GET", "/models/no.such/loss.png"),
     "GET /models/{name}/loss.png 404": Case("GET", "/models/c-none/loss.png"),
+    "GET /jobs 200": Case("GET", "/jobs"),
+    "GET /jobs/{id} 200": Case("GET", "/jobs/{done}"),
+    "GET /jobs/{id} 404": Case("GET", "/jobs/" + "0" * 32),
+    "DELETE /jobs/{id} 404": Case("DELETE", "/jobs/" + "0" * 32),
+    "DELETE /jobs/{id} 409": Case("DELETE", "/jobs/{done}"),  # it succeeded
     "DELETE /models/{name} 200": Case("DELETE", "/models/c-model"),
     "DELETE /models/{name} 400": Case("DELETE", "/models/no.such"),
     "DELETE /models/{name} 404": Case("DELETE", "/models/c-model"),  # deleted just before
@@ -183,7 +203,7 @@ PLAIN: dict[str, Case] = {
     **{f"OTHER {template} 405": Case(method, path) for template, (path, method) in PATHS.items()},
     **{f"OTHER {template} 401": Case(method, path, token="")
        for template, (path, method) in PATHS.items()
-       if template not in ("/healthz", "/readyz", *GATEWAY_PATHS)},
+       if template not in ("/", "/healthz", "/readyz", *GATEWAY_PATHS)},
     "GET /_api/spec/swagger.json 301": Case("GET", "/_api/spec/swagger.json", token=""),
     "GET /metrics 200": Case("GET", "/metrics"),
     "GET /metrics 401": Case("GET", "/metrics", token=""),
@@ -214,19 +234,23 @@ HELD = [
 # so the service is not ready); liveness does not depend on busy kernels.
 BUSY = each_operation(Case, 503, skip={"GET /healthz"})
 # On the tight service: every response over the 1-byte limit (health is no kernel's response).
-TIGHT = {f"{key} 400": Case("GET", path) for key, (path, body) in OPERATIONS.items()
-         if key.startswith("GET ") and "{name}" not in key and key not in PUBLIC}
+TIGHT = {**{f"{key} 400": Case("GET", path) for key, (path, body) in OPERATIONS.items()
+            if key.startswith("GET ") and "{name}" not in key and key not in PUBLIC},
+         "DELETE /jobs/{id} 400": Case("DELETE", "/jobs/{done}")}  # it was cancelled
 # Sent while the store's folder is moved away.
 NO_STORE = {"GET /healthz 503": Case("GET", "/healthz", token="")}
 # To c-relu, a relu classifier: inputs this large make its loss infinite.
 DIVERGING = {"POST /models/{name}/train 422": Case(
     "POST", "/models/c-relu/train",
     {"data": {"X": [[1e300, 1e300, -1e300], [1, 2, 3]], "Y": [1, 0]}, "epochs": 2, "lr": 1000})}
-# On the slow service (a deadline of 1 s): a run of several seconds.
+# While the test holds c-jobs's lock: the first job runs (waiting for the lock), the second waits.
+CANCELLING = {"DELETE /jobs/{id} 202": Case("DELETE", "/jobs/{running}"),
+              "DELETE /jobs/{id} 200": Case("DELETE", "/jobs/{queued}")}
+# On the slow service (a deadline of 1 s): a run of many seconds.
 SLOW = {"POST /models/{name}/train 504": Case(
-    "POST", "/models/digits/train", {"data": "digits", "epochs": 50, "batch_size": 8})}
+    "POST", "/models/digits/train", {"data": "digits", "epochs": 2000, "batch_size": 8})}
 
-GROUPS = [PLAIN, DAMAGED, *HELD, BUSY, TIGHT, NO_STORE, DIVERGING, SLOW]
+GROUPS = [PLAIN, DAMAGED, *HELD, BUSY, TIGHT, NO_STORE, DIVERGING, CANCELLING, SLOW]
 TABLE = {key: case for group in GROUPS for key, case in group.items()}
 
 
@@ -266,10 +290,15 @@ def verdict(spec: dict[str, Any], key: str, case: Case, reply: Reply) -> str | N
     return None
 
 
-def produce(service: Service, cases: dict[str, Case]) -> list[str | None]:
-    """Send ``cases`` one after the other; the failures."""
-    return [verdict(service.spec, key, case, send(service.port, TOKEN, case))
-            for key, case in cases.items()]
+def produce(service: Service, cases: dict[str, Case],
+            ids: Mapping[str, str] = JOB_IDS) -> list[str | None]:
+    """Send ``cases`` one after the other, a job's id for each {…} in their paths; the
+    failures."""
+    failures = []
+    for key, case in cases.items():
+        case = replace(case, path=case.path.format_map(ids))
+        failures.append(verdict(service.spec, key, case, send(service.port, TOKEN, case)))
+    return failures
 
 
 def passes(failures: list[str | None]) -> None:
@@ -291,9 +320,21 @@ def lock_held(store: Path, name: str) -> Iterator[None]:
 # -- services ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def contract(start_service: Callable[..., Service]) -> Service:
-    return start_service(token=TOKEN, GRADBOOK_MAX_QUEUE="0",
-                         GRADBOOK_MAX_BODY_BYTES=str(BODY_LIMIT),
-                         GRADBOOK_MAX_EPOCHS=str(EPOCHS_LIMIT))
+    service = start_service(token=TOKEN, GRADBOOK_MAX_QUEUE="0",
+                            GRADBOOK_MAX_BODY_BYTES=str(BODY_LIMIT),
+                            GRADBOOK_MAX_EPOCHS=str(EPOCHS_LIMIT))
+    JOB_IDS["done"] = finished_job(service)
+    return service
+
+
+def finished_job(service: Service) -> str:
+    """The id of a job that ran on ``service`` and succeeded."""
+    job = service.post("/models/xor/train", {"data": "xor", "epochs": 2, "wait": False}).json()
+    deadline = time.monotonic() + 60
+    while service.get(f"/jobs/{job['id']}").json()["state"] != "succeeded":
+        assert time.monotonic() < deadline, "the job did not succeed"
+        time.sleep(0.05)
+    return job["id"]
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -329,11 +370,14 @@ def launch_tight(workdir: Path) -> tuple[subprocess.Popen, int] | None:
 
 
 @pytest.fixture(scope="module")
-def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
     """The port of a service whose responses may have 1 byte (an empty store: there already,
-    so no default models are trained)."""
+    so no default models are trained), and the id of the one job in its store, cancelled."""
     workdir = tmp_path_factory.mktemp("tight")
     (workdir / "store").mkdir()
+    jobs = JobStore(workdir / "store")
+    created = jobs.create("xor", {"lr": 1, "epochs": 1, "batch_size": None}, "xor")
+    cancelled = jobs.cancel(created["id"])
     for _ in range(3):  # another process may take the free port first
         if (started := launch_tight(workdir)) is not None:
             break
@@ -341,7 +385,7 @@ def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         pytest.fail(f"the service did not start:\n{(workdir / 'service.log').read_text()[-3000:]}")
     process, port = started
     try:
-        yield port
+        yield port, cancelled["id"]
     finally:
         stop(process)
 
@@ -429,12 +473,37 @@ def test_busy_kernels_give_503_and_a_model_being_changed_409(contract: Service) 
     passes(failures)
 
 
-def test_a_response_over_the_limit_is_a_400(tight: int, contract: Service) -> None:
+def test_a_response_over_the_limit_is_a_400(tight: tuple[int, str], contract: Service) -> None:
     """Even /openapi.json answers 400 when its response would be over
     GRADBOOK_MAX_RESPONSE_BYTES."""
-    failures = [verdict(contract.spec, key, case, send(tight, "", case))
-                for key, case in TIGHT.items()]
+    port, job = tight
+    failures = []
+    for key, case in TIGHT.items():
+        case = replace(case, path=case.path.format(done=job))
+        failures.append(verdict(contract.spec, key, case, send(port, "", case)))
     passes(failures)
+
+
+def test_cancelling_a_running_job_is_202_and_a_queued_one_200(contract: Service) -> None:
+    """While the test holds c-jobs's lock, the worker's job on it runs without progressing
+    (it waits for the lock) and a second job waits behind it."""
+    assert contract.post("/models", {"name": "c-jobs", "sizes": [3, 1]}).status == 201
+    try:
+        with lock_held(contract.store, "c-jobs"):
+            running, queued = (contract.post("/models/c-jobs/train", {
+                "data": "xor", "epochs": 2, "wait": False}).json()["id"] for _ in range(2))
+            deadline = time.monotonic() + 30
+            while contract.get(f"/jobs/{running}").json()["state"] != "running":
+                assert time.monotonic() < deadline, "the job never started"
+                time.sleep(0.05)
+            passes(produce(contract, CANCELLING, {"running": running, "queued": queued}))
+        deadline = time.monotonic() + 30
+        while contract.get(f"/jobs/{running}").json()["state"] != "cancelled":
+            assert time.monotonic() < deadline, "the running job was never cancelled"
+            time.sleep(0.05)
+        assert contract.get("/models/c-jobs").json()["version"] == 1  # nothing committed
+    finally:
+        contract.delete("/models/c-jobs")
 
 
 ACCEPTED = [  # requests the service accepts that the schemas' numbers-as-strings forms must allow
