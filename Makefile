@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint notebook docs bench mutation clean
+.PHONY: serve test lint notebook docs bench soak mutation clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,12 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/bench_service.py
 	$(PY) bench/bench_admission.py
 	$(PY) bench/bench_gateway.py
+
+# Soak and fault test, not part of `make test` (which runs a 15-second one, tests/test_soak.py):
+# 32 clients for 60 s while a kernel is SIGKILLed every 10 s and the whole service once; prints
+# its figures and fails if any check does (bench/soak.py says what it checks).
+soak: $(STAMP)
+	$(PY) bench/soak.py
 
 # Mutation testing, not part of `make test` nor CI (2-4 minutes on 2 cores): mutmut mutates
 # gradbook/, service/inputs.py and service/errors.py ([tool.mutmut] in pyproject.toml), runs the

@@ -211,18 +211,24 @@ class ModelAPI:
 
     def run_training(
         self, name: str, data: training.TrainingData, chosen: dict[str, Any],
-        callback: Callback | None = None,
+        callback: Callback | None = None, job_id: str | None = None,
     ) -> tuple[MLP, list[float]]:
         """Train a private copy of the latest version of ``name`` with ``chosen`` hyperparameters
         (the rest from its defaults) and commit it as the next version (the store's lock
         serializes concurrent trains of one model); the committed model and the loss after each
-        epoch. ``callback`` is called after each epoch; if it raises, nothing is committed."""
+        epoch. ``callback`` is called after each epoch; if it raises, nothing is committed.
+
+        The run's summary names the version it makes and, for a job, the job: saved in the same
+        file as the weights, it is the proof that a job cut short did commit."""
         history: list[float] = []
 
         def change(net: MLP) -> None:
             hyperparameters = {**net.metadata["hyperparameters"], **chosen}
             self._check_training(net, data, hyperparameters)
             history.extend(training.train(net, data, **hyperparameters, callback=callback))
+            net.metadata["runs"][-1]["version"] = net.metadata["version"] + 1
+            if job_id is not None:
+                net.metadata["runs"][-1]["job"] = job_id
 
         return self.store.update(name, change), history
 

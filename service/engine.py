@@ -43,6 +43,7 @@ KERNEL_CHECK_SECONDS = 1.0  # how often a kernel's loop checks that its kernel i
 INTERRUPT_GRACE_SECONDS = 5.0  # a kernel interrupted for a deadline that runs on is replaced
 SUBSCRIBE_PROBE_SECONDS = 0.2  # how long to wait for a probe's status before sending another
 SUBSCRIBE_TIMEOUT_SECONDS = 60.0  # then use the kernel anyway: a dead one answers 503
+EXCHANGE_PREFIX = "gradbook-results-"  # + the gateway's pid: the folder of its batches, journals
 RUNNER_MODULE = "gradbook_runner"  # the name service.runner has in each kernel's sys.modules
 INSTALL = """\
 def _install_gradbook_runner(source, endpoints, inbox, journal):
@@ -126,7 +127,8 @@ class Execution:
         if not job.future.done():
             job.future.set_exception(ServiceError(
                 504, f"the request ran longer than {seconds:g} s (GRADBOOK_REQUEST_TIMEOUT) and "
-                     "was stopped; nothing it would have changed was saved"))
+                     "was stopped; a change it was making is saved only if it was done "
+                     "before the stop: check the model's version before trying again"))
 
 
 class BatchingKernelPool(ManagedKernelPool):
@@ -155,8 +157,10 @@ class BatchingKernelPool(ManagedKernelPool):
         # where each kernel's runner finds its batch and keeps its results (service.runner):
         # memory-backed where there is /dev/shm, private to this user
         shm = Path("/dev/shm")
-        self.exchange = Path(tempfile.mkdtemp(prefix="gradbook-results-",
-                                              dir=shm if shm.is_dir() else None))
+        parent = shm if shm.is_dir() else Path(tempfile.gettempdir())
+        remove_orphans(parent)
+        self.exchange = Path(tempfile.mkdtemp(prefix=f"{EXCHANGE_PREFIX}{os.getpid()}-",
+                                              dir=parent))
         self.loops: set[asyncio.Task[None]] = set()
         self.on_batch = lambda size: None  # told each batch's size (metrics)
         self.on_replace = lambda: None  # told each replaced kernel (metrics)
@@ -452,9 +456,30 @@ def read_message(session: Session, frames: list[bytes]) -> dict[str, Any] | None
             "content": session.unpack(frames[4]) if wanted else None}
 
 
+def remove_orphans(parent: Path) -> None:
+    """Remove the exchange folders of gateways that are gone: one killed (SIGKILL, a crash)
+    never removed its own. A folder's name holds its gateway's process id."""
+    for folder in parent.glob(f"{EXCHANGE_PREFIX}*-*"):
+        pid = folder.name.removeprefix(EXCHANGE_PREFIX).split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _fail_all(jobs: list[Job], when: str) -> None:
     """Answer 503 to each of ``jobs`` not answered yet."""
     for job in jobs:
         if not job.future.done():
-            job.future.set_exception(ServiceError(503, f"the kernel stopped {when} the "
-                                                       "request; retry"))
+            message = f"the kernel stopped {when} the request; retry"
+            if when == "while running":  # the change may have committed just before
+                message += ", after checking the model's version if it was a change"
+            job.future.set_exception(ServiceError(503, message))

@@ -23,6 +23,7 @@ import fcntl
 import json
 import os
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -68,7 +69,7 @@ class JobStore:
                     jobs.append(json.loads(path.read_text(encoding="utf-8")))
                 except (FileNotFoundError, ValueError):  # pruned meanwhile
                     continue
-        return sorted(jobs, key=lambda job: (job["created"], job["id"]))
+        return sorted(jobs, key=lambda job: job["id"])
 
     def data(self, job_id: str) -> Any:
         """The training data the job was sent: a data set's name or ``{"X", "Y"}``."""
@@ -77,7 +78,8 @@ class JobStore:
     # -- changing ----------------------------------------------------------------------------
     def create(self, model: str, hyperparameters: dict[str, Any], data: Any) -> Job:
         """A queued job training ``model`` on ``data`` with ``hyperparameters``."""
-        job_id = uuid.uuid4().hex
+        # the time first: ids sort in the order the jobs were made, which is the order they run
+        job_id = f"{time.time_ns():016x}{uuid.uuid4().hex[:16]}"
         job: Job = {
             "id": job_id, "model": model, "state": "queued",
             "data": data if isinstance(data, str) else "request",
@@ -127,15 +129,6 @@ class JobStore:
             _write(self._record(job["id"]), job)
             return job
 
-    def fail_unfinished(self, states: tuple[str, ...], why: str) -> int:
-        """Mark every job in ``states`` failed because of ``why`` (a restart); how many."""
-        with self._locked():
-            stranded = [job for job in self.all() if job["state"] in states]
-            for job in stranded:
-                job.update(state="failed", finished=timestamp(),
-                           error={"status": 503, "message": why.format(state=job["state"])})
-                _write(self._record(job["id"]), job)
-        return len(stranded)
 
     # -- files -------------------------------------------------------------------------------
     def _record(self, job_id: str) -> Path:

@@ -146,10 +146,11 @@ def main() -> None:
     store = ModelStore(settings.store)
     if first_start:
         print(f"first start: training {', '.join(create_default_models(store))} in {store.root}")
-    stranded = JobStore(store.root).fail_unfinished(
-        ("queued", "running"), "the service stopped while the job was {state}; nothing was saved")
+    stranded = trainer.recover(
+        store, JobStore(store.root), ("queued", "running"),
+        "the service stopped while the job was {state}; nothing was saved")
     if stranded:
-        print(f"{stranded} training job(s) the last run left unfinished are marked failed")
+        print(f"{stranded} training job(s) the last run left unfinished are ended")
     config = gateway_config(settings)
     # Kernels inherit this environment: they must use the same store, and never see the token.
     os.environ[settings.env("store")] = str(store.root.resolve())

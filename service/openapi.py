@@ -314,7 +314,9 @@ def schemas(settings: Settings) -> Schema:
     numbers = {"lr": {"type": "number"}, "epochs": {"type": "integer"},
                "batch_size": {"type": "integer", "nullable": True}}
     run = obj({"data": {"type": "string"}, **numbers, "loss_start": {"type": "number"},
-               "loss_end": {"type": "number"}, "seconds": {"type": "number"}})
+               "loss_end": {"type": "number"}, "seconds": {"type": "number"},
+               "version": {"type": "integer", "description": "The version the run made."},
+               "job": {"type": "string", "description": "The training job that ran it."}})
     name = {"type": "string", "pattern": f"^{NAME.pattern}$"}
     version = {"type": "integer", "minimum": 1, "description": "Grows by one on every change."}
     model = {"name": name, "version": version}
@@ -468,7 +470,8 @@ def openapi_spec(settings: Settings) -> Schema:
                 e422="The loss or the weights became NaN or infinite: nothing was saved (a "
                 "smaller lr, or inputs of a smaller magnitude).",
                 e504="The run took longer than GRADBOOK_REQUEST_TIMEOUT and was stopped: "
-                "nothing was saved.")}, "Train")},
+                "nothing was saved, unless the stop came just after the commit (check the "
+                "model's version).")}, "Train")},
         "/": {"get": operation(
             "The playground page: the models, a digit to draw, training, gradients as heatmaps",
             {200: {"description": "One HTML document (its CSS and JavaScript inline); it asks "

@@ -23,7 +23,7 @@ import traceback
 from typing import Any
 
 from gradbook.network import MLP
-from gradbook.store import ModelStore
+from gradbook.store import ModelStore, StoreError
 from service.api import ModelAPI, training_data
 from service.errors import to_http
 from service.jobs import Job, JobStore
@@ -79,7 +79,8 @@ def run(api: ModelAPI, jobs: JobStore, job: Job) -> None:
     try:
         net = api.store.get(job["model"])
         data = training_data(jobs.data(job["id"]), net)
-        net, _ = api.run_training(job["model"], data, job["hyperparameters"], progress)
+        net, _ = api.run_training(job["model"], data, job["hyperparameters"], progress,
+                                  job_id=job["id"])
     except JobCancelledError:
         progress.write()
         jobs.finish(job["id"], "cancelled")
@@ -94,12 +95,35 @@ def run(api: ModelAPI, jobs: JobStore, job: Job) -> None:
         jobs.finish(job["id"], "succeeded", version=net.metadata["version"])
 
 
+def recover(store: ModelStore, jobs: JobStore, states: tuple[str, ...], why: str) -> int:
+    """End the jobs a stop left in ``states``: ``succeeded`` if their model holds the run they
+    committed (its summary names the job: the stop came between the commit and the record),
+    else ``failed`` because of ``why``; how many there were."""
+    stranded = [job for job in jobs.all() if job["state"] in states]
+    for job in stranded:
+        if (version := committed_version(store, job)) is not None:
+            jobs.finish(job["id"], "succeeded", version=version)
+        else:
+            message = why.format(state=job["state"])
+            jobs.finish(job["id"], "failed", error={"status": 503, "message": message})
+    return len(stranded)
+
+
+def committed_version(store: ModelStore, job: Job) -> int | None:
+    try:
+        _, metadata = store.header(job["model"])
+    except StoreError:  # deleted, or damaged: no proof of a commit
+        return None
+    return next((run.get("version") for run in metadata["runs"] if run.get("job") == job["id"]),
+                None)
+
+
 def main() -> None:
     settings = Settings()
     store = ModelStore(settings.store, LOCK_WAIT_SECONDS, settings.model_cache)
     api, jobs = ModelAPI(store, settings), JobStore(store.root)
     # Only this worker runs jobs: one still "running" was cut short when the last worker stopped.
-    jobs.fail_unfinished(("running",), "the training worker stopped while the job was {state}; "
+    recover(store, jobs, ("running",), "the training worker stopped while the job was {state}; "
                                        "nothing was saved")
     parent = os.getppid()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import threading
 import time
 import uuid
@@ -27,6 +28,8 @@ import pytest
 from conftest import Reply, http_request
 from prometheus_client.parser import text_string_to_metric_families
 from test_personality import DISPLAY_LOOKALIKES, FORGED, serve_notebook
+
+from service.engine import EXCHANGE_PREFIX, remove_orphans
 
 pytestmark = pytest.mark.xdist_group("gateway")
 
@@ -508,3 +511,15 @@ def test_a_lone_request_killing_its_kernel_gets_503_then_the_pool_recovers(gatew
         assert error_of(killer)["status"] == 503 and int(killer.headers["Retry-After"]) >= 0
         recovered = recover(gateway)
         assert recovered.status == 200, (attempt, recovered.status, recovered.body)
+
+
+def test_a_start_removes_the_folders_of_gateways_that_are_gone(tmp_path: Path) -> None:
+    """A gateway killed with SIGKILL leaves its batch folder; the next start removes it (the
+    folder's name holds its gateway's pid), and leaves those of running gateways alone."""
+    gone = tmp_path / f"{EXCHANGE_PREFIX}{2**31 - 1}-abc"  # no such process
+    running = tmp_path / f"{EXCHANGE_PREFIX}{os.getpid()}-def"
+    for folder in (gone, running):
+        folder.mkdir()
+        (folder / "kernel.jsonl").write_text("{}\n")
+    remove_orphans(tmp_path)
+    assert (gone.exists(), running.exists()) == (False, True)

@@ -13,10 +13,18 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import Reply, Service, trainer_pids
+
+from gradbook.store import ModelStore
+from service.api import ModelAPI
+from service.jobs import JobStore
+from service.settings import Settings
+from service.trainer import recover
+from service.training import named_data, new_model
 
 pytestmark = pytest.mark.xdist_group("gateway")
 
@@ -186,6 +194,41 @@ def test_a_worker_that_dies_is_replaced_and_its_job_shows_failed(service: Servic
                      finished)
     assert later["state"] == "succeeded"  # the new worker runs jobs
     assert trainer_pids(service.process.pid) != [worker]
+
+
+def test_recovery_tells_a_committed_job_from_one_cut_short(tmp_path: Path) -> None:
+    """``service.trainer.recover`` on two jobs left running: the one whose run the model holds
+    succeeded with that version, the other failed."""
+    store, jobs = ModelStore(tmp_path), JobStore(tmp_path)
+    net = new_model([3, 1], "sigmoid", "half_sse", False, 0, {})
+    store.create("m", net)
+    hyperparameters = {"lr": 1.0, "epochs": 2, "batch_size": None}
+    done, cut = (jobs.create("m", hyperparameters, "xor") for _ in range(2))
+    assert [jobs.claim()["id"] for _ in range(2)] == [done["id"], cut["id"]]  # both running
+    api = ModelAPI(store, Settings())
+    api.run_training("m", named_data("xor"), hyperparameters, job_id=done["id"])
+    assert recover(store, jobs, ("running",), "stopped while {state}") == 2
+    assert (jobs.get(done["id"])["state"], jobs.get(done["id"])["version"]) == ("succeeded", 2)
+    assert jobs.get(cut["id"])["state"] == "failed"
+    assert jobs.get(cut["id"])["error"] == {"status": 503, "message": "stopped while running"}
+
+
+def test_a_job_whose_worker_dies_just_after_the_commit_shows_succeeded(service: Service) -> None:
+    """The worker is killed as soon as the model's file changes: between the commit and the
+    record, if the kill is quick enough, else after both. Either way the job ends succeeded with
+    the version it committed (the model's run summary names the job)."""
+    model = service.store / "digits.npz"
+    before, committed = version(service, "digits"), model.stat().st_mtime_ns
+    job = submit(service, "digits", {"data": "digits", "epochs": 300, "batch_size": 32})
+    deadline = time.monotonic() + 60
+    while model.stat().st_mtime_ns == committed:
+        assert time.monotonic() < deadline, "the job never committed"
+    for worker in trainer_pids(service.process.pid):
+        os.kill(worker, signal.SIGKILL)
+    done = wait_for(service, job["id"], finished)
+    assert (done["state"], done["version"]) == ("succeeded", before + 1), done
+    run = service.get("/models/digits").json()["training"]["history"][-1]
+    assert (run["job"], run["version"]) == (job["id"], before + 1)
 
 
 def test_job_records_survive_a_restart_and_a_cut_short_job_shows_failed(
