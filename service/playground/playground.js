@@ -1,5 +1,5 @@
 // gradbook playground: plain JavaScript, no libraries, no build step. It talks only to the
-// service's own REST endpoints (relative URLs, so it also works behind a path prefix).
+// service's own REST endpoints, by URLs relative to the page's (served at the service's root).
 'use strict';
 
 (() => {

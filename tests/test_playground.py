@@ -1,0 +1,486 @@
+"""The playground page (``GET /``, ``service/playground/``) in a real browser.
+
+Selenium drives Debian's headless chromium through ``/usr/bin/chromedriver`` (no driver
+download) against a live service started with a token, so every request the page makes must
+carry it. The page is found through its ``data-testid`` hooks. Without the two Debian packages
+``chromium`` and ``chromium-driver`` the module is skipped; ``.ci/run`` installs them.
+
+Covered: the page loads with no errors in the browser's console; pointer strokes (mouse, touch,
+pen) on the canvas give an 8×8 input and a prediction; 20 held-out digits of the data set, drawn
+onto the canvas at canvas scale, are classified as labelled (at least 18: the page's
+preprocessing must match the data set's); models are created, reset and deleted from the page;
+training from the page grows the loss curve while it runs and shows the committed version; bad
+values show the service's own error message and the page keeps working; without the token the
+page says so, and with it everything works; labels, keyboard and phone width. Screenshots go to
+``build/``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import ROOT, Service
+
+pytestmark = pytest.mark.xdist_group("gateway")
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+if not all(os.access(path, os.X_OK) for path in (CHROMIUM, CHROMEDRIVER)):
+    pytest.skip(
+        "the playground's browser tests need Debian's packages chromium and chromium-driver "
+        f"({CHROMIUM}, {CHROMEDRIVER}): apt-get install chromium chromium-driver",
+        allow_module_level=True,
+    )
+
+from selenium import webdriver  # noqa: E402 (only once chromium is known to be there)
+from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.webdriver.chrome.service import Service as DriverService  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.actions.action_builder import ActionBuilder  # noqa: E402
+from selenium.webdriver.common.actions.pointer_input import PointerInput  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
+from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+
+from gradbook.datasets import load  # noqa: E402
+
+TOKEN = "playground-secret"
+TOKEN_KEY = "gradbook-token"  # the page's sessionStorage key
+WAIT = 20.0  # seconds for anything the page does after one request or two
+SCREENSHOTS = ROOT / "build"
+HELD_OUT = 20  # digits drawn onto the canvas ...
+AT_LEAST = 18  # ... how many of them must be classified as labelled ...
+EXACTLY = 12  # ... and how many must come back as the very same 8×8 input (15 do)
+
+# A test's drawing: each held-out image as 8×8 blocks of canvas/8 pixels, ink alpha = value/16,
+# then the 'input' event that the page's own pointer handling sends after each change.
+DRAW_DIGIT = """
+const [values] = arguments;
+const canvas = document.querySelector('[data-testid="digit-canvas"]');
+const ctx = canvas.getContext('2d');
+const cell = canvas.width / 8;
+ctx.clearRect(0, 0, canvas.width, canvas.height);
+values.forEach((value, k) => {
+  ctx.fillStyle = `rgba(0, 0, 0, ${value / 16})`;
+  ctx.fillRect((k % 8) * cell, Math.floor(k / 8) * cell, cell, cell);
+});
+canvas.dispatchEvent(new Event('input'));
+"""
+
+# The prediction shown is for the drawing as it is now (the page numbers the drawing's changes).
+PREDICTION_CURRENT = """
+const canvas = document.querySelector('[data-testid="digit-canvas"]');
+const prediction = document.querySelector('[data-testid="prediction"]');
+return canvas.dataset.revision === prediction.dataset.revision;
+"""
+
+# Every (state, number of points) the loss chart goes through, recorded as it changes.
+WATCH_CHART = """
+const chart = document.querySelector('[data-testid="loss-chart"]');
+window.chartSeen = [];
+const record = () => window.chartSeen.push([chart.dataset.state, Number(chart.dataset.points)]);
+new MutationObserver(record).observe(chart, {attributeFilter: ['data-state', 'data-points']});
+"""
+
+# Strokes as offsets in CSS pixels from the canvas's centre (it is 280 px wide on a desktop).
+SEVEN = [[(-60, -100), (60, -100), (-10, 100)]]
+ONE = [[(0, -100), (0, 100)]]
+FOUR = [[(-20, -100), (-60, 30), (60, 30)], [(30, -40), (30, 100)]]
+
+
+# -- the browser and the page ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def app(start_service: Callable[..., Service]) -> Service:
+    """The service under test, with a token."""
+    return start_service(token=TOKEN)
+
+
+@pytest.fixture(scope="module")
+def browser(app: Service) -> Iterator[WebDriver]:
+    """Headless chromium, the token already in this tab's sessionStorage."""
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                     "--disable-gpu", "--window-size=1280,1000", "--lang=en"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=DriverService(str(CHROMEDRIVER)))
+    try:
+        driver.get(url(app))
+        driver.execute_script("sessionStorage.setItem(arguments[0], arguments[1])",
+                              TOKEN_KEY, TOKEN)
+        wait(driver, lambda d: "401" in error_text(d), "the first load (no token yet) to settle")
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def page(browser: WebDriver, app: Service) -> Iterator[WebDriver]:
+    """The page freshly loaded with the token, its models listed; afterwards, no script errors."""
+    browser.set_window_size(1280, 1000)
+    browser.get_log("browser")  # what earlier tests logged
+    browser.get(url(app))
+    wait_for_models(browser, {"xor", "digits"})
+    yield browser
+    errors = [e for e in browser.get_log("browser")
+              if e["level"] == "SEVERE" and e.get("source") == "javascript"]
+    assert not errors, f"script errors in the browser: {errors}"
+
+
+def url(app: Service) -> str:
+    return f"http://127.0.0.1:{app.port}/"
+
+
+def wait(driver: WebDriver, condition: Callable[[WebDriver], Any], what: str,
+         timeout: float = WAIT, details: Callable[[], str] | None = None) -> Any:
+    """``condition``'s first truthy value; fails naming ``what``, the page's error box and
+    ``details()``."""
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition)
+    except TimeoutException:
+        shown = error_text(driver) if error_box(driver).is_displayed() else "(no error shown)"
+        more = f"; {details()}" if details else ""
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}; "
+                             f"the page's error box: {shown}{more}") from None
+
+
+def by_testid(driver: WebDriver, name: str) -> WebElement:
+    return driver.find_element(By.CSS_SELECTOR, f'[data-testid="{name}"]')
+
+
+def error_box(driver: WebDriver) -> WebElement:
+    return by_testid(driver, "error")
+
+
+def error_text(driver: WebDriver) -> str:
+    return error_box(driver).get_attribute("textContent").strip()
+
+
+LISTED = """
+const rows = document.querySelectorAll('[data-testid="model-list"] tr[data-model]');
+return Object.fromEntries([...rows].map((row) =>
+  [row.dataset.model, Number(row.querySelector('td.version').textContent)]));
+"""
+
+
+def listed(driver: WebDriver) -> dict[str, int]:
+    """The model list as shown: name → version (read at once: the list is redrawn often)."""
+    return driver.execute_script(LISTED)
+
+
+def wait_for_models(driver: WebDriver, names: set[str]) -> dict[str, int]:
+    return wait(driver, lambda d: (models := listed(d)).keys() >= names and models,
+                f"the model list to show {sorted(names)}")
+
+
+def service_error(app: Service, method: str, path: str, body: Any) -> str:
+    """What the service itself answers to a bad request: its error message."""
+    reply = app.request(method, path, body)
+    assert reply.status >= 400, f"{method} {path} {body} succeeded: {reply.body!r:.200}"
+    return reply.json()["error"]["message"]
+
+
+def fill(driver: WebDriver, css: str, text: str) -> None:
+    field = driver.find_element(By.CSS_SELECTOR, css)
+    field.clear()
+    field.send_keys(text)
+
+
+# -- the digits canvas ----------------------------------------------------------------------------
+
+
+def stroke(driver: WebDriver, canvas: WebElement, strokes: list[list[tuple[int, int]]],
+           kind: str) -> None:
+    """Draw ``strokes`` with a pointer of ``kind`` (mouse, touch or pen)."""
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
+    for points in strokes:
+        builder = ActionBuilder(driver, mouse=PointerInput(kind, kind), duration=10)
+        builder.pointer_action.move_to(canvas, *points[0]).pointer_down()
+        for point in points[1:]:
+            builder.pointer_action.move_to(canvas, *point)
+        builder.pointer_action.pointer_up()
+        builder.perform()
+
+
+def current_prediction(driver: WebDriver) -> tuple[int | None, list[int], list[float]]:
+    """Once the page has classified the drawing as it is now: the class shown (None when the
+    canvas is blank), the 8×8 input shown and the ten probabilities of the bar chart."""
+    wait(driver, lambda d: d.execute_script(PREDICTION_CURRENT), "the drawing's prediction")
+    shown = by_testid(driver, "prediction").get_attribute("data-class")
+    values = by_testid(driver, "digit-input").get_attribute("data-values")
+    bars = by_testid(driver, "probabilities").find_elements(By.CSS_SELECTOR, "li")
+    return (int(shown) if shown else None,
+            [int(v) for v in values.split(",")] if values else [],
+            [float(bar.get_attribute("data-probability")) for bar in bars])
+
+
+def test_page_loads_without_console_errors(page: WebDriver, app: Service) -> None:
+    reply = app.request("GET", "/", token="")  # the page itself needs no token
+    assert reply.status == 200 and reply.headers["Content-Type"].startswith("text/html")
+    assert len(reply.body) < 300_000, f"the page is {len(reply.body)} bytes"
+    wait(page, lambda d: d.execute_script("return document.readyState") == "complete", "load")
+    logged = [e for e in page.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+    assert not logged, f"the browser's console has errors: {logged}"
+    assert not error_box(page).is_displayed(), error_text(page)
+    models = {m["name"]: m["version"] for m in app.get("/models").json()["models"]}
+    assert listed(page) == models
+
+
+def test_strokes_give_an_input_and_a_prediction(page: WebDriver) -> None:
+    canvas = by_testid(page, "digit-canvas")
+    for kind, strokes in (("mouse", SEVEN), ("touch", ONE), ("pen", FOUR)):
+        page.find_element(By.ID, "digit-clear").click()
+        stroke(page, canvas, strokes, kind)
+        shown, values, probabilities = current_prediction(page)
+        assert len(values) == 64 and all(0 <= v <= 16 for v in values), values
+        assert sum(values) >= 32, f"{kind}: the 8×8 input shows no stroke: {values}"
+        assert len(probabilities) == 10 and abs(sum(probabilities) - 1) < 1e-6, probabilities
+        assert shown == int(np.argmax(probabilities)), (shown, probabilities)
+        assert by_testid(page, "prediction").text == str(shown)
+    page.find_element(By.ID, "digit-clear").click()
+    shown, values, _ = current_prediction(page)
+    assert shown is None and values == [], "'Clear' left a drawing behind"
+
+
+def test_held_out_digits_are_classified_as_labelled(page: WebDriver) -> None:
+    """Each held-out image drawn as blocks of canvas/8 pixels, ink value/16: the page's
+    preprocessing (bounding box, scaled and centred, 4×4-block coverage) gives back the input,
+    exactly when the image's bounding box is centred to the block (the data set centres its
+    32×32 bitmaps to the pixel, which blocks of grey no longer show), else shifted by half a
+    block; and the classes follow."""
+    data = load("digits")
+    wrong, reproduced = [], 0
+    for k in range(HELD_OUT):
+        image = np.rint(data.X_test[k] * 16).astype(int).tolist()
+        label = int(data.Y_test[k])
+        page.execute_script(DRAW_DIGIT, image)
+        shown, values, _ = current_prediction(page)
+        reproduced += values == image
+        if shown != label:
+            wrong.append(f"held-out digit {k}: label {label}, page says {shown}")
+    summary = (f"{HELD_OUT - len(wrong)} of {HELD_OUT} classified as labelled, {reproduced} "
+               "8×8 inputs reproduced exactly; " + "; ".join(wrong))
+    assert HELD_OUT - len(wrong) >= AT_LEAST, summary
+    assert reproduced >= EXACTLY, summary
+
+
+# -- models, training, errors ---------------------------------------------------------------------
+
+
+def confirm(driver: WebDriver, answer: bool) -> None:
+    dialog = wait(driver, lambda d: (box := d.find_element(By.ID, "confirm")).is_displayed()
+                  and box, "the confirmation dialog")
+    dialog.find_element(By.ID, "confirm-ok" if answer else "confirm-cancel").click()
+    wait(driver, lambda d: not dialog.is_displayed(), "the dialog to close")
+
+
+def row_button(driver: WebDriver, name: str, label: str) -> WebElement:
+    return driver.find_element(By.CSS_SELECTOR, f'button[aria-label="{label} model {name}"]')
+
+
+def test_models_are_created_reset_and_deleted(page: WebDriver, app: Service) -> None:
+    page.find_element(By.CSS_SELECTOR, "#create summary").click()
+    fill(page, "#create-form [name=name]", "made-here")
+    fill(page, "#create-form [name=sizes]", "3, four, 1")
+    page.find_element(By.CSS_SELECTOR, "#create-form button[type=submit]").click()
+    said = service_error(app, "POST", "/models", {"name": "made-here", "sizes": [3, "four", 1],
+                         "activation": "sigmoid", "loss": "half_sse", "bias": False, "seed": 0})
+    wait(page, lambda d: said in error_text(d), f"the service's message {said!r}")
+
+    fill(page, "#create-form [name=sizes]", "3, 5, 1")  # the page keeps working
+    page.find_element(By.CSS_SELECTOR, "#create-form button[type=submit]").click()
+    wait(page, lambda d: listed(d).get("made-here") == 1, "the new model in the list")
+    assert not error_box(page).is_displayed(), "the error outlived a request that worked"
+    assert app.get("/models/made-here").json()["sizes"] == [3, 5, 1]
+
+    row_button(page, "made-here", "Reset").click()
+    confirm(page, True)
+    wait(page, lambda d: listed(d).get("made-here") == 2, "version 2 after the reset")
+    assert app.get("/models/made-here").json()["version"] == 2
+
+    row_button(page, "made-here", "Delete").click()
+    confirm(page, False)  # cancelled: nothing happens
+    assert "made-here" in listed(page) and app.get("/models/made-here").status == 200
+    row_button(page, "made-here", "Delete").click()
+    confirm(page, True)
+    wait(page, lambda d: "made-here" not in listed(d), "the model to leave the list")
+    assert app.get("/models/made-here", check=False).status == 404
+
+
+def test_training_from_the_page(page: WebDriver, app: Service) -> None:
+    epochs = 60
+    app.post("/models", {"name": "trainee", "sizes": [64, 24, 10], "activation": "tanh",
+                         "loss": "cross_entropy", "bias": True})
+    page.refresh()
+    wait_for_models(page, {"trainee"})
+    Select(page.find_element(By.ID, "train-model")).select_by_value("trainee")
+    wait(page, lambda d: by_testid(d, "version").text == "1", "version 1 shown")
+    Select(page.find_element(By.ID, "train-data")).select_by_value("digits")
+
+    fill(page, "#train-epochs", "20000")  # a bad value: the service's own words are shown
+    by_testid(page, "train-button").click()
+    said = service_error(app, "POST", "/models/trainee/train",
+                         {"data": "digits", "epochs": 20000, "wait": False})
+    wait(page, lambda d: said in error_text(d), f"the service's message {said!r}")
+
+    fill(page, "#train-epochs", str(epochs))
+    fill(page, "#train-lr", "0.01")
+    fill(page, "#train-batch", "1")  # a few seconds of epochs, reported every quarter second
+    page.execute_script(WATCH_CHART)
+    by_testid(page, "train-button").click()
+    chart = by_testid(page, "loss-chart")
+
+    def progress() -> str:
+        jobs = app.get("/jobs").json()["jobs"]
+        return (f"the chart went through {page.execute_script('return window.chartSeen')}; the "
+                f"page says {page.find_element(By.ID, 'train-status').text!r}; the service's "
+                f"jobs: {jobs}")
+
+    wait(page, lambda d: chart.get_attribute("data-state") in ("succeeded", "failed", "cancelled"),
+         "the job to end", timeout=120, details=progress)
+    assert chart.get_attribute("data-state") == "succeeded", f"{error_text(page)}; {progress()}"
+    assert int(chart.get_attribute("data-points")) == epochs, progress()
+    seen = page.execute_script("return window.chartSeen")
+    # The curve grew while the job ran: points were drawn before the last epoch.
+    assert any(state == "running" and 0 < points < epochs for state, points in seen), progress()
+    wait(page, lambda d: by_testid(d, "version").text == "2", "version 2 shown")
+    assert not error_box(page).is_displayed(), error_text(page)
+    details = app.get("/models/trainee").json()
+    assert details["version"] == 2 and details["training"]["epochs"] == epochs
+    wait(page, lambda d: listed(d).get("trainee") == 2, "the list to show version 2")
+    showcase(page)
+
+
+def showcase(driver: WebDriver) -> None:
+    """Save ``build/playground.png``: a trained curve, a drawn digit and xor's gradients."""
+    digit = np.rint(load("digits").X_test[0] * 16).astype(int).tolist()
+    driver.execute_script(DRAW_DIGIT, digit)
+    current_prediction(driver)
+    driver.find_element(By.CSS_SELECTOR, "#gradients-form button[type=submit]").click()
+    wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#gradients-maps figure"),
+         "the gradients")
+    screenshot(driver, 1280, "playground.png")
+
+
+def screenshot(driver: WebDriver, width: int, name: str) -> None:
+    """The whole page at ``width`` CSS pixels, in ``build/name``."""
+    driver.set_window_size(width, 1000)
+    height, chrome = driver.execute_script("return [document.documentElement.scrollHeight, "
+                                           "outerHeight - innerHeight]")
+    driver.set_window_size(width, height + chrome)
+    driver.execute_script("window.scrollTo(0, 0)")
+    SCREENSHOTS.mkdir(exist_ok=True)
+    driver.save_screenshot(str(SCREENSHOTS / name))
+
+
+def test_small_model_and_its_gradients(page: WebDriver, app: Service) -> None:
+    outputs = {}
+    for x in ([1, 0, 1], [1, 1, 1]):
+        for k, value in enumerate(x, 1):
+            fill(page, f"#small-inputs [name=x{k}]", str(value))
+        page.find_element(By.CSS_SELECTOR, "#small-form button[type=submit]").click()
+        expected = app.post("/models/xor/predict", {"x": x}).json()["output"][0]
+        shown = wait(page, lambda d: (text := d.find_element(By.ID, "small-output").text)
+                     not in ("–", "…") and text, f"the output for {x}")
+        outputs[tuple(x)] = float(shown.strip("[]"))
+        assert outputs[tuple(x)] == pytest.approx(expected, rel=1e-3), (shown, expected)
+    assert outputs[1, 0, 1] > 0.5 > outputs[1, 1, 1]
+
+    fill(page, "#small-inputs [name=x2]", "zero")  # a bad value, in the service's words
+    page.find_element(By.CSS_SELECTOR, "#small-form button[type=submit]").click()
+    said = service_error(app, "POST", "/models/xor/predict", {"x": [1, "zero", 1]})
+    wait(page, lambda d: said in error_text(d), f"the service's message {said!r}")
+
+    Select(page.find_element(By.ID, "gradients-model")).select_by_value("xor")
+    page.find_element(By.CSS_SELECTOR, "#gradients-form button[type=submit]").click()
+    figures = wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#gradients-maps figure"),
+                   "the gradient heatmaps")
+    expected = app.post("/models/xor/gradients", {"X": [[1, 0, 1]], "Y": [[1]]}).json()
+    assert [f.get_attribute("data-name") for f in figures] == list(expected["gradients"])
+    assert [f.get_attribute("data-name") for f in figures] == ["W1", "W2"]  # the notebooks'
+    for figure, matrix in zip(figures, expected["gradients"].values(), strict=True):
+        rows, cols = len(matrix), len(matrix[0])
+        assert f"{rows} × {cols}" in figure.text, figure.text
+        canvas = figure.find_element(By.TAG_NAME, "canvas")
+        width, height = (int(canvas.get_attribute(a)) for a in ("width", "height"))
+        assert width * rows == height * cols, (width, height, rows, cols)
+    assert not error_box(page).is_displayed(), error_text(page)
+
+
+# -- the token ------------------------------------------------------------------------------------
+
+
+def test_without_the_token_the_page_says_so(browser: WebDriver, app: Service) -> None:
+    browser.execute_script("sessionStorage.removeItem(arguments[0])", TOKEN_KEY)
+    try:
+        browser.get(url(app))
+        wait(browser, lambda d: error_box(d).is_displayed(), "a message about the token")
+        assert "token" in error_text(browser) and "401" in error_text(browser), error_text(browser)
+        assert listed(browser) == {}
+
+        fill(browser, "#token", "not-the-token")
+        browser.find_element(By.ID, "token").send_keys(Keys.ENTER)
+        wait(browser, lambda d: "refused" in error_text(d), "a message about a wrong token")
+
+        fill(browser, "#token", TOKEN)
+        browser.find_element(By.ID, "token").send_keys(Keys.ENTER)
+        wait_for_models(browser, {"xor", "digits"})
+        assert not error_box(browser).is_displayed(), error_text(browser)
+        assert browser.execute_script("return sessionStorage.getItem(arguments[0])",
+                                      TOKEN_KEY) == TOKEN
+        browser.execute_script(DRAW_DIGIT, [16] * 64)  # with it, requests work
+        shown, _, _ = current_prediction(browser)
+        assert shown is not None
+    finally:
+        browser.execute_script("sessionStorage.setItem(arguments[0], arguments[1])",
+                               TOKEN_KEY, TOKEN)
+
+
+# -- usable: labels, keyboard, phone width --------------------------------------------------------
+
+UNLABELLED = """
+return [...document.querySelectorAll('input, select, button, textarea')].filter((el) =>
+  !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
+  && !el.getAttribute('aria-labelledby') && !el.textContent.trim()).map((el) => el.outerHTML);
+"""
+
+FOCUSED = """
+const el = document.activeElement;
+return el && el !== document.body ? (el.dataset.testid || el.id || el.name
+  || el.getAttribute('aria-label') || el.textContent.trim()) : null;
+"""
+
+
+def test_usable_with_keyboard_and_at_phone_width(page: WebDriver) -> None:
+    assert page.execute_script(UNLABELLED) == [], "controls without a label"
+
+    page.execute_script("document.activeElement.blur()")
+    reached = []
+    for _ in range(80):
+        ActionChains(page).send_keys(Keys.TAB).perform()
+        reached.append(page.execute_script(FOCUSED))
+    for control in ("token", "Delete model digits", "digit-model", "digit-clear", "small-model",
+                    "train-model", "train-epochs", "train-button", "gradients-model"):
+        assert control in reached, f"{control} is not reached with the Tab key: {reached}"
+
+    page.set_window_size(390, 844)  # a phone
+    wait(page, lambda d: d.execute_script("return innerWidth") <= 400, "the narrow window")
+    overflow = page.execute_script(
+        "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 0, f"the page is {overflow} px wider than a phone's screen"
+    canvas = by_testid(page, "digit-canvas")
+    assert canvas.size["width"] <= 390 and canvas.size["width"] >= 200, canvas.size
+    stroke(page, canvas, [[(0, -80), (0, 80)]], "touch")  # drawing still maps onto the canvas
+    shown, values, _ = current_prediction(page)
+    assert shown is not None and sum(values) >= 32, values
+    screenshot(page, 390, "playground-phone.png")
