@@ -5,7 +5,7 @@ One gradbook service (``make serve``'s defaults: 2 kernels, the training worker)
 
 * **idle**: nothing else runs;
 * **job**: while ``digits`` trains as a job (``"wait": false``), for about ``--train`` seconds,
-  in the training worker, a process of its own at a lower priority;
+  in the training worker, a process of its own with one BLAS thread;
 * **sync**: while ``digits`` trains as long synchronously (``"wait": true``), on one of the two
   kernels: the way training ran before jobs, shown for comparison.
 

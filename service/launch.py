@@ -125,15 +125,13 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def _as_worker() -> None:
-    """In the worker's process before it runs: a lower priority than the serving processes,
-    and on Linux a SIGTERM when the launcher dies, however it dies (SIGKILL too)."""
-    os.nice(trainer.NICENESS)
-    if hasattr(os, "SCHED_IDLE"):  # Linux: run only when no serving process wants a CPU
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        # and on one CPU: measured on 2 cores, a worker free to move between them raised the
-        # predict p99 to 9x its idle value, one kept to a single CPU to 2x (bench_training.py)
-        if len(cpus := os.sched_getaffinity(0)) > 1:
-            os.sched_setaffinity(0, {max(cpus)})
+    """In the worker's process before it runs: on Linux, a SIGTERM when the launcher dies,
+    however it dies (SIGKILL too).
+
+    The worker keeps the ordinary scheduling priority. A lower one looked right but measured
+    worse (``bench/bench_training.py``, 2 cores, predict p99 during a job over idle): plain
+    1.1-1.3x, ``nice`` 10 3-6x, ``SCHED_IDLE`` on one CPU 2-7x. A low-priority process that is
+    always runnable still holds its CPU when a serving process wakes, and the requests wait."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 

@@ -2,8 +2,8 @@
 
 Jobs (``service.jobs``) run here rather than in the pool's kernels, so a long run never takes a
 kernel from the requests: predictions keep their speed while models train. The launcher starts
-one worker beside the gateway, at a lower scheduling priority (``nice``) and with numpy's BLAS
-held to one thread, so that on a busy machine the serving processes come first; it restarts the
+one worker beside the gateway, with numpy's BLAS held to one thread so that a run takes one core
+at most (see ``service.launch._as_worker`` for why not a lower priority too); it restarts the
 worker if it stops, and stops it with the service. A worker whose parent is gone stops too.
 
 Jobs run one at a time, oldest first. Each epoch's loss is written to the job's record at most
@@ -33,7 +33,6 @@ POLL_SECONDS = 0.2  # between looks for a queued job when there is none
 PROGRESS_SECONDS = 0.25  # between writes of a running job's losses
 CANCEL_CHECK_SECONDS = 0.1  # between reads of a running job's record for a cancellation
 LOCK_WAIT_SECONDS = 300.0  # a job waits this long for another change of its model to finish
-NICENESS = 10  # added to the worker's scheduling priority
 
 
 class JobCancelledError(Exception):
