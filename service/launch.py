@@ -129,7 +129,7 @@ def _as_worker() -> None:
     however it dies (SIGKILL too).
 
     The worker keeps the ordinary scheduling priority. A lower one looked right but measured
-    worse (``bench/bench_training.py``, 2 cores, predict p99 during a job over idle): plain
+    worse (``bench/bench_jobs.py``, 2 cores, predict p99 during a job over idle): plain
     1.1-1.3x, ``nice`` 10 3-6x, ``SCHED_IDLE`` on one CPU 2-7x. A low-priority process that is
     always runnable still holds its CPU when a serving process wakes, and the requests wait."""
     if sys.platform.startswith("linux"):

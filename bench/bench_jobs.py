@@ -13,7 +13,7 @@ The training run's epochs are chosen from a short calibration run so that it las
 ``--train`` seconds. It prints the rps, p50 and p99 of each, and the p99 ratios to idle. The
 issue's goal: with a job running, p99 stays within 3× its idle value. Nothing is asserted.
 
-    .venv/bin/python bench/bench_training.py [--train 20] [--connections 4]
+    .venv/bin/python bench/bench_jobs.py [--train 20] [--connections 4]
 """
 
 from __future__ import annotations
