@@ -66,24 +66,93 @@ def test_notebook_runs_under_papermill(path: Path):
         )
 
 
-# A derivation that is wrong must fail its notebook: each mutation drops one factor of a formula.
-MUTATIONS = [
-    ("02_one_layer_scalar",
-     "delta1 = (y_hat - y) * y_hat * (1.0 - y_hat)", "delta1 = (y_hat - y) * y_hat"),
-    ("06_two_layer_two_hidden_nodes",
-     "delta1 = back * l1 * (1 - l1)", "delta1 = back * l1"),
-    ("08_any_depth",
-     "delta = (deltas[0] @ Ws[k - 1].T) * df(ls[k - 1])", "delta = deltas[0] @ Ws[k - 1].T"),
-]
+# A derivation that is wrong must fail its notebook with an AssertionError. For each derivation
+# notebook: {kind of mistake: (formula as it stands in the notebook, the same formula broken)}.
+# Kinds used: "dropped factor", "@ for *" / "* for @" (matrix vs element-wise product),
+# "missing transpose", "wrong sum axis", "wrong sign", "wrong index". Each formula must occur in
+# exactly one cell of its notebook. To add a notebook, add one entry.
+BREAKAGES: dict[str, dict[str, tuple[str, str]]] = {
+    "02_one_layer_scalar": {
+        "dropped factor": ("delta1 = (y_hat - y) * y_hat * (1.0 - y_hat)",
+                           "delta1 = (y_hat - y) * y_hat"),
+        "dropped input": ("W_grad = X.T @ delta1  # eq. (2.5)", "W_grad = delta1  # eq. (2.5)"),
+        "wrong sign": ("delta1 = (y_hat - y) * y_hat", "delta1 = (y - y_hat) * y_hat"),
+    },
+    "03_one_layer_vector": {
+        "dropped factor": ("delta1 = (y_hat - y) * y_hat * (1.0 - y_hat)",
+                           "delta1 = (y_hat - y) * (1.0 - y_hat)"),
+        "missing transpose": ("W_grad = X.T @ delta1  # eq. (3.6)",
+                              "W_grad = delta1 @ X  # eq. (3.6)"),
+        "wrong index": ("W_grad[j, 0] = delta1[0, 0] * X[0, j]",
+                        "W_grad[j, 0] = delta1[0, 0] * X[0, 0]"),
+    },
+    "04_one_layer_batch": {
+        "dropped factor": ("delta1 = (y_hat - y) * y_hat * (1.0 - y_hat)",
+                           "delta1 = (y_hat - y) * y_hat"),
+        "* for @": ("W_grad = X.T @ delta1  # eq. (4.6)", "W_grad = X.T * delta1.T  # eq. (4.6)"),
+        "missing transpose": ("W_grad = X.T @ delta1  # eq. (4.6)",
+                              "W_grad = delta1.T @ X  # eq. (4.6)"),
+        "wrong sum axis": ("np.sum(X * delta1, axis=0, keepdims=True).T",
+                           "np.sum(X * delta1, axis=1, keepdims=True).T"),
+    },
+    "05_two_layer_one_hidden_node": {
+        "dropped factor": ("delta1 = (delta2 @ W2.T) * l1 * (1 - l1)",
+                           "delta1 = (delta2 @ W2.T) * l1"),
+        "dropped factor, output layer": ("delta2 = (l2 - y) * l2 * (1 - l2)",
+                                         "delta2 = (l2 - y) * (1 - l2)"),
+        "* for @, backward through W2": ("delta1 = (delta2 @ W2.T) *", "delta1 = (delta2 * W2) *"),
+        "* for @, gradient of W2": ("W2_grad = l1.T @ delta2", "W2_grad = l1 * delta2"),
+        "missing transpose": ("W2_grad = l1.T @ delta2", "W2_grad = delta2.T @ l1"),
+        "* for @, gradient of W1": ("W1_grad = X.T @ delta1  # (5.10)",
+                                    "W1_grad = X.T * delta1.T  # (5.10)"),
+    },
+    "06_two_layer_two_hidden_nodes": {
+        "dropped factor": ("delta1 = back * l1 * (1 - l1)", "delta1 = back * l1"),
+        "dropped factor, output layer": ("delta2 = (l2 - y) * l2 * (1 - l2)",
+                                         "delta2 = (l2 - y) * l2"),
+        "missing transpose": ("W2_grad = l1.T @ delta2", "W2_grad = delta2 @ l1"),
+        "dropped slope in the W1 gradient": ("W1_grad = X.T @ delta1", "W1_grad = X.T @ back"),
+    },
+    "07_two_layer_batch": {
+        "dropped factor": ("delta1 = back * l1 * (1 - l1)", "delta1 = back * l1"),
+        "dropped factor, output layer": ("delta2 = (l2 - Y) * l2 * (1 - l2)  # (6.1), σ'(z2)",
+                                         "delta2 = (l2 - Y)  # (6.1), σ'(z2)"),
+        "missing transpose": ("W2_grad = l1.T @ delta2", "W2_grad = delta2.T @ l1"),
+        "mean for sum": ("W1_grad = X.T @ delta1", "W1_grad = X.T @ delta1 / n"),
+    },
+    "08_any_depth": {
+        "dropped factor": ("delta = (deltas[0] @ Ws[k - 1].T) * df(ls[k - 1])",
+                           "delta = deltas[0] @ Ws[k - 1].T"),
+        "dropped factor, output layer": ("delta_K = (Y_hat - Y) * df(Y_hat) if",
+                                         "delta_K = (Y_hat - Y) if"),
+        "wrong sum axis": ("return [delta.sum(axis=0) for delta in deltas]",
+                           "return [delta.sum(axis=1) for delta in deltas]"),
+        "mean for sum": ("return [delta.sum(axis=0) for delta in deltas]",
+                         "return [delta.mean(axis=0) for delta in deltas]"),
+        "missing transpose": ("[l.T @ delta for l, delta", "[delta.T @ l for l, delta"),
+    },
+}
+MUTATIONS = [(stem, formula, broken, kind) for stem, kinds in BREAKAGES.items()
+             for kind, (formula, broken) in kinds.items()]
 
 
-@pytest.mark.parametrize("stem, formula, broken", MUTATIONS, ids=[m[0] for m in MUTATIONS])
+def test_every_derivation_notebook_has_two_kinds_of_breakage():
+    """Each derivation notebook, 02 to 08, fails for at least two kinds of mistake."""
+    for stem in ["02_one_layer_scalar", "03_one_layer_vector", "04_one_layer_batch",
+                 "05_two_layer_one_hidden_node", "06_two_layer_two_hidden_nodes",
+                 "07_two_layer_batch", "08_any_depth"]:
+        assert len(BREAKAGES.get(stem, {})) >= 2, stem
+
+
+@pytest.mark.parametrize("stem, formula, broken, kind", MUTATIONS,
+                         ids=[f"{m[0][:2]}-{m[3]}" for m in MUTATIONS])
 def test_a_broken_derivation_fails_its_notebook(tmp_path: Path, stem: str, formula: str,
-                                                broken: str):
+                                                broken: str, kind: str):
     nb = read(ROOT / "notebooks" / f"{stem}.ipynb")
     cells = [c for c in nb["cells"] if formula in "".join(c["source"])]
     assert len(cells) == 1, f"{stem}: the formula to break is no longer there: {formula}"
     cells[0]["source"] = "".join(cells[0]["source"]).replace(formula, broken)
+    assert broken != formula, f"{stem}, {kind}: the breakage changes nothing"
     mutant = tmp_path / f"{stem}_broken.ipynb"
     mutant.write_text(json.dumps(nb), encoding="utf-8")
     with pytest.raises(papermill.PapermillExecutionError, match="AssertionError"):
