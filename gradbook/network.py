@@ -95,7 +95,7 @@ class MLP:
         for k, W in enumerate(self.weights):
             z = ls[-1] @ W
             if self.bias:
-                z = z + self.biases[k]
+                z += self.biases[k]  # in place: z is this layer's own fresh array
             last = k == K - 1
             f = self.loss_fn.output if last and self.loss_fn.output is not None else self.act.f
             ls.append(f(z))
@@ -141,18 +141,23 @@ class MLP:
         return self._gradients(X, self._check_Y(Y, X.shape[0]))
 
     def _gradients(self, X: np.ndarray, Y: np.ndarray) -> list[np.ndarray]:
-        ls, z = self._layers(X)
+        return self._backward(*self._layers(X), Y)
+
+    def _backward(self, ls: list[np.ndarray], z: np.ndarray, Y: np.ndarray) -> list[np.ndarray]:
+        """The gradients from the forward pass ``ls, z = self._layers(X)`` at the parameters."""
         delta = self.loss_fn.delta(z, ls[-1], Y, self.act)  # eq. 8.1
         dW: list[np.ndarray] = []
         db: list[np.ndarray] = []
         for k in range(len(self.weights) - 1, -1, -1):
             dW.append(ls[k].T @ delta)  # eq. 8.2
-            db.append(delta.sum(axis=0))  # eq. 8.4
+            if self.bias:
+                db.append(delta.sum(axis=0))  # eq. 8.4
             if k > 0:
-                delta = (delta @ self.weights[k].T) * self.act.df(ls[k])  # eq. 8.3
+                delta = delta @ self.weights[k].T  # eq. 8.3, then in place:
+                delta *= self.act.df(ls[k])  # ... * f'(l_{k-1})
         dW.reverse()
         db.reverse()
-        return dW + (db if self.bias else [])
+        return dW + db
 
     # -- training ----------------------------------------------------------------------------
     def fit(
@@ -187,17 +192,33 @@ class MLP:
 
             epoch_range = tqdm(epoch_range, desc="epochs")
         history: list[float] = []
+        # The forward pass on all of X that measured the last epoch's loss. A full-batch step runs
+        # the same pass (same rows, same order, same parameters), so it takes this one instead.
+        forward: tuple[list[np.ndarray], np.ndarray] | None = None
         for epoch in epoch_range:
-            order = rng.permutation(n) if shuffle and batch < n else np.arange(n)
-            for start in range(0, n, batch):
-                rows = order[start : start + batch]
-                grads = self._gradients(X[rows], Y[rows])
-                for p, g in zip(self.parameters, grads, strict=True):
-                    p -= lr * g
-            history.append(self._loss(X, Y))
+            if batch >= n:
+                ls, z = forward if forward is not None else self._layers(X)
+                self._descend(self._backward(ls, z, Y), lr)
+            else:
+                Xs, Ys = X, Y
+                if shuffle:  # permuted once per epoch, so that each batch below is a view
+                    order = rng.permutation(n)
+                    Xs, Ys = X[order], Y[order]
+                for start in range(0, n, batch):
+                    rows = slice(start, start + batch)
+                    self._descend(self._gradients(Xs[rows], Ys[rows]), lr)
+            ls, z = forward = self._layers(X)  # at the parameters this epoch ends with
+            history.append(self.loss_fn.value(z, ls[-1], Y))
             if callback is not None:
                 callback(epoch, history[-1], self)
+                forward = None  # the callback may have changed the parameters
         return history
+
+    def _descend(self, grads: list[np.ndarray], lr: float) -> None:
+        """One gradient-descent step ``p ← p − lr · ∂L/∂p``, scaling ``grads`` in place."""
+        for p, g in zip(self.parameters, grads, strict=True):
+            g *= lr
+            p -= g
 
     # -- persistence -------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:
