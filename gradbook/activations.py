@@ -41,10 +41,35 @@ class Activation:
     name: str
     f: Callable[[np.ndarray], np.ndarray]
     df: Callable[[np.ndarray], np.ndarray]
+    # The same two, overwriting their argument and returning it (same operations, same bits):
+    # the training loop uses them on arrays nothing else holds, to save the temporaries.
+    f_: Callable[[np.ndarray], np.ndarray] | None = None
+    df_: Callable[[np.ndarray], np.ndarray] | None = None
+
+
+def _sigmoid_df_(l: np.ndarray) -> np.ndarray:
+    """σ' = l (1 − l) (eq. 1.2), into ``l``."""
+    l *= 1.0 - l
+    return l
+
+
+def _tanh_f_(z: np.ndarray) -> np.ndarray:
+    return np.tanh(z, out=z)
+
+
+def _tanh_df_(l: np.ndarray) -> np.ndarray:
+    """tanh' = 1 − l², into ``l`` (``l * l`` is what ``l**2`` computes, bit for bit)."""
+    np.multiply(l, l, out=l)
+    return np.subtract(1.0, l, out=l)
+
+
+def _relu_f_(z: np.ndarray) -> np.ndarray:
+    return np.maximum(z, 0.0, out=z)
 
 
 ACTIVATIONS: dict[str, Activation] = {
-    "sigmoid": Activation("sigmoid", sigmoid, lambda l: l * (1.0 - l)),
-    "tanh": Activation("tanh", np.tanh, lambda l: 1.0 - l**2),
-    "relu": Activation("relu", lambda z: np.maximum(z, 0.0), lambda l: (l > 0).astype(l.dtype)),
+    "sigmoid": Activation("sigmoid", sigmoid, lambda l: l * (1.0 - l), df_=_sigmoid_df_),
+    "tanh": Activation("tanh", np.tanh, lambda l: 1.0 - l**2, _tanh_f_, _tanh_df_),
+    "relu": Activation("relu", lambda z: np.maximum(z, 0.0), lambda l: (l > 0).astype(l.dtype),
+                       _relu_f_),
 }

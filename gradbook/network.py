@@ -88,18 +88,34 @@ class MLP:
                 "bias": self.bias}
 
     # -- forward -----------------------------------------------------------------------------
-    def _layers(self, X: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-        """Layer outputs ``[l_0 = X, l_1, …, l_K]`` and the output pre-activation ``z_K``."""
+    def _layers(
+        self, X: np.ndarray, output: bool = True
+    ) -> tuple[list[np.ndarray], np.ndarray]:
+        """Layer outputs ``[l_0 = X, l_1, …, l_K]`` and the output pre-activation ``z_K``.
+
+        ``output=False`` leaves out ``l_K`` when the loss's value needs only ``z_K`` (the list
+        then ends with ``l_{K-1}``).
+        """
         ls = [X]
         K = len(self.weights)
+        out_f = self.loss_fn.output
+        hidden_f = self.act.f_ or self.act.f  # in place: z is this layer's own fresh array
         for k, W in enumerate(self.weights):
             z = ls[-1] @ W
             if self.bias:
-                z += self.biases[k]  # in place: z is this layer's own fresh array
-            last = k == K - 1
-            f = self.loss_fn.output if last and self.loss_fn.output is not None else self.act.f
-            ls.append(f(z))
+                z += self.biases[k]  # in place, as above
+            if k < K - 1:
+                ls.append(hidden_f(z))
+            elif out_f is None:
+                ls.append(self.act.f(z))  # not in place: z_K is returned beside l_K
+            elif output or not self._value_needs_output:
+                ls.append(out_f(z))
         return ls, z
+
+    @property
+    def _value_needs_output(self) -> bool:
+        """Whether ``loss_fn.value`` reads ``l_K`` (cross-entropy reads only ``z_K``)."""
+        return self.loss_name != "cross_entropy"
 
     def _check_X(self, X: Any) -> np.ndarray:
         return as_matrix("X", X, self.sizes[0])
@@ -144,7 +160,12 @@ class MLP:
         return self._backward(*self._layers(X), Y)
 
     def _backward(self, ls: list[np.ndarray], z: np.ndarray, Y: np.ndarray) -> list[np.ndarray]:
-        """The gradients from the forward pass ``ls, z = self._layers(X)`` at the parameters."""
+        """The gradients from the forward pass ``ls, z = self._layers(X)`` at the parameters.
+
+        It uses up ``ls``: each hidden ``l_k``, once read for eq. 8.2, is overwritten with
+        ``f'(l_k)`` for eq. 8.3.
+        """
+        df_ = self.act.df_
         delta = self.loss_fn.delta(z, ls[-1], Y, self.act)  # eq. 8.1
         dW: list[np.ndarray] = []
         db: list[np.ndarray] = []
@@ -154,7 +175,7 @@ class MLP:
                 db.append(delta.sum(axis=0))  # eq. 8.4
             if k > 0:
                 delta = delta @ self.weights[k].T  # eq. 8.3, then in place:
-                delta *= self.act.df(ls[k])  # ... * f'(l_{k-1})
+                delta *= self.act.df(ls[k]) if df_ is None else df_(ls[k])  # ... * f'(l_{k-1})
         dW.reverse()
         db.reverse()
         return dW + db
@@ -207,7 +228,8 @@ class MLP:
                 for start in range(0, n, batch):
                     rows = slice(start, start + batch)
                     self._descend(self._gradients(Xs[rows], Ys[rows]), lr)
-            ls, z = forward = self._layers(X)  # at the parameters this epoch ends with
+            # at the parameters this epoch ends with; only a full-batch step reuses l_K
+            ls, z = forward = self._layers(X, output=batch >= n)
             history.append(self.loss_fn.value(z, ls[-1], Y))
             if callback is not None:
                 callback(epoch, history[-1], self)
