@@ -21,25 +21,32 @@ lint: $(STAMP)
 test: lint
 	$(PY) -m pytest -n 2 --dist loadgroup
 
-notebook: $(STAMP)
-	$(VENV)/bin/jupyter notebook --ServerApp.root_dir=notebooks $$([ "$$(id -u)" = 0 ] && echo --allow-root)
+# JUPYTER_PORT: 8889 by default, so it runs beside `make serve` (8888).
+JUPYTER_PORT ?= 8889
 
-# Execute every notebook at its default parameters, then render HTML (LaTeX via MathJax).
+notebook: $(STAMP)
+	$(VENV)/bin/jupyter notebook --ServerApp.root_dir=notebooks --ServerApp.port=$(JUPYTER_PORT) \
+	  --ServerApp.port_retries=0 $$([ "$$(id -u)" = 0 ] && echo --allow-root)
+
+# Execute every notebook at its default parameters, then render HTML (LaTeX via MathJax) with
+# tools/build_docs.py: build/html/index.html links the pages in reading order.
+
 docs: $(STAMP)
+	rm -rf build/docs build/html
 	mkdir -p build/docs build/html
 	for nb in notebooks/*.ipynb; do \
 	  stem=$$(basename $$nb .ipynb); \
-	  $(VENV)/bin/papermill --cwd notebooks -p output_dir "$(CURDIR)/build/docs/$$stem" \
-	    "$$nb" "build/docs/$$stem.ipynb" || exit 1; \
+	  $(VENV)/bin/papermill --cwd notebooks \
+	    -p output_dir "../build/docs/$$stem" "$$nb" "build/docs/$$stem.ipynb" || exit 1; \
 	done
 	# A local MathJax (shipped by jupyter-server-mathjax, STIX fonts only) so the HTML reads offline.
-	rm -rf build/html/mathjax && cp -r "$$($(PY) -c 'import jupyter_server_mathjax as m, os; print(os.path.dirname(m.__file__))')/static" build/html/mathjax
+	cp -r "$$($(PY) -c 'import jupyter_server_mathjax as m, os; print(os.path.dirname(m.__file__))')/static" build/html/mathjax
 	mkdir -p build/html/mathjax/config/local
 	printf '%s\n' 'MathJax.Hub.Config({"HTML-CSS": {availableFonts: [], webFont: "STIX-Web", imageFont: null}});' \
 	  'MathJax.Ajax.loadComplete("[MathJax]/config/local/stix.js");' > build/html/mathjax/config/local/stix.js
-	$(VENV)/bin/jupyter nbconvert --to html --output-dir build/html \
-	  --HTMLExporter.mathjax_url='mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe,local/stix' \
-	  build/docs/*.ipynb
+	$(PY) tools/build_docs.py build/docs build/html \
+	  'mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe,local/stix'
+	@echo "open build/html/index.html"
 
 # The bench extra (falcon, gunicorn) is for bench/bench_gateway.py's no-kernel floor; that
 # benchmark also needs wrk (Debian package `wrk`) and says so if it is missing.

@@ -209,7 +209,9 @@ class MLP:
         rng = np.random.default_rng(seed)
         epoch_range: Any = range(epochs)
         if progress:
-            from tqdm.auto import tqdm
+            # the text bar: a widget bar needs a live frontend, and headless runs and rendered
+            # pages have none (they showed "0/60"); Jupyter still redraws the text in place
+            from tqdm.std import tqdm
 
             epoch_range = tqdm(epoch_range, desc="epochs")
         history: list[float] = []
