@@ -52,6 +52,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from jupyter_client import KernelManager
+from procs import alive, descendants
 
 from gradbook.datasets import load
 from gradbook.store import ModelStore
@@ -85,28 +86,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid``; kernels run in sessions of their own, so a process group
-    does not hold them."""
-    found = []
-    for children in Path(f"/proc/{pid}/task").glob("*/children"):
-        try:
-            pids = [int(child) for child in children.read_text().split()]
-        except OSError:  # the task ended meanwhile
-            continue
-        for child in pids:
-            found += [child, *descendants(child)]
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def stop(process: subprocess.Popen) -> None:

@@ -108,6 +108,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from procs import alive, child_pids, cmdline, kernel_pids, started
+
 ROOT = Path(__file__).resolve().parents[1]
 START_SECONDS = 120.0  # for the service to answer /readyz 200
 HEALTHY_SECONDS = 60.0  # for a kernel being replaced to be back before the next kill
@@ -180,40 +182,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def children(pid: int) -> list[int]:
-    """The child processes of ``pid`` (the launcher's: its kernels and the training worker)."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        try:
-            found += [int(child) for child in task.read_text().split()]
-        except OSError:  # the task or the process ended meanwhile
-            continue
-    return found
-
-
-def cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie does not)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def started(pid: int) -> int:
-    """When ``pid`` started, in clock ticks since boot (``/proc/<pid>/stat`` field 22)."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return 0
 
 
 def exchange_folder(kernels: list[int]) -> Path | None:
@@ -324,14 +292,14 @@ class Service:
         raise RuntimeError(f"the service did not start on port {self.port}; its log ends:\n{tail}")
 
     def kernels(self) -> list[int]:
-        return [pid for pid in children(self.pid) if b"ipykernel" in cmdline(pid)]
+        return kernel_pids(self.pid)
 
     def stop(self) -> None:
         """SIGTERM to the process group (the gateway stops its kernels), SIGKILL after 30 s;
         then SIGKILL whatever of it is left."""
         if self.process is None or self.process.returncode is not None:
             return
-        below = children(self.pid)
+        below = child_pids(self.pid)
         try:
             os.killpg(self.pid, signal.SIGTERM)
             self.process.wait(timeout=30)
@@ -350,7 +318,7 @@ class Service:
         """SIGKILL the launcher's process group and reap the launcher: (when the kill began, when
         it was done, the launcher's children before it)."""
         assert self.process is not None
-        below = children(self.pid)
+        below = child_pids(self.pid)
         began = time.monotonic()
         os.killpg(self.pid, signal.SIGKILL)
         self.process.wait()

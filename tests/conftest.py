@@ -29,6 +29,9 @@ import pytest
 from openapi_schema_validator import OAS30Validator
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))  # procs, soak: shared with the benchmarks
+from procs import alive, child_pids, kernel_pids  # noqa: E402
+
 START_TIMEOUT = 120.0
 
 
@@ -324,44 +327,6 @@ def _inline(node: Any, spec: dict[str, Any]) -> Any:
     if isinstance(node, list):
         return [_inline(item, spec) for item in node]
     return node
-
-
-def child_pids(pid: int) -> list[int]:
-    """Processes whose parent is ``pid`` (the launcher's: its kernels and training worker)."""
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            children.append(int(stat.parent.name))
-    return children
-
-
-def kernel_pids(pid: int) -> list[int]:
-    """The kernels among the children of ``pid``."""
-    return [child for child in child_pids(pid) if b"ipykernel" in _cmdline(child)]
-
-
-def trainer_pids(pid: int) -> list[int]:
-    """The training worker among the children of ``pid`` (one, unless it is being replaced)."""
-    return [child for child in child_pids(pid) if b"service.trainer" in _cmdline(child)]
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Reply, Service, trainer_pids
+from conftest import Reply, Service
+from procs import trainer_pids
 
 from gradbook.store import ModelStore
 from service.api import ModelAPI

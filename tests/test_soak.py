@@ -14,14 +14,11 @@ that are wrong in one way each and expect each to be caught; they start no servi
 from __future__ import annotations
 
 import http.client
-import sys
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import soak
+import soak  # from bench/, which conftest puts on sys.path
 
 SHORT = soak.Config(clients=12, seconds=15, kill_every=8)
 
