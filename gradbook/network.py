@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -252,14 +252,11 @@ class MLP:
         the old file or the new one, never half of one.
         """
         path = Path(path)
-        arrays = {f"W{k}": W for k, W in enumerate(self.weights)}
-        arrays.update({f"b{k}": b for k, b in enumerate(self.biases)})
-        header = json.dumps({"config": self.config, "metadata": self.metadata})
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             os.fchmod(fd, 0o644)  # mkstemp makes it owner-only; a model file is not a secret
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, header=np.array(header), **arrays)
+                self.write(f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -267,11 +264,24 @@ class MLP:
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    def write(self, f: BinaryIO) -> None:
+        """Write the ``.npz`` that ``save`` saves to the open binary file ``f``."""
+        arrays = {f"W{k}": W for k, W in enumerate(self.weights)}
+        arrays.update({f"b{k}": b for k, b in enumerate(self.biases)})
+        header = json.dumps({"config": self.config, "metadata": self.metadata})
+        np.savez(f, header=np.array(header), **arrays)
+
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> MLP:
         """Rebuild a network saved with ``save``; parameters round-trip bit for bit."""
         # the file is opened here, so that it is closed even when it is no valid .npz
-        with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
+        with open(path, "rb") as f:
+            return cls.read(f)
+
+    @classmethod
+    def read(cls, f: BinaryIO) -> MLP:
+        """Rebuild a network from an open binary file holding what ``write`` wrote."""
+        with np.load(f, allow_pickle=False) as data:
             header = json.loads(str(data["header"]))
             net = cls(**header["config"])
             net.weights = [data[f"W{k}"] for k in range(len(net.weights))]

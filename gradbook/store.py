@@ -37,11 +37,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
 from gradbook.network import MLP
 from gradbook.validation import brief
+
+if TYPE_CHECKING:
+    from gradbook.pgstore import PostgresStore
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[1] / ".gradbook" / "models"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -65,6 +69,51 @@ class ModelBusyError(StoreError):
 
 class StoreFullError(StoreError):
     pass
+
+
+class StoreUnavailableError(StoreError):
+    """The store cannot be reached now (its database is down); retrying later may succeed."""
+
+
+Store: TypeAlias = "ModelStore | PostgresStore"  # what ``open_store`` gives
+
+
+def open_store(location: str | os.PathLike[str], lock_timeout: float = 2.0,
+               cache_size: int = 16) -> Store:
+    """The store at ``location``: a ``postgresql://`` URL (``gradbook.pgstore``, which needs
+    psycopg) or a folder."""
+    if str(location).startswith(("postgresql://", "postgres://")):
+        from gradbook.pgstore import PostgresStore
+
+        return PostgresStore(str(location), lock_timeout, cache_size)
+    return ModelStore(location, lock_timeout, cache_size)
+
+
+class ModelCache:
+    """The ``size`` models used last, each with the key that tells its version apart."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[str, tuple[Any, MLP]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, name: str) -> tuple[Any, MLP] | None:
+        """``(key, net)`` of ``name``, now the most recently used; None if not cached."""
+        entry = self._entries.get(name)
+        if entry is not None:
+            self._entries.move_to_end(name)
+        return entry
+
+    def put(self, name: str, key: Any, net: MLP) -> None:
+        self._entries[name] = (key, net)
+        self._entries.move_to_end(name)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def drop(self, name: str) -> None:
+        self._entries.pop(name, None)
 
 
 def check_name(name: str) -> str:
@@ -97,7 +146,11 @@ class ModelStore:
         self.cache_size = cache_size
         for folder in (".locks", ".deleted"):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
-        self._cache: OrderedDict[str, tuple[tuple[int, int, int], MLP]] = OrderedDict()
+        self._cache = ModelCache(cache_size)
+
+    @property
+    def location(self) -> str:
+        return str(self.root)
 
     @property
     def cached(self) -> int:
@@ -123,18 +176,14 @@ class ModelStore:
         try:
             st = os.stat(path)
         except FileNotFoundError:
-            self._cache.pop(name, None)
+            self._cache.drop(name)
             raise ModelNotFoundError(f"no model named {name!r}") from None
         key = (st.st_ino, st.st_mtime_ns, st.st_size)
         cached = self._cache.get(name)
         if cached is not None and cached[0] == key:
-            self._cache.move_to_end(name)
             return cached[1]
         net = self._load(name, path)
-        self._cache[name] = (key, net)
-        self._cache.move_to_end(name)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        self._cache.put(name, key, net)
         return net
 
     def header(self, name: str) -> tuple[dict, dict]:
@@ -242,7 +291,7 @@ class ModelStore:
             staging.write_text(str(version))
             os.replace(staging, tombstone)  # atomic, like a commit
             self.path(name).unlink()
-        self._cache.pop(name, None)
+        self._cache.drop(name)
         return version
 
     def _tombstone(self, name: str) -> Path:

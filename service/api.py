@@ -2,7 +2,7 @@
 
 Every response about one model carries its top-level ``version``. Reads go through the store's
 read-through cache, so whichever pooled kernel answers, it answers with the latest committed
-version; writes go through ``ModelStore.update`` (locked, atomic).
+version; writes go through the store's ``update`` (locked, atomic).
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import numpy as np
 
 from gradbook.datasets import DATASETS
 from gradbook.network import MLP, Callback
-from gradbook.store import ModelNotFoundError, ModelStore, StoreError, check_name
+from gradbook.store import ModelNotFoundError, Store, StoreError, check_name
 from gradbook.validation import brief
 from service import inputs, limits, playground, training
 from service.errors import ServiceError
 from service.http import Request, Response, binary_response, json_response
-from service.jobs import JobStore
+from service.jobs import open_jobs
 from service.openapi import openapi_spec
 from service.plots import loss_curve_png
 from service.settings import MAX_LAYERS, MAX_PARAMETERS, Settings
@@ -31,10 +31,10 @@ HYPERPARAMETERS = tuple(training.DEFAULT_HYPERPARAMETERS)  # lr, epochs, batch_s
 class ModelAPI:
     """Endpoint functions over one model store, with the limits of ``settings``."""
 
-    def __init__(self, store: ModelStore, settings: Settings) -> None:
+    def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
         self.settings = settings
-        self.jobs = JobStore(store.root)
+        self.jobs = open_jobs(store, settings.job_lease)
 
     # -- service -----------------------------------------------------------------------------
     def diagnostics(self, request: Request) -> Response:
@@ -58,7 +58,7 @@ class ModelAPI:
                     "cached_models": self.store.cached,
                     "cache_size": self.store.cache_size,
                 },
-                "store": {"path": str(self.store.root), "models": len(self.store.names())},
+                "store": {"path": self.store.location, "models": len(self.store.names())},
                 "limits": limits,
             }
         )

@@ -16,6 +16,7 @@ from gradbook.store import (
     ModelNotFoundError,
     StoreError,
     StoreFullError,
+    StoreUnavailableError,
 )
 from service.jobs import JobNotFoundError
 from service.training import DivergedError
@@ -54,6 +55,8 @@ def to_http(err: BaseException) -> ServiceError:
         return ServiceError(422, str(err))
     if isinstance(err, MemoryError):
         return ServiceError(413, "the request needs more memory than the service has; send less")
+    if isinstance(err, StoreUnavailableError):  # the database is down: retrying may succeed
+        return ServiceError(503, str(err))
     if isinstance(err, StoreError):
         return ServiceError(500, str(err))
     if isinstance(err, ValueError):

@@ -1,6 +1,7 @@
 """``python -m service.launch`` (``make serve``): serve ``notebooks/api.ipynb`` with the gateway.
 
-On the first start (no store folder yet) the default models are created and trained. Then the
+On the first start (no store folder yet, or a database without gradbook's tables) the default
+models are created and trained. Then the
 gateway starts in notebook-http mode through ``service.personality`` with a pool of kernels,
 each seeded with the notebook's non-endpoint cells. All settings come from ``GRADBOOK_*``
 environment variables (``service.settings``). SIGTERM or Ctrl-C stops the gateway and its kernels.
@@ -26,9 +27,9 @@ from tornado.ioloop import PeriodicCallback
 from tornado.log import app_log
 from traitlets.config import Config
 
-from gradbook.store import ModelStore
+from gradbook.store import ModelStore, StoreError, open_store
 from service import trainer
-from service.jobs import JobStore
+from service.jobs import open_jobs
 from service.settings import Settings
 from service.training import create_default_models
 
@@ -140,34 +141,44 @@ def main() -> None:
     settings = Settings()
     if (reason := refusal(settings)) is not None:
         sys.exit(f"gradbook: {reason}")
-    first_start = not Path(settings.store).exists()
-    store = ModelStore(settings.store)
+    new_folder = not Path(settings.store).exists()
+    store = open_store(settings.store)
+    try:  # replicas starting together migrate a database's schema once; the first seeds it
+        first_start = new_folder if isinstance(store, ModelStore) else store.migrate() == 0
+    except StoreError as err:
+        sys.exit(f"gradbook: {err}")
     if first_start:
-        print(f"first start: training {', '.join(create_default_models(store))} in {store.root}")
-    stranded = trainer.recover(
-        store, JobStore(store.root), ("queued", "running"),
-        "the service stopped while the job was {state}; nothing was saved")
-    if stranded:
-        print(f"{stranded} training job(s) the last run left unfinished are ended")
+        print(f"first start: training {', '.join(create_default_models(store))} in "
+              f"{store.location}")
+    jobs = open_jobs(store, settings.job_lease)
+    if not jobs.shared:  # shared jobs belong to every replica; stranded ones end by lease
+        stranded = trainer.recover(
+            store, jobs, [job for job in jobs.all() if job["state"] in ("queued", "running")],
+            "the service stopped while the job was {state}; nothing was saved")
+        if stranded:
+            print(f"{stranded} training job(s) the last run left unfinished are ended")
     config = gateway_config(settings)
     # Kernels inherit this environment: they must use the same store, and never see the token.
-    os.environ[settings.env("store")] = str(store.root.resolve())
+    os.environ[settings.env("store")] = (
+        str(store.root.resolve()) if isinstance(store, ModelStore) else store.url)
     os.environ.pop(settings.env("token"), None)
     app = KernelGatewayApp(config=config)
     app.initialize(argv=[])
     limit_connection_time(app, settings.body_timeout)
     print(
         f"gradbook service listening on http://{app.ip}:{app.port} "
-        f"({settings.kernels} kernels, store {store.root}, "
+        f"({settings.kernels} kernels, store {store.location}, "
         f"token {'required' if app.auth_token else 'off'})",
         flush=True,
     )
-    worker = TrainingWorker()
-    worker.watch.start()
+    worker = TrainingWorker() if settings.training_worker else None
+    if worker is not None:
+        worker.watch.start()
     try:
         app.start()
     finally:
-        worker.stop()
+        if worker is not None:
+            worker.stop()
 
 
 if __name__ == "__main__":

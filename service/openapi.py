@@ -59,8 +59,9 @@ SHARED = {
                      "template: no Allow header, as there is no resource to name methods of."),
     "TooLarge": (413, "The request body is larger than the limit, the endpoint takes no body, "
                  "or the request needs more memory than the service has."),
-    "Unavailable": (503, "A kernel stopped (it is replaced when next lent), or too many "
-                    "requests wait for a kernel; retry after Retry-After seconds."),
+    "Unavailable": (503, "A kernel stopped (it is replaced when next lent), too many "
+                    "requests wait for a kernel (retry after Retry-After seconds), or the model "
+                    "store's database cannot be reached (retry later)."),
     "Fault": (500, "Stands for 500 only: an unexpected fault of the service (details in its "
               "log, never in the response)."),
 }
@@ -342,7 +343,7 @@ def schemas(settings: Settings) -> Schema:
                                    ["status", "message"])}, ["error"]),
         "Health": obj({"status": {"type": "string", "enum": ["ok"]},
                        "kernels": {"type": "integer", "minimum": 0},
-                       "models": {"type": "integer", "minimum": 0}},
+                       "models": {"type": "integer", "minimum": 0, "nullable": True}},
                       ["status", "kernels", "models"]),
         "Diagnostics": obj({
             "kernel": obj({"pid": {"type": "integer"},
@@ -508,14 +509,17 @@ def openapi_spec(settings: Settings) -> Schema:
         item["x-other-methods"] = {**({"401": shared("Unauthorized")} if guarded else {}),
                                    "405": shared("MethodNotAllowed")}
     paths["/healthz"] = health_path(
-        "Liveness, answered by the gateway without a kernel: every kernel process alive, the "
-        "store readable", "A kernel stopped (it is being replaced), or the store is not "
-        "readable; the message says which.")
-    paths["/readyz"] = health_path(
-        "Readiness, answered by the gateway without a kernel: alive as for /healthz, the "
-        "kernels seeded, and fewer requests waiting than GRADBOOK_MAX_QUEUE",
-        "Not ready: as for /healthz, or the kernels are starting, or the queue is full; the "
+        "Liveness, answered by the gateway without a kernel: every kernel process alive, and a "
+        "folder store readable (a database store counts for readiness only, so an outage of "
+        "the database restarts no replica; models is then null if it cannot be counted)",
+        "A kernel stopped (it is being replaced), or the store's folder is not readable; the "
         "message says which.")
+    paths["/readyz"] = health_path(
+        "Readiness, answered by the gateway without a kernel: alive as for /healthz, the store "
+        "readable (its database answering), the kernels seeded, and fewer requests waiting "
+        "than GRADBOOK_MAX_QUEUE",
+        "Not ready: as for /healthz, or the store is not readable, or the kernels are "
+        "starting, or the queue is full; the message says which.")
     paths["/metrics"] = {
         "get": {"summary": "Prometheus metrics of this gateway process: requests by endpoint and "
                 "status, latency, batch sizes, queue depth, kernels replaced",

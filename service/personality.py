@@ -51,7 +51,7 @@ from tornado.iostream import StreamClosedError
 from tornado.log import access_log, app_log
 from tornado.web import RequestHandler, stream_request_body
 
-from gradbook.store import ModelStore
+from gradbook.store import ModelStore, Store, StoreError, open_store
 from service import body
 from service.engine import BatchingKernelPool, Result
 from service.errors import ServiceError, error_body, to_http
@@ -266,14 +266,16 @@ class HealthHandler(EndpointHandler):
     whether the service is well and how many models and kernels it has. As an endpoint it
     refuses other methods and any body the same way.
 
-    Liveness (``/healthz``): every kernel process of the pool is alive and the model store is
-    readable. Readiness (``/readyz``, "send me traffic"): that, and the kernels are seeded (the
-    pool has started) and a request sent now would not be refused for a full queue
+    Liveness (``/healthz``): every kernel process of the pool is alive and a folder store is
+    readable. Readiness (``/readyz``, "send me traffic"): that, the store is readable (a database
+    store's server answers: an orchestrator that restarted every replica whenever the database
+    blinked would turn its outage into theirs, so it counts for readiness only), the kernels are
+    seeded (the pool has started) and a request sent now would not be refused for a full queue
     (``GRADBOOK_MAX_QUEUE``).
     Either answers 503 with what is wrong.
     """
 
-    def initialize(self, store: ModelStore, readiness: bool, **kwargs: Any) -> None:
+    def initialize(self, store: Store, readiness: bool, **kwargs: Any) -> None:
         super().initialize(**kwargs)
         self.store, self.readiness = store, readiness
 
@@ -283,8 +285,11 @@ class HealthHandler(EndpointHandler):
         for kernel_id in list(pool.kernel_clients):
             if not await pool.is_running(kernel_id):
                 problems.append(f"kernel {kernel_id} stopped; it is being replaced")
-        if not self.store.readable():
-            problems.append("the model store is not readable; see GET /diagnostics")
+        # a database store asks its server: in a thread, so a slow answer holds no other request
+        loop = asyncio.get_running_loop()
+        checks_store = self.readiness or isinstance(self.store, ModelStore)
+        if checks_store and not await loop.run_in_executor(None, self.store.readable):
+            problems.append(f"the model store is not readable ({self.store.location})")
         if self.readiness and not pool.ready.is_set():
             problems.append("the kernels are starting")
         if self.readiness and pool.full():
@@ -293,8 +298,12 @@ class HealthHandler(EndpointHandler):
         if problems:
             return self.fail(ServiceError(503, "; ".join(problems)))
         self.set_header("Content-Type", "application/json")
+        try:
+            models = len(await loop.run_in_executor(None, self.store.names))
+        except StoreError:  # the database went away since (or is not asked for liveness)
+            models = None
         self.finish(json.dumps({"status": "ok", "kernels": len(pool.kernel_clients),
-                                "models": len(self.store.names())}))
+                                "models": models}))
 
 
 class CellError(Exception):
@@ -376,7 +385,7 @@ class GradbookPersonality(NotebookHTTPPersonality):
         health = {"sources": {"GET": ""}, "response_sources": {}, "kernel_pool": self.kernel_pool,
                   "kernel_name": self.parent.kernel_manager.seed_kernelspec,
                   "metrics": self.metrics, "max_body_bytes": 0, "public": True,
-                  "store": ModelStore(settings.store)}
+                  "store": open_store(settings.store)}
         handlers: list[tuple[Any, ...]] = [
             (route_of(METRICS_PATH), MetricsHandler, {"metrics": self.metrics}),
             (route_of(HEALTH_PATH), HealthHandler,

@@ -84,7 +84,9 @@ class Settings(FromEnvironment):
         env="GRADBOOK_PORT", fallback=8888)
     kernels = Integer(min=1, config=True, help="Kernels in the pool").tag(
         env="GRADBOOK_KERNELS", fallback=2)
-    store = Unicode(config=True, help="Model store folder").tag(
+    store = Unicode(
+        config=True, help="Model store: a folder, or a postgresql:// URL (gradbook.pgstore) that "
+        "several replicas share").tag(
         env="GRADBOOK_STORE", fallback=str(DEFAULT_ROOT))
     token = Unicode(
         config=True,
@@ -144,6 +146,15 @@ class Settings(FromEnvironment):
     max_models = Integer(
         min=1, config=True, help="Most models in the store; creating one more gets 409"
     ).tag(env="GRADBOOK_MAX_MODELS", fallback=100)
+
+    training_worker = Bool(
+        config=True, help="1: run a training worker beside the gateway; 0: none (with a "
+        "PostgreSQL store, other replicas' workers run the jobs this one accepts)",
+    ).tag(env="GRADBOOK_TRAINING_WORKER", fallback=True)
+    job_lease = Float(
+        min=0.1, config=True, help="Seconds a running job of a PostgreSQL store stays claimed "
+        "unless its worker renews the claim (every third of it); then it is ended as failed",
+    ).tag(env="GRADBOOK_JOB_LEASE", fallback=10.0)
 
     @classmethod
     def env(cls, name: str) -> str:

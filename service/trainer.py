@@ -18,15 +18,18 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from gradbook.network import MLP
-from gradbook.store import ModelStore, StoreError
+from gradbook.store import Store, StoreError, open_store, timestamp
 from service.api import ModelAPI, training_data
 from service.errors import to_http
-from service.jobs import Job, JobStore
+from service.jobs import Job, Jobs
 from service.settings import Settings
 
 POLL_SECONDS = 0.2  # between looks for a queued job when there is none
@@ -42,7 +45,7 @@ class JobCancelledError(Exception):
 class Progress:
     """The epoch callback of one job: records the losses, and stops the run if cancelled."""
 
-    def __init__(self, jobs: JobStore, job: Job) -> None:
+    def __init__(self, jobs: Jobs, job: Job) -> None:
         self.jobs, self.job_id, self.epochs = jobs, job["id"], job["epochs"]
         self.losses: list[float] = []
         self.written = self.checked = time.monotonic()
@@ -72,9 +75,36 @@ class Progress:
         self.jobs.change(self.job_id, record)
 
 
-def run(api: ModelAPI, jobs: JobStore, job: Job) -> None:
+@contextmanager
+def leased(jobs: Jobs, job: Job, every: float) -> Iterator[None]:
+    """Renew the lease on ``job`` every ``every`` seconds while the block runs (from a thread:
+    one epoch may take longer than the lease)."""
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(every):
+            try:
+                jobs.renew(job["id"])
+            except StoreError:  # the database is away; the next renewal may reach it
+                continue
+
+    thread = threading.Thread(target=renew, daemon=True, name="gradbook-job-lease")
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def run(api: ModelAPI, jobs: Jobs, job: Job) -> None:
     """Run ``job`` (claimed: running) to its end, and record how it ended."""
     progress = Progress(jobs, job)
+    with leased(jobs, job, api.settings.job_lease / 3):
+        _run(api, jobs, job, progress)
+
+
+def _run(api: ModelAPI, jobs: Jobs, job: Job, progress: Progress) -> None:
     try:
         net = api.store.get(job["model"])
         data = training_data(jobs.data(job["id"]), net)
@@ -94,21 +124,28 @@ def run(api: ModelAPI, jobs: JobStore, job: Job) -> None:
         jobs.finish(job["id"], "succeeded", version=net.metadata["version"])
 
 
-def recover(store: ModelStore, jobs: JobStore, states: tuple[str, ...], why: str) -> int:
-    """End the jobs a stop left in ``states``: ``succeeded`` if their model holds the run they
-    committed (its summary names the job: the stop came between the commit and the record),
-    else ``failed`` because of ``why``; how many there were."""
-    stranded = [job for job in jobs.all() if job["state"] in states]
+def recover(store: Store, jobs: Jobs, stranded: list[Job], why: str) -> int:
+    """End the ``stranded`` jobs (a stop left them queued or running): ``succeeded`` if their
+    model holds the run they committed (its summary names the job: the stop came between the
+    commit and the record), else ``failed`` because of ``why``; how many there were."""
     for job in stranded:
-        if (version := committed_version(store, job)) is not None:
-            jobs.finish(job["id"], "succeeded", version=version)
-        else:
-            message = why.format(state=job["state"])
-            jobs.finish(job["id"], "failed", error={"status": 503, "message": message})
+        version = committed_version(store, job)
+
+        def end(record: Job, job: Job = job, version: int | None = version) -> None:
+            if record["state"] != job["state"]:  # another worker ended it meanwhile
+                return
+            if version is not None:
+                record.update(state="succeeded", finished=timestamp(), version=version)
+            else:
+                message = why.format(state=job["state"])
+                record.update(state="failed", finished=timestamp(),
+                              error={"status": 503, "message": message})
+
+        jobs.change(job["id"], end)
     return len(stranded)
 
 
-def committed_version(store: ModelStore, job: Job) -> int | None:
+def committed_version(store: Store, job: Job) -> int | None:
     try:
         _, metadata = store.header(job["model"])
     except StoreError:  # deleted, or damaged: no proof of a commit
@@ -117,17 +154,26 @@ def committed_version(store: ModelStore, job: Job) -> int | None:
                 None)
 
 
+STRANDED = "the training worker stopped while the job was {state}; nothing was saved"
+
+
 def main() -> None:
     settings = Settings()
-    store = ModelStore(settings.store, LOCK_WAIT_SECONDS, settings.model_cache)
-    api, jobs = ModelAPI(store, settings), JobStore(store.root)
-    # Only this worker runs jobs: one still "running" was cut short when the last worker stopped.
-    recover(store, jobs, ("running",), "the training worker stopped while the job was {state}; "
-                                       "nothing was saved")
+    store = open_store(settings.store, LOCK_WAIT_SECONDS, settings.model_cache)
+    api = ModelAPI(store, settings)
+    jobs = api.jobs
+    if not jobs.shared:
+        # Only this worker runs jobs: one still "running" was cut short when the last one stopped.
+        recover(store, jobs, [job for job in jobs.all() if job["state"] == "running"], STRANDED)
     parent = os.getppid()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     while os.getppid() == parent:  # the launcher is gone: so is the service
-        job: Any = jobs.claim()
+        try:
+            # shared records: any worker ends the jobs of a replica that died (lease ran out)
+            recover(store, jobs, jobs.stranded(), STRANDED)
+            job: Any = jobs.claim()
+        except StoreError:  # the database is away: look again later
+            job = None
         if job is None:
             time.sleep(POLL_SECONDS)
         else:

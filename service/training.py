@@ -22,7 +22,7 @@ import numpy as np
 
 from gradbook.datasets import DATASETS, Dataset, load
 from gradbook.network import MLP, Callback
-from gradbook.store import ModelStore
+from gradbook.store import Store
 
 MAX_RUNS = 100
 MAX_CURVE = 10_000
@@ -153,7 +153,7 @@ DEFAULT_MODELS = {
 }
 
 
-def create_default_models(store: ModelStore) -> list[str]:
+def create_default_models(store: Store) -> list[str]:
     """Create and train each default model missing from ``store``, on the data set of its name."""
     created = []
     for name, spec in DEFAULT_MODELS.items():

@@ -208,7 +208,8 @@ def test_recovery_tells_a_committed_job_from_one_cut_short(tmp_path: Path) -> No
     assert [jobs.claim()["id"] for _ in range(2)] == [done["id"], cut["id"]]  # both running
     api = ModelAPI(store, Settings())
     api.run_training("m", named_data("xor"), hyperparameters, job_id=done["id"])
-    assert recover(store, jobs, ("running",), "stopped while {state}") == 2
+    running = [job for job in jobs.all() if job["state"] == "running"]
+    assert recover(store, jobs, running, "stopped while {state}") == 2
     assert (jobs.get(done["id"])["state"], jobs.get(done["id"])["version"]) == ("succeeded", 2)
     assert jobs.get(cut["id"])["state"] == "failed"
     assert jobs.get(cut["id"])["error"] == {"status": 503, "message": "stopped while running"}

@@ -30,7 +30,8 @@ def test_every_setting_reads_its_variable(monkeypatch: pytest.MonkeyPatch) -> No
               "TOKEN": "t0ken", "MAX_BODY_BYTES": "1024", "MAX_EPOCHS": "50",
               "MAX_TRAIN_SECONDS": "2.5", "MAX_RESPONSE_BYTES": "4096", "BODY_TIMEOUT": "0.5",
               "MAX_QUEUE": "0", "MAX_BATCH": "5", "MODEL_CACHE": "3", "MAX_MODELS": "7",
-              "ALLOW_OPEN": "1", "REQUEST_TIMEOUT": "7.5", "LOCK_TIMEOUT": "0"}
+              "ALLOW_OPEN": "1", "REQUEST_TIMEOUT": "7.5", "LOCK_TIMEOUT": "0",
+              "TRAINING_WORKER": "0", "JOB_LEASE": "2.5"}
     for name, value in values.items():
         monkeypatch.setenv(f"GRADBOOK_{name}", value)
     settings = Settings()
@@ -41,6 +42,7 @@ def test_every_setting_reads_its_variable(monkeypatch: pytest.MonkeyPatch) -> No
     assert (settings.body_timeout, settings.max_queue, settings.max_batch) == (0.5, 0, 5)
     assert (settings.model_cache, settings.max_models, settings.allow_open) == (3, 7, True)
     assert (settings.request_timeout, settings.lock_timeout) == (7.5, 0.0)
+    assert (settings.training_worker, settings.job_lease) == (False, 2.5)
     assert len(values) == len(Settings.class_trait_names(config=True))  # every setting is here
 
 

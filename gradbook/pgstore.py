@@ -1,0 +1,364 @@
+"""The model store in a PostgreSQL database, for several machines serving the same models.
+
+``GRADBOOK_STORE=postgresql://…`` selects it (``gradbook.store.open_store``); it keeps the
+interface and the guarantees of the folder store (``gradbook.store.ModelStore``), with the
+database doing what the folder did with files:
+
+* **Atomic commits.** A change is one transaction: it locks the model's row, writes the next
+  version's weights and bumps ``version``; a crash rolls it back and leaves the previous version
+  whole.
+* **One writer per model.** The row lock (``SELECT … FOR UPDATE``) serializes changes of one
+  model; a writer that waits longer than ``lock_timeout`` gets ``ModelBusyError`` (PostgreSQL's
+  ``lock_timeout``). Creates also take a store-wide advisory lock, so that ``max_models`` holds.
+  A deleted model keeps its row (without weights), so a re-created one counts on.
+* **A cache that does not ask the database on every read.** Each process keeps the models it
+  used last (``cache_size``) and a listener thread ``LISTEN``s on ``gradbook_models``; every
+  commit ``NOTIFY``s "name:version" in its transaction, so PostgreSQL delivers it when the commit
+  is visible, to every replica at once. ``get`` answers from the cache unless a notification said
+  a newer version exists, or the listener is not connected (then every read asks the database,
+  and fails with ``StoreUnavailableError`` while the database is down).
+* **Read your writes, across replicas.** A writer returns only once its own listener has heard
+  its commit (at most ``FRESHNESS_SECONDS``): PostgreSQL signals every listening session at
+  once, so the other replicas have been sent it too. And a reader whose listener socket holds
+  data not yet read lets the listener thread read it before answering (one ``select``, no round
+  trip). So a client that got a commit's answer from one replica sees that version, or a later
+  one, on the next request to any other.
+
+The schema is created and migrated by ``migrate`` (the launcher calls it on start), under an
+advisory lock so that replicas starting together apply each migration once.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import select
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import errors
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from gradbook.network import MLP
+from gradbook.store import (
+    ModelBusyError,
+    ModelCache,
+    ModelExistsError,
+    ModelNotFoundError,
+    StoreError,
+    StoreFullError,
+    StoreUnavailableError,
+    check_name,
+    timestamp,
+)
+
+CHANNEL = "gradbook_models"
+CONNECT_SECONDS = 2.0  # to open a connection, or to wait for a free one of the pool
+FRESHNESS_SECONDS = 0.1  # a writer waits this long at most for its own notification
+RECONNECT_SECONDS = 0.25  # between a lost listener connection and the next attempt
+MIGRATION_LOCK = 0x67726164  # advisory lock keys ("grad", "book"): any two constants do
+CREATE_LOCK = 0x626F6F6B
+
+# Each migration takes the schema from its index to its index + 1; append, never edit.
+MIGRATIONS = [
+    """
+    CREATE TABLE models (
+        name text PRIMARY KEY,
+        version bigint NOT NULL,  -- the last committed version; kept when the model is deleted
+        model bytea,              -- MLP.write's .npz; NULL once deleted
+        header text,              -- its {"config", "metadata"} as JSON, read without the weights
+        updated timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE TABLE jobs (
+        id text PRIMARY KEY,      -- time-ordered: the order jobs run in
+        state text NOT NULL,
+        record text NOT NULL,     -- the job as JSON (service.jobs)
+        data text NOT NULL,       -- the training data it was sent, as JSON
+        lease_until timestamptz   -- a running job whose worker stops renewing this is stranded
+    );
+    CREATE INDEX jobs_waiting ON jobs (id) WHERE state IN ('queued', 'running');
+    """,
+]
+
+
+class PostgresStore:
+    """Models in the database at ``url``, shared by every process and replica that uses it.
+
+    Parameters as ``ModelStore``'s: ``lock_timeout`` seconds a writer waits for another writer of
+    the same model, ``cache_size`` models kept loaded in this process.
+    """
+
+    def __init__(self, url: str, lock_timeout: float = 2.0, cache_size: int = 16) -> None:
+        self.url = url
+        self.lock_timeout = lock_timeout
+        self.cache_size = cache_size
+        self._cache = ModelCache(cache_size)
+        self.pool = ConnectionPool(
+            url, min_size=1, max_size=4, open=False, timeout=CONNECT_SECONDS,
+            kwargs={"autocommit": True, "connect_timeout": CONNECT_SECONDS},
+            check=ConnectionPool.check_connection, name="gradbook-store")
+        self.pool.open(wait=False)
+        # Written by the listener thread, read by ``get``: the lowest version not yet stale of
+        # each model named in a notification, and whether notifications are arriving now.
+        self._fresh_from: dict[str, int] = {}
+        self._listening = threading.Event()
+        self._listen_fd: int | None = None  # the listening connection's socket
+        self._generation = 0  # bumped on every (re)connection: notifications may have been lost
+        self._listener: threading.Thread | None = None
+        self._listener_lock = threading.Lock()
+
+    @property
+    def location(self) -> str:
+        """The database URL, any password shown as ``***``."""
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urlunsplit(parts._replace(netloc=netloc))
+
+    @property
+    def cached(self) -> int:
+        return len(self._cache)
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def __enter__(self) -> PostgresStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- schema ------------------------------------------------------------------------------
+    def migrate(self) -> int:
+        """Bring the schema to the latest version; returns the version found (0: a new store)."""
+        with self.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            conn.execute("CREATE TABLE IF NOT EXISTS gradbook_schema (version integer NOT NULL)")
+            row = conn.execute("SELECT version FROM gradbook_schema").fetchone()
+            found = 0 if row is None else row[0]
+            if found > len(MIGRATIONS):
+                raise StoreError(f"the database's schema is version {found}, newer than this "
+                                 f"service knows ({len(MIGRATIONS)}); upgrade the service")
+            for migration in MIGRATIONS[found:]:
+                conn.execute(migration)
+            if row is None:
+                conn.execute("INSERT INTO gradbook_schema VALUES (%s)", (len(MIGRATIONS),))
+            else:
+                conn.execute("UPDATE gradbook_schema SET version = %s", (len(MIGRATIONS),))
+        return found
+
+    # -- reading -----------------------------------------------------------------------------
+    def readable(self) -> bool:
+        """Whether the database answers now."""
+        try:
+            with self.connection() as conn:
+                conn.execute("SELECT 1 FROM models LIMIT 1")
+            return True
+        except StoreError:
+            return False
+
+    def names(self) -> list[str]:
+        with self.connection() as conn:
+            rows = conn.execute(
+                "SELECT name FROM models WHERE model IS NOT NULL ORDER BY name").fetchall()
+        return [name for (name,) in rows]
+
+    def get(self, name: str) -> MLP:
+        """The latest committed version of ``name``; shared with later calls: do not modify it.
+
+        Answered from this process's cache, without the database, while the listener is
+        connected and has heard of no newer version.
+        """
+        check_name(name)
+        self._ensure_listener()
+        generation = self._generation
+        cached = self._cache.get(name)
+        if cached is not None and self._listening.is_set():
+            self._read_arrived_notifications()
+            (cached_generation, version), net = cached
+            if cached_generation == generation and version >= self._fresh_from.get(name, 0):
+                return net
+        with self.connection() as conn:
+            row = conn.execute("SELECT model FROM models WHERE name = %s AND model IS NOT NULL",
+                               (name,)).fetchone()
+        if row is None:
+            self._cache.drop(name)
+            raise ModelNotFoundError(f"no model named {name!r}")
+        net = _read(name, row[0])
+        self._cache.put(name, (generation, net.metadata["version"]), net)
+        return net
+
+    def header(self, name: str) -> tuple[dict, dict]:
+        check_name(name)
+        with self.connection() as conn:
+            row = conn.execute("SELECT header FROM models WHERE name = %s AND model IS NOT NULL",
+                               (name,)).fetchone()
+        if row is None:
+            raise ModelNotFoundError(f"no model named {name!r}")
+        header = json.loads(row[0])
+        return header["config"], header["metadata"]
+
+    # -- writing -----------------------------------------------------------------------------
+    @contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """Hold the writer lock of ``name`` (its row); ``ModelBusyError`` after ``lock_timeout``
+        seconds, ``ModelNotFoundError`` if there is no such model."""
+        with self._writing(name):
+            yield
+
+    def create(self, name: str, net: MLP, max_models: int | None = None) -> MLP:
+        """Commit ``net`` as a new model (version 1, or one more than a deleted model of that
+        name had); ``ModelExistsError`` if the name is taken, ``StoreFullError`` at ``max_models``.
+        """
+        check_name(name)
+        with self._transaction() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (CREATE_LOCK,))
+            row = conn.execute("SELECT version, model IS NOT NULL FROM models WHERE name = %s "
+                               "FOR UPDATE", (name,)).fetchone()
+            if row is not None and row[1]:
+                raise ModelExistsError(f"a model named {name!r} already exists")
+            if max_models is not None:
+                (count,) = conn.execute(
+                    "SELECT count(*) FROM models WHERE model IS NOT NULL").fetchone()
+                if count >= max_models:
+                    raise StoreFullError(
+                        f"the store holds at most {max_models} models; delete one first")
+            net.metadata["created"] = timestamp()
+            if row is None:
+                conn.execute("INSERT INTO models (name, version) VALUES (%s, 0)", (name,))
+            self._commit(conn, name, net, version=(0 if row is None else row[0]) + 1)
+        self._await_notification(name, net.metadata["version"])
+        return net
+
+    def update(self, name: str, change: Callable[[MLP], object]) -> MLP:
+        """Apply ``change(net)`` to a private copy of the latest version and commit it as the
+        next, holding the model's row lock from reading to committing; if ``change`` raises,
+        nothing is committed."""
+        with self._writing(name) as (conn, model):
+            net = _read(name, model)
+            change(net)
+            self._commit(conn, name, net, version=net.metadata["version"] + 1)
+        self._await_notification(name, net.metadata["version"])
+        return net
+
+    def delete(self, name: str) -> int:
+        """Remove ``name``; returns the version it had."""
+        with self._writing(name) as (conn, _):
+            (version,) = conn.execute(
+                "UPDATE models SET model = NULL, header = NULL, updated = now() "
+                "WHERE name = %s RETURNING version", (name,)).fetchone()
+            # versions up to this one are stale now; a re-created model starts above it
+            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{name}:{version + 1}"))
+        self._cache.drop(name)
+        self._await_notification(name, version + 1)
+        return version
+
+    def _commit(self, conn: psycopg.Connection, name: str, net: MLP, version: int) -> None:
+        net.metadata["version"] = version
+        net.metadata["updated"] = timestamp()
+        buffer = io.BytesIO()
+        net.write(buffer)
+        header = json.dumps({"config": net.config, "metadata": net.metadata})
+        conn.execute("UPDATE models SET version = %s, model = %s, header = %s, updated = now() "
+                     "WHERE name = %s", (version, buffer.getvalue(), header, name))
+        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{name}:{version}"))
+
+    @contextmanager
+    def _writing(self, name: str) -> Iterator[tuple[psycopg.Connection, bytes]]:
+        """A transaction holding the row lock of model ``name``, and its committed weights."""
+        check_name(name)
+        with self._transaction() as conn:
+            try:
+                row = conn.execute("SELECT model FROM models WHERE name = %s "
+                                   "AND model IS NOT NULL FOR UPDATE", (name,)).fetchone()
+            except errors.LockNotAvailable:
+                raise ModelBusyError(
+                    f"model {name!r} is being changed by another request; retry later") from None
+            if row is None:
+                raise ModelNotFoundError(f"no model named {name!r}")
+            yield conn, row[0]
+
+    @contextmanager
+    def _transaction(self) -> Iterator[psycopg.Connection]:
+        with self.connection() as conn, conn.transaction():
+            # PostgreSQL's 0 means "wait for ever"; ours means "do not wait"
+            milliseconds = max(1, round(self.lock_timeout * 1000))
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{milliseconds}ms",))
+            yield conn
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """A connection of the pool; ``StoreUnavailableError`` when the database is out of
+        reach, so that requests fail at once (503) rather than hang."""
+        try:
+            with self.pool.connection() as conn:
+                yield conn
+        except (PoolTimeout, psycopg.OperationalError) as err:
+            if isinstance(err, errors.LockNotAvailable):
+                raise
+            raise StoreUnavailableError(
+                f"the model store's database is unavailable ({type(err).__name__}); "
+                "retry later") from err
+
+    # -- notifications -----------------------------------------------------------------------
+    def _ensure_listener(self) -> None:
+        if self._listener is None:
+            with self._listener_lock:
+                if self._listener is None:
+                    self._listener = threading.Thread(target=self._listen, daemon=True,
+                                                      name="gradbook-store-listener")
+                    self._listener.start()
+                    # so that the first models loaded are cached under a listening connection
+                    self._listening.wait(CONNECT_SECONDS)
+
+    def _listen(self) -> None:
+        """Keep a connection listening on ``CHANNEL``, reconnecting when it is lost."""
+        while True:
+            try:
+                with psycopg.connect(self.url, autocommit=True,
+                                     connect_timeout=CONNECT_SECONDS) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self._generation += 1  # what was cached before may have missed changes
+                    self._listen_fd = conn.fileno()
+                    self._listening.set()
+                    for notify in conn.notifies():
+                        name, _, version = notify.payload.rpartition(":")
+                        if int(version) > self._fresh_from.get(name, 0):
+                            self._fresh_from[name] = int(version)
+            except psycopg.Error:
+                pass
+            self._listening.clear()
+            self._listen_fd = None
+            time.sleep(RECONNECT_SECONDS)
+
+    def _read_arrived_notifications(self) -> None:
+        """Let the listener thread read what has reached its socket already: a commit that
+        returned to its client just now may be there and not yet read (one ``select``, no
+        round trip)."""
+        deadline = time.monotonic() + FRESHNESS_SECONDS
+        while (fd := self._listen_fd) is not None and time.monotonic() < deadline:
+            try:
+                if not select.select([fd], [], [], 0)[0]:
+                    return
+            except (OSError, ValueError):  # closed meanwhile: the listener is reconnecting
+                return
+            time.sleep(0.0002)
+
+    def _await_notification(self, name: str, version: int) -> None:
+        self._ensure_listener()
+        deadline = time.monotonic() + FRESHNESS_SECONDS
+        while self._fresh_from.get(name, 0) < version and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+
+def _read(name: str, model: bytes) -> MLP:
+    try:
+        return MLP.read(io.BytesIO(model))
+    except Exception as err:  # a damaged row must not pass for a client mistake
+        raise StoreError(f"model {name!r} could not be read ({type(err).__name__})") from err
+
