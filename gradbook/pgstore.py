@@ -17,12 +17,14 @@ database doing what the folder did with files:
   is visible, to every replica at once. ``get`` answers from the cache unless a notification said
   a newer version exists, or the listener is not connected (then every read asks the database,
   and fails with ``StoreUnavailableError`` while the database is down).
-* **Read your writes, across replicas.** A writer returns only once its own listener has heard
-  its commit (at most ``FRESHNESS_SECONDS``): PostgreSQL signals every listening session at
-  once, so the other replicas have been sent it too. And a reader whose listener socket holds
-  data not yet read lets the listener thread read it before answering (one ``select``, no round
-  trip). So a client that got a commit's answer from one replica sees that version, or a later
-  one, on the next request to any other.
+* **Fresh within milliseconds, across replicas.** A writer returns only once its own listener
+  has heard its commit (at most ``FRESHNESS_SECONDS``): PostgreSQL signals every listening
+  session at the same moment, so the other replicas' sessions are sending it too. And a reader
+  whose listener socket holds data not yet read lets the listener thread read it before
+  answering (one ``select``, no round trip). A client that got a commit's answer from one
+  replica therefore finds that version on any other by the time its next request arrives there
+  (``tests/test_cluster.py``), unless that replica's database session is slower to pass the
+  notification on than the request's trip over HTTP; the bound is ``FRESHNESS_SECONDS``.
 
 The schema is created and migrated by ``migrate`` (the launcher calls it on start), under an
 advisory lock so that replicas starting together apply each migration once.
@@ -57,7 +59,9 @@ from gradbook.store import (
 )
 
 CHANNEL = "gradbook_models"
-CONNECT_SECONDS = 2.0  # to open a connection, or to wait for a free one of the pool
+CONNECT_SECONDS = 2.0  # to open a connection
+POOL_WAIT_SECONDS = 1.0  # to get one from the pool (a free one, or a new one opened)
+RETRY_SECONDS = 1.0  # after the database failed, requests fail at once for this long
 FRESHNESS_SECONDS = 0.1  # a writer waits this long at most for its own notification
 RECONNECT_SECONDS = 0.25  # between a lost listener connection and the next attempt
 MIGRATION_LOCK = 0x67726164  # advisory lock keys ("grad", "book"): any two constants do
@@ -98,13 +102,14 @@ class PostgresStore:
         self.cache_size = cache_size
         self._cache = ModelCache(cache_size)
         self.pool = ConnectionPool(
-            url, min_size=1, max_size=4, open=False, timeout=CONNECT_SECONDS,
+            url, min_size=1, max_size=4, open=False, timeout=POOL_WAIT_SECONDS,
             kwargs={"autocommit": True, "connect_timeout": CONNECT_SECONDS},
             check=ConnectionPool.check_connection, name="gradbook-store")
         self.pool.open(wait=False)
         # Written by the listener thread, read by ``get``: the lowest version not yet stale of
         # each model named in a notification, and whether notifications are arriving now.
         self._fresh_from: dict[str, int] = {}
+        self._failed_at, self._failure = -RETRY_SECONDS, ""  # the last failure to connect
         self._listening = threading.Event()
         self._listen_fd: int | None = None  # the listening connection's socket
         self._generation = 0  # bumped on every (re)connection: notifications may have been lost
@@ -294,16 +299,27 @@ class PostgresStore:
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
         """A connection of the pool; ``StoreUnavailableError`` when the database is out of
-        reach, so that requests fail at once (503) rather than hang."""
+        reach, so that requests fail at once (503) rather than hang.
+
+        Once it failed, every call fails at once for ``RETRY_SECONDS`` before one tries again:
+        a kernel answers its queued requests one after another, and waiting for the pool on each
+        would turn an outage of the database into minutes of queue. The listener's failures to
+        reconnect (every ``RECONNECT_SECONDS``) count too, and its success ends the wait."""
+        if time.monotonic() - self._failed_at < RETRY_SECONDS:
+            raise StoreUnavailableError(self._failure)
         try:
             with self.pool.connection() as conn:
                 yield conn
         except (PoolTimeout, psycopg.OperationalError) as err:
             if isinstance(err, errors.LockNotAvailable):
                 raise
-            raise StoreUnavailableError(
-                f"the model store's database is unavailable ({type(err).__name__}); "
-                "retry later") from err
+            self._failed(err)
+            raise StoreUnavailableError(self._failure) from err
+
+    def _failed(self, err: Exception) -> None:
+        self._failure = (f"the model store's database is unavailable ({type(err).__name__}); "
+                         "retry later")
+        self._failed_at = time.monotonic()
 
     # -- notifications -----------------------------------------------------------------------
     def _ensure_listener(self) -> None:
@@ -325,13 +341,14 @@ class PostgresStore:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self._generation += 1  # what was cached before may have missed changes
                     self._listen_fd = conn.fileno()
+                    self._failed_at = -RETRY_SECONDS  # the database is back
                     self._listening.set()
                     for notify in conn.notifies():
                         name, _, version = notify.payload.rpartition(":")
                         if int(version) > self._fresh_from.get(name, 0):
                             self._fresh_from[name] = int(version)
-            except psycopg.Error:
-                pass
+            except psycopg.Error as err:
+                self._failed(err)
             self._listening.clear()
             self._listen_fd = None
             time.sleep(RECONNECT_SECONDS)

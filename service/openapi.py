@@ -304,9 +304,9 @@ def schemas(settings: Settings) -> Schema:
     }
     metrics = {"type": "object",
                "description": "Of the last training run, each named by the examples it was "
-               "measured on ({} before a run): the final loss summed over the training examples; "
-               "for classifiers the accuracy on held-out examples (digits) or, for data without "
-               "a held-out part, on the training examples.",
+               "measured on ({} before a run): the loss at the final weights, summed over the "
+               "training examples; for classifiers the accuracy on held-out examples (digits) or, "
+               "for data without a held-out part, on the training examples.",
                "properties": {"data": {"type": "string"}, "training_loss": {"type": "number"},
                               "training_examples": {"type": "integer"},
                               "held_out_accuracy": {"type": "number"},
@@ -314,8 +314,15 @@ def schemas(settings: Settings) -> Schema:
                               "training_accuracy": {"type": "number"}}}
     numbers = {"lr": {"type": "number"}, "epochs": {"type": "integer"},
                "batch_size": {"type": "integer", "nullable": True}}
-    run = obj({"data": {"type": "string"}, **numbers, "loss_start": {"type": "number"},
-               "loss_end": {"type": "number"}, "seconds": {"type": "number"},
+    epoch_losses = ("The loss of each epoch, summed over its examples: with mini-batches each "
+                    "batch's loss before its step, added up over the epoch (the running training "
+                    "loss); with the whole data set as the batch, the loss after the epoch's step.")
+    run = obj({"data": {"type": "string"}, **numbers,
+               "loss_start": {"type": "number", "description": "The loss of the run's first "
+                              "epoch."},
+               "loss_end": {"type": "number", "description": "The loss at the final weights, "
+                            "summed over the training examples (metrics.training_loss)."},
+               "seconds": {"type": "number"},
                "version": {"type": "integer", "description": "The version the run made."},
                "job": {"type": "string", "description": "The training job that ran it."}})
     name = {"type": "string", "pattern": f"^{NAME.pattern}$"}
@@ -398,13 +405,14 @@ def schemas(settings: Settings) -> Schema:
                                "description": "false: answer 202 with a training job at once "
                                "instead of when trained."}}, ["data"]),
         "Job": obj({**job, "losses": array({"type": "number", "nullable": True},
-                                           description="The loss after each epoch so far (null "
-                                           "where it was not finite).")}, [*job, "losses"]),
+                                           description=f"{epoch_losses} So far; null where it "
+                                           "was not finite.")}, [*job, "losses"]),
         "JobList": obj({"jobs": array(obj(
             {**job, "loss": {"type": "number", "nullable": True,
                              "description": "The last loss recorded."}}, [*job, "loss"]))},
             ["jobs"]),
-        "Training": obj({**model, "history": array({"type": "number"}), "metrics": metrics,
+        "Training": obj({**model, "history": array({"type": "number"}, description=epoch_losses),
+                         "metrics": metrics,
                          "run": run}, [*model, "history", "metrics", "run"]),
         "GradientsRequest": obj({"X": matrix, "Y": targets}, ["X", "Y"]),
         "Gradients": obj({
@@ -511,7 +519,7 @@ def openapi_spec(settings: Settings) -> Schema:
     paths["/healthz"] = health_path(
         "Liveness, answered by the gateway without a kernel: every kernel process alive, and a "
         "folder store readable (a database store counts for readiness only, so an outage of "
-        "the database restarts no replica; models is then null if it cannot be counted)",
+        "the database restarts no replica, and models is null)",
         "A kernel stopped (it is being replaced), or the store's folder is not readable; the "
         "message says which.")
     paths["/readyz"] = health_path(

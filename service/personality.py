@@ -298,10 +298,12 @@ class HealthHandler(EndpointHandler):
         if problems:
             return self.fail(ServiceError(503, "; ".join(problems)))
         self.set_header("Content-Type", "application/json")
-        try:
-            models = len(await loop.run_in_executor(None, self.store.names))
-        except StoreError:  # the database went away since (or is not asked for liveness)
-            models = None
+        models = None  # a database store is not asked for liveness
+        if checks_store:
+            try:
+                models = len(await loop.run_in_executor(None, self.store.names))
+            except StoreError as err:  # the database went away since readable()
+                return self.fail(to_http(err))
         self.finish(json.dumps({"status": "ok", "kernels": len(pool.kernel_clients),
                                 "models": models}))
 
