@@ -16,10 +16,12 @@ Same work on both sides:
   count, so scikit-learn never stops early; no validation split). With the whole set as the
   batch the order of the rows does not matter, and ``MLP`` skips the shuffle.
 
-One difference is in the work itself: ``MLP.fit`` returns the loss on all of ``X`` after each
-epoch, which takes a forward pass over the whole set, while scikit-learn's ``loss_curve_``
-averages the batch losses it computed during the epoch anyway. With full batches ``MLP`` reuses
-that pass for the next step; with mini-batches it is extra (one pass per 5.6 batches of 256).
+Both record one training loss per epoch, read off the forward passes the steps need anyway.
+With mini-batches ``MLP.fit`` returns each epoch's running loss, the sum of each batch's loss at
+the parameters before its step; scikit-learn's ``loss_curve_`` is the same quantity over the
+number of rows (its batch losses are means, weighted by batch size). With the whole set as the
+batch ``MLP.fit`` records the loss after each step, from the forward pass the next step reuses
+(one pass more per run than scikit-learn, which records the loss before each step).
 
 Learning rate: ``MLP``'s loss is *summed* over a batch, scikit-learn's is *averaged*, so a step
 of ``lr`` on the sum equals a step of ``lr * batch`` on the mean. Each case sets one mean-loss

@@ -88,14 +88,8 @@ class MLP:
                 "bias": self.bias}
 
     # -- forward -----------------------------------------------------------------------------
-    def _layers(
-        self, X: np.ndarray, output: bool = True
-    ) -> tuple[list[np.ndarray], np.ndarray]:
-        """Layer outputs ``[l_0 = X, l_1, …, l_K]`` and the output pre-activation ``z_K``.
-
-        ``output=False`` leaves out ``l_K`` when the loss's value needs only ``z_K`` (the list
-        then ends with ``l_{K-1}``).
-        """
+    def _layers(self, X: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        """Layer outputs ``[l_0 = X, l_1, …, l_K]`` and the output pre-activation ``z_K``."""
         ls = [X]
         K = len(self.weights)
         out_f = self.loss_fn.output
@@ -108,14 +102,9 @@ class MLP:
                 ls.append(hidden_f(z))
             elif out_f is None:
                 ls.append(self.act.f(z))  # not in place: z_K is returned beside l_K
-            elif output or not self._value_needs_output:
+            else:
                 ls.append(out_f(z))
         return ls, z
-
-    @property
-    def _value_needs_output(self) -> bool:
-        """Whether ``loss_fn.value`` reads ``l_K`` (cross-entropy reads only ``z_K``)."""
-        return self.loss_name != "cross_entropy"
 
     def _check_X(self, X: Any) -> np.ndarray:
         return as_matrix("X", X, self.sizes[0])
@@ -193,12 +182,22 @@ class MLP:
         callback: Callback | None = None,
         progress: bool = False,
     ) -> list[float]:
-        """Gradient descent on the summed loss; returns the loss on all of ``X`` after each epoch.
+        """Gradient descent on the summed loss; returns one loss per epoch, summed over ``X``.
 
         ``batch_size=None`` uses the whole batch per step. Because the loss is a sum, the step of
         one mini-batch grows with its size: pick ``lr`` for the batch size you use.
-        ``callback(epoch, loss, net)`` runs after each epoch (for live plots); ``progress`` shows
-        a tqdm bar.
+
+        Each epoch's loss is read off forward passes that the steps need anyway:
+
+        * mini-batches (``batch_size < n``): the sum of each batch's loss at the parameters
+          before its step, the running training loss that scikit-learn's ``loss_curve_`` and
+          Keras report (there averaged). It covers every example once, but at parameters that
+          change during the epoch; ``loss(X, Y)`` gives the loss at the parameters it ends with.
+        * the whole set as the batch: the loss on all of ``X`` at the parameters after the
+          epoch's step, whose forward pass the next step reuses.
+
+        ``callback(epoch, loss, net)`` runs after each epoch (for live plots) with the loss the
+        history records; ``progress`` shows a tqdm bar.
         """
         X = self._check_X(X)
         Y = self._check_Y(Y, X.shape[0])
@@ -222,21 +221,33 @@ class MLP:
             if batch >= n:
                 ls, z = forward if forward is not None else self._layers(X)
                 self._descend(self._backward(ls, z, Y), lr)
+                ls, z = forward = self._layers(X)  # at the parameters this epoch ends with
+                loss = self.loss_fn.value(z, ls[-1], Y)
             else:
                 Xs, Ys = X, Y
                 if shuffle:  # permuted once per epoch, so that each batch below is a view
                     order = rng.permutation(n)
                     Xs, Ys = X[order], Y[order]
+                loss = 0.0
                 for start in range(0, n, batch):
                     rows = slice(start, start + batch)
-                    self._descend(self._gradients(Xs[rows], Ys[rows]), lr)
-            # at the parameters this epoch ends with; only a full-batch step reuses l_K
-            ls, z = forward = self._layers(X, output=batch >= n)
-            history.append(self.loss_fn.value(z, ls[-1], Y))
+                    loss += self._step(Xs[rows], Ys[rows], lr)
+            history.append(loss)
             if callback is not None:
-                callback(epoch, history[-1], self)
+                callback(epoch, loss, self)
                 forward = None  # the callback may have changed the parameters
         return history
+
+    def _step(self, X: np.ndarray, Y: np.ndarray, lr: float) -> float:
+        """One gradient-descent step on the batch ``X, Y``; returns its loss before the step.
+
+        The loss is read off the forward pass that the gradients need, before ``_backward``
+        uses it up.
+        """
+        ls, z = self._layers(X)
+        loss = self.loss_fn.value(z, ls[-1], Y)
+        self._descend(self._backward(ls, z, Y), lr)
+        return loss
 
     def _descend(self, grads: list[np.ndarray], lr: float) -> None:
         """One gradient-descent step ``p ← p − lr · ∂L/∂p``, scaling ``grads`` in place."""

@@ -8,8 +8,10 @@ Training time is estimated by a cost model of ``MLP.fit`` (``gradbook/network.py
 takes ``steps = ⌈n / batch_size⌉`` gradient steps, and each step has a fixed cost (Python and
 numpy call overhead, per layer) plus a cost per parameter (the update reads and writes every
 weight, whatever the batch) plus a cost per example in the batch (the matrix products, eqs.
-8.1-8.4, and the element-wise work on every unit). After the steps, the epoch's loss is
-evaluated on all ``n`` examples. The constants were measured on a 2-core machine with
+8.1-8.4, and the element-wise work on every unit). The epoch's loss comes from passes the
+steps make anyway (``MLP.fit``); the per-example constant still counts a pass over all ``n``
+examples for it, as ``MLP.fit`` made before it recorded the running loss, so the estimate
+stays an upper bound. The constants were measured on a 2-core machine with
 ``bench/bench_admission.py`` and rounded up (the slowest activation, with biases), so that the
 estimate is an upper bound there: that benchmark prints the estimate against the measured time
 of the largest runs the default limit admits.

@@ -10,7 +10,8 @@ from matplotlib.figure import Figure
 
 
 def loss_curve_png(curve: Sequence[float], title: str) -> bytes:
-    """A PNG of ``curve`` (the loss after each epoch), on a log scale when the loss is positive."""
+    """A PNG of ``curve`` (each epoch's loss, as ``MLP.fit`` records it), on a log scale when
+    the loss is positive."""
     fig = Figure(figsize=(6.4, 4.0), dpi=100, layout="tight")
     ax = fig.subplots()
     if len(curve) > 0:

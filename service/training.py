@@ -7,7 +7,12 @@ Besides its weights, a served model keeps in ``net.metadata`` (saved in the same
     hyperparameters             defaults for training: {"lr", "epochs", "batch_size"}
     metrics                     of the last training run (see ``train``)
     runs                        summaries of the last ``MAX_RUNS`` training runs
-    curve                       the loss after each epoch since the last reset (last ``MAX_CURVE``)
+    curve                       the loss of each epoch since the last reset (last ``MAX_CURVE``)
+
+The loss of an epoch is what ``MLP.fit`` records: with mini-batches the running loss, each
+batch's loss before its step summed over the epoch; with the whole set as the batch the loss
+after the epoch's step. The loss after a run (``training_loss``, a run's ``loss_end``) is
+measured once more at the final weights, over all the training examples.
 """
 
 from __future__ import annotations
@@ -88,26 +93,28 @@ def train(
     callback: Callback | None = None,
 ) -> list[float]:
     """Gradient descent on ``data`` (``MLP.fit``, which calls ``callback`` after each epoch);
-    records metrics, a run summary and the curve.
+    records metrics, a run summary and the curve. Returns the loss of each epoch (``MLP.fit``).
 
     ``metrics`` names each figure by the examples it was measured on: ``training_loss`` (the
-    final loss, summed over the ``training_examples``, as in the derivations) and, for
-    classifiers, ``held_out_accuracy`` over ``held_out_examples`` kept out of training, or
-    ``training_accuracy`` when the data has no held-out part. Raises ``DivergedError`` when
-    the loss or the weights stop being finite, so nothing is committed.
+    loss at the final weights, summed over the ``training_examples``, as in the derivations)
+    and, for classifiers, ``held_out_accuracy`` over ``held_out_examples`` kept out of
+    training, or ``training_accuracy`` when the data has no held-out part. Raises
+    ``DivergedError`` when the loss or the weights stop being finite, so nothing is committed.
     """
     start = time.perf_counter()
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         history = net.fit(data.X, data.Y, epochs=epochs, lr=lr, batch_size=batch_size,
                           callback=callback)
-    if not (np.all(np.isfinite(history)) and all(np.all(np.isfinite(p)) for p in net.parameters)):
+        final_loss = net.loss(data.X, data.Y)  # one forward pass, at the weights the run ends with
+    if not (np.all(np.isfinite([*history, final_loss]))
+            and all(np.all(np.isfinite(p)) for p in net.parameters)):
         epoch = next((i for i, loss in enumerate(history) if not np.isfinite(loss)), epochs - 1)
         raise DivergedError(
             f"training diverged: the loss became NaN or infinite at epoch {epoch + 1}, so "
             f"nothing was saved; try a smaller lr than {lr:g}, or inputs of a smaller magnitude"
         )
     metrics: dict[str, Any] = {
-        "data": data.label, "training_loss": history[-1], "training_examples": len(data.X)
+        "data": data.label, "training_loss": final_loss, "training_examples": len(data.X)
     }
     if net.is_classifier:
         labels = np.asarray(data.Y_eval)
@@ -122,7 +129,7 @@ def train(
         "lr": lr,
         "batch_size": batch_size,
         "loss_start": history[0],
-        "loss_end": history[-1],
+        "loss_end": final_loss,
         "seconds": round(time.perf_counter() - start, 4),
     }
     net.metadata.update(

@@ -126,13 +126,24 @@ def test_toy_data_is_learned_by_a_3_4_1_sigmoid_net():
 
 
 def test_fit_calls_back_once_per_epoch_with_the_recorded_loss():
-    data = load("xor")
-    net = MLP([3, 4, 1], seed=0)
+    """With mini-batches the recorded loss is the running one: the sum of each batch's loss at
+    the parameters before its step, the batches shuffled once per epoch by ``seed``."""
+    X, Y = load("xor").X_train, load("xor").Y_train
+    net, twin = MLP([3, 4, 1], seed=0), MLP([3, 4, 1], seed=0)
     seen: list[tuple[int, float]] = []
-    history = net.fit(data.X_train, data.Y_train, epochs=5, lr=0.5, batch_size=2,
+    history = net.fit(X, Y, epochs=5, lr=0.5, batch_size=2,
                       callback=lambda epoch, loss, n: seen.append((epoch, loss)))
     assert seen == list(enumerate(history))
-    assert history[-1] == net.loss(data.X_train, data.Y_train)
+    rng, expected = np.random.default_rng(0), []
+    for _ in range(5):
+        order, running = rng.permutation(4), 0.0
+        for rows in (order[:2], order[2:]):
+            running += twin.loss(X[rows], Y[rows])
+            for W, dW in zip(twin.weights, twin.gradients(X[rows], Y[rows]), strict=True):
+                W -= 0.5 * dW
+        expected.append(running)
+    assert history == expected
+    assert all(np.array_equal(W, V) for W, V in zip(net.weights, twin.weights, strict=True))
 
 
 def test_fit_is_reproducible_for_a_seed():

@@ -189,15 +189,22 @@ def test_the_backward_pass_never_differentiates_the_input_layer():
 
 
 def by_hand(net: MLP, X: np.ndarray, Y: np.ndarray, epochs: int, lr: float,
-            batches: list[np.ndarray]) -> list[float]:
-    """Gradient descent written out: one step per batch of rows, in the order given."""
-    history = []
+            batches: list[np.ndarray]) -> tuple[list[float], list[float]]:
+    """Gradient descent written out: one step per batch of rows, in the order given.
+
+    Returns two records per epoch: the running loss (each batch's loss before its step, summed
+    over the epoch) and the loss on all of ``X`` at the parameters the epoch ends with.
+    """
+    running, after = [], []
     for _ in range(epochs):
+        total = 0.0
         for rows in batches:
+            total += net.loss(X[rows], Y[rows])
             for p, g in zip(net.parameters, net.gradients(X[rows], Y[rows]), strict=True):
                 p -= lr * g
-        history.append(net.loss(X, Y))
-    return history
+        running.append(total)
+        after.append(net.loss(X, Y))
+    return running, after
 
 
 def problem(n: int = 6) -> tuple[np.ndarray, np.ndarray]:
@@ -211,16 +218,20 @@ def test_full_batch_training_takes_one_step_per_epoch_over_the_rows_in_order():
     for shuffle in (True, False):
         net, twin = MLP([3, 4, 2], bias=True, seed=1), MLP([3, 4, 2], bias=True, seed=1)
         history = net.fit(X, Y, epochs=3, lr=0.01, shuffle=shuffle)
-        assert history == by_hand(twin, X, Y, 3, 0.01, [np.arange(64)])
+        assert history == by_hand(twin, X, Y, 3, 0.01, [np.arange(64)])[1]  # after each step
         for p, q in zip(net.parameters, twin.parameters, strict=True):
             np.testing.assert_array_equal(p, q)
 
 
 def test_unshuffled_mini_batches_are_consecutive_rows():
+    """Mini-batches record the running loss: each batch's loss before its step, summed."""
     X, Y = problem()
     net, twin = MLP([3, 4, 2], seed=1), MLP([3, 4, 2], seed=1)
     history = net.fit(X, Y, epochs=2, lr=0.1, batch_size=4, shuffle=False)
-    assert history == by_hand(twin, X, Y, 2, 0.1, [np.arange(4), np.arange(4, 6)])
+    running, after = by_hand(twin, X, Y, 2, 0.1, [np.arange(4), np.arange(4, 6)])
+    assert history == running and history != after
+    for p, q in zip(net.parameters, twin.parameters, strict=True):
+        np.testing.assert_array_equal(p, q)
 
 
 def test_mini_batches_are_shuffled_by_default_with_seed_zero():
