@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint notebook docs bench soak mutation clean
+.PHONY: serve cluster test lint system-packages notebook docs bench soak mutation clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,10 +15,21 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(PY) -m service.launch
 
+# Several replicas behind HAProxy over one PostgreSQL store (service/cluster.py says how):
+# GRADBOOK_REPLICAS (2), GRADBOOK_PORT (8888: the balancer; replicas on the next ports),
+# GRADBOOK_PG_PORT (55432), and every other GRADBOOK_* setting, passed to each replica.
+cluster: $(STAMP) system-packages
+	$(PY) -m service.cluster
+
+# Debian packages the tests and `make cluster` need (chromium, chromium-driver, postgresql,
+# haproxy): installed when missing and we are root, else named; silent when none is missing.
+system-packages:
+	@bash tools/system-packages.sh
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-test: lint
+test: lint system-packages
 	$(PY) -m pytest -n 2 --dist loadgroup
 
 # JUPYTER_PORT: 8889 by default, so it runs beside `make serve` (8888).

@@ -86,10 +86,13 @@ class Service:
     """A running service (one gateway process and its kernels) and an HTTP client for it."""
 
     def __init__(
-        self, workdir: Path, token: str | None = None, env: dict[str, str] | None = None
+        self, workdir: Path, token: str | None = None, env: dict[str, str] | None = None,
+        store: str | None = None,
     ) -> None:
         self.workdir = workdir
-        self.store = (workdir / "store").resolve()  # absent until the first start trains defaults
+        # a folder, absent until the first start trains defaults; or ``store``, e.g. a
+        # postgresql:// URL (without a password: diagnostics must show it as it is)
+        self.store = (workdir / "store").resolve() if store is None else store
         self.token = token
         self.env = dict(env or {})  # more GRADBOOK_* settings
         self.spec: dict[str, Any] | None = None
