@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.transforms import Bbox, offset_copy
 
 
 def draw_network(
@@ -59,41 +60,128 @@ def draw_graph(
     Parameters
     ----------
     nodes : ``{name: ((x, y), forward_label, backward_label)}``. ``forward_label`` is written in
-        the node (e.g. ``"$z_1 = 0.31$"``); ``backward_label`` (e.g.
-        ``r"$\\partial L/\\partial z_1 = -0.02$"``) is written in red under it (over it for nodes
-        above the median height), or omitted when None.
+        a box at ``(x, y)`` (e.g. ``"$z_1 = 0.31$"``); ``backward_label`` (e.g.
+        ``r"$\\partial L/\\partial z_1 = -0.02$"``) is written in red under the box (over it for
+        nodes above the median height), or omitted when None.
     edges : ``(source, target, local_derivative)`` for each forward step ``source -> target``:
-        a black arrow labelled with ``local_derivative`` (the derivative of target with respect
-        to source), written above the arrow's middle. When both ends have a backward label, a
-        red dashed arrow bends back from target to source, below the black one: the gradient at
-        the target times the edge's label is the gradient at the source.
+        a black arrow from box edge to box edge, labelled with ``local_derivative`` (the
+        derivative of target with respect to source) beside the middle of its visible part. When
+        both ends have a backward label, a red dashed arrow bends back from target to source on
+        the other side of the black one: the gradient at the target times the edge's label is the
+        gradient at the source.
     ax : where to draw; a new figure when omitted.
+
+    Arrows start and end on the boxes' borders (the boxes are measured once drawn), so a box
+    never hides an arrow head, however long its label. The caller's coordinates must leave room
+    for the labels: ``graph_overlaps(ax)`` lists any label that covers a box or another label.
     """
     if ax is None:
         _, ax = plt.subplots(figsize=(11, 4))
-    for source, target, derivative in edges:
-        (x0, y0), (x1, y1) = nodes[source][0], nodes[target][0]
-        ax.annotate("", xy=(x1, y1), xytext=(x0, y0), zorder=1,
-                    arrowprops={"arrowstyle": "-|>", "color": "k", "shrinkA": 28, "shrinkB": 28})
-        ax.text((x0 + x1) / 2, (y0 + y1) / 2 + 0.18, derivative, ha="center", va="bottom",
-                fontsize=9, zorder=3,
-                bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
-        if nodes[source][2] is not None and nodes[target][2] is not None:
-            ax.annotate("", xy=(x0, y0), xytext=(x1, y1), zorder=1,
-                        arrowprops={"arrowstyle": "-|>", "color": "C3", "linestyle": "--",
-                                    "shrinkA": 28, "shrinkB": 28,
-                                    "connectionstyle": "arc3,rad=-0.4"})
+    fig = ax.figure
     xs = [xy[0] for xy, _, _ in nodes.values()]
     ys = [xy[1] for xy, _, _ in nodes.values()]
     middle = float(np.median(ys))
-    for (x, y), forward_label, backward_label in nodes.values():
-        ax.text(x, y, forward_label, ha="center", va="center", fontsize=10, zorder=4,
-                bbox={"boxstyle": "round,pad=0.4", "facecolor": "white", "edgecolor": "k"})
-        if backward_label is not None:  # under the node, or over it for nodes above the middle
-            above = y > middle
-            ax.text(x, y + 0.4 if above else y - 0.75, backward_label, ha="center",
-                    va="bottom" if above else "top", fontsize=9, color="C3", zorder=4)
+    above = {name: xy[1] > middle for name, (xy, _, _) in nodes.items()}
+    # Room for the red labels: under the low boxes, over the high ones.
+    low = min(y - (0.9 if back is not None and not above[n] else 0.45)
+              for n, ((_, y), _, back) in nodes.items())
+    high = max(y + (0.9 if back is not None and above[n] else 0.45)
+               for n, ((_, y), _, back) in nodes.items())
     ax.set_xlim(min(xs) - 1.0, max(xs) + 1.0)
-    ax.set_ylim(min(ys) - 1.4, max(ys) + 1.0)
+    ax.set_ylim(low, high)
     ax.axis("off")
+
+    boxes: dict[str, Bbox] = {}  # each node's box in data coordinates
+    renderer = fig.canvas.get_renderer()
+    to_data = ax.transData.inverted()
+    for name, ((x, y), forward_label, _) in nodes.items():
+        text = ax.text(x, y, forward_label, ha="center", va="center", fontsize=10, zorder=4,
+                       bbox={"boxstyle": "round,pad=0.4", "facecolor": "white", "edgecolor": "k"})
+        text.set_gid("node")
+        pad = 0.4 * 10 * fig.dpi / 72 + 1  # the box's pad (0.4 font sizes) and its line
+        extent = text.get_window_extent(renderer).padded(pad)
+        boxes[name] = Bbox(to_data.transform(extent.get_points()))
+
+    for source, target, derivative in edges:
+        start, end = _border_points(boxes[source], boxes[target])
+        ax.annotate("", xy=end, xytext=start, zorder=3,
+                    arrowprops={"arrowstyle": "-|>", "color": "k", "shrinkA": 2, "shrinkB": 2})
+        # Beside the arrow's visible middle: over a level or rising arrow, and on the lower-left
+        # side of a falling one (an input coming down from above), whose other side gets the
+        # red arrow.
+        (x0, y0), (x1, y1) = _display(ax, start), _display(ax, end)
+        length = max(float(np.hypot(x1 - x0, y1 - y0)), 1e-9)
+        nx, ny = -(y1 - y0) / length, (x1 - x0) / length  # left of the arrow's direction
+        falling = (y1 - y0) < -0.2 * abs(x1 - x0)
+        side = -1.0 if falling else 1.0
+        nx, ny = side * nx, side * ny
+        mid = ((start[0] + end[0]) / 2, (start[1] + end[1]) / 2)
+        away = 4.0  # points between the arrow and its label
+        if abs(ny) > 0.9:  # a level arrow: the label goes over both boxes' tops, clear of them
+            heights = [_display(ax, (0, box.y1))[1] - _display(ax, (0, box.y0))[1]
+                       for box in (boxes[source], boxes[target])]
+            away += max(heights) / 2 * 72 / fig.dpi
+        label = ax.text(*mid, derivative, fontsize=9, zorder=5,
+                        ha="left" if nx > 0.35 else "right" if nx < -0.35 else "center",
+                        va="bottom" if ny > 0.35 else "top" if ny < -0.35 else "center",
+                        transform=offset_copy(ax.transData, fig, x=away * nx, y=away * ny,
+                                              units="points"),
+                        bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
+        label.set_gid("edge")
+        if nodes[source][2] is not None and nodes[target][2] is not None:
+            back_start, back_end = _border_points(boxes[target], boxes[source])
+            ax.annotate("", xy=back_end, xytext=back_start, zorder=2,
+                        arrowprops={"arrowstyle": "-|>", "color": "C3", "linestyle": "--",
+                                    "shrinkA": 3, "shrinkB": 3,
+                                    "connectionstyle": f"arc3,rad={0.35 if falling else -0.35}"})
+
+    for name, ((x, _), _, backward_label) in nodes.items():
+        if backward_label is None:
+            continue
+        box = boxes[name]
+        gap = 12.0 if above[name] else -12.0  # points: clear of the red arrows leaving the box
+        text = ax.text(x, box.y1 if above[name] else box.y0, backward_label,
+                       ha="center", va="bottom" if above[name] else "top", fontsize=9,
+                       color="C3", zorder=5,
+                       transform=offset_copy(ax.transData, fig, y=gap, units="points"))
+        text.set_gid("backward")
     return ax
+
+
+def graph_overlaps(ax: Axes) -> list[tuple[str, str]]:
+    """Pairs of texts of a ``draw_graph`` picture that cover each other (boxes, edge labels, red
+    labels), as drawn: empty when the layout is readable."""
+    renderer = ax.figure.canvas.get_renderer()
+    drawn = []
+    for text in ax.texts:
+        if text.get_gid() not in ("node", "edge", "backward"):
+            continue
+        extent = text.get_window_extent(renderer)
+        if text.get_gid() == "node":
+            extent = extent.padded(0.4 * 10 * ax.figure.dpi / 72)
+        drawn.append((text.get_text(), extent))
+    return [(a, b) for i, (a, box_a) in enumerate(drawn) for b, box_b in drawn[i + 1:]
+            if box_a.overlaps(box_b)]
+
+
+def _display(ax: Axes, point: tuple[float, float]) -> tuple[float, float]:
+    x, y = ax.transData.transform(point)
+    return float(x), float(y)
+
+
+def _border_points(a: Bbox, b: Bbox) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Where the segment between the centres of boxes a and b leaves a and enters b."""
+    (ax_, ay), (bx, by) = a.get_points().mean(axis=0), b.get_points().mean(axis=0)
+
+    def exit_fraction(box: Bbox, dx: float, dy: float) -> float:
+        # the fraction of (dx, dy) that stays inside box, going out from its centre
+        half_w, half_h = box.width / 2, box.height / 2
+        fx = half_w / abs(dx) if dx else np.inf
+        fy = half_h / abs(dy) if dy else np.inf
+        return float(min(fx, fy))
+
+    dx, dy = bx - ax_, by - ay
+    fa, fb = exit_fraction(a, dx, dy), exit_fraction(b, dx, dy)
+    start = (float(ax_ + fa * dx), float(ay + fa * dy))
+    end = (float(bx - fb * dx), float(by - fb * dy))
+    return start, end

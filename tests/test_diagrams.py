@@ -25,3 +25,41 @@ def test_draw_graph_writes_every_label_and_one_back_arrow_per_backward_edge():
     arrows = [c for c in ax.get_children() if isinstance(c, matplotlib.text.Annotation)]
     assert len(arrows) == 3  # two forward arrows, one backward (x has no gradient)
     plt.close(ax.figure)
+
+
+def test_draw_graph_of_notebook_05_has_no_label_over_a_box_or_another_label():
+    """The layout of notebook 05's graph, with its longest labels: arrows end on the boxes'
+    borders, and no box, edge label or red label covers another."""
+    from gradbook.diagrams import graph_overlaps
+
+    nodes = {
+        "x": ((0, -0.6), "$x^{3} = -0.64$", None),
+        "w1": ((0, 1.8), "$w_1^{3} = -0.36$", r"$\partial L/\partial w_1^{3} = -0.0142$"),
+        "z1": ((2, 0.6), "$z_1 = -0.32$", r"$\Delta l_1 = -0.0221$"),
+        "l1": ((4, 0.6), "$l_1 = 0.578$", r"$\partial L/\partial l_1 = -0.0908$"),
+        "w2": ((4, 2.4), "$w_2 = -1.30$", r"$\partial L/\partial w_2 = -0.0403$"),
+        "z2": ((6, 0.6), "$z_2 = -0.75$", r"$\Delta l_2 = -0.0696$"),
+        "yhat": ((8, 0.6), r"$\hat y = 0.680$", r"$\partial L/\partial \hat y = -0.320$"),
+        "L": ((10, 0.6), "$L = 0.0512$", r"$\partial L/\partial L = 1$"),
+    }
+    edges = [
+        ("x", "z1", "$w_1^{3}$"),
+        ("w1", "z1", "$x^{3} = -0.64$"),
+        ("z1", "l1", r"$\sigma'(z_1) = 0.244$"),
+        ("l1", "z2", "$w_2 = -1.30$"),
+        ("w2", "z2", "$l_1 = 0.578$"),
+        ("z2", "yhat", r"$\sigma'(z_2) = 0.218$"),
+        ("yhat", "L", r"$\hat y - y = -0.320$"),
+    ]
+    ax = draw_graph(nodes, edges)
+    assert graph_overlaps(ax) == []
+    plt.close(ax.figure)
+
+
+def test_graph_overlaps_reports_boxes_drawn_on_top_of_each_other():
+    from gradbook.diagrams import graph_overlaps
+
+    ax = draw_graph({"a": ((0, 0), "$a = 1$", None), "b": ((0.1, 0), "$b = 2$", None)},
+                    [("a", "b", "$1$")])
+    assert ("$a = 1$", "$b = 2$") in graph_overlaps(ax)
+    plt.close(ax.figure)

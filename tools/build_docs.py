@@ -4,7 +4,8 @@ Usage: python tools/build_docs.py SRC_DIR OUT_DIR MATHJAX_URL
 
 The notebooks themselves are not changed; only the rendered copy is. For each notebook:
 
-* papermill's injected-parameters cell and its run metadata (paths, parameters) are dropped;
+* papermill's injected-parameters cell and its run metadata (paths, parameters) are dropped,
+  and the cells are numbered again without the gap it leaves;
 * absolute paths of the machine that built the docs are made relative to the repository root;
 * carriage-return progress output (a text tqdm bar) is reduced to its last state;
 * long text outputs (the OpenAPI document, 1000-value histories, the playground page) are cut,
@@ -190,8 +191,22 @@ def clean_outputs(cell, alt: str) -> list:
     return outputs
 
 
+def renumber(nb) -> None:
+    """In [1], In [2], … without the gap the dropped parameters cell leaves (In [1], In [3])."""
+    count = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code" or cell.get("execution_count") is None:
+            continue
+        count += 1
+        cell.execution_count = count
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "execute_result":
+                out.execution_count = count
+
+
 def prepare(nb):
     nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    renumber(nb)
     run = nb.metadata.pop("papermill", {})
     nb.metadata["papermill"] = {k: run[k] for k in ("duration", "version") if k in run}
     title = next((heading_of(c.source) for c in nb.cells if c.cell_type == "markdown"), None)
