@@ -14,7 +14,12 @@ Everything runs on this machine, on free loopback ports, started as ``make clust
    requests failed meanwhile;
 4. **lease**: a job running on the killed replica's worker: the time from the kill until it is
    ended (failed, or taken over and finished) by another replica's worker, started at the kill,
-   with ``GRADBOOK_JOB_LEASE`` = ``--lease``.
+   with ``GRADBOOK_JOB_LEASE`` = ``--lease``;
+5. **writes and freshness**, on the stores themselves: commits per second of one writer
+   (``update`` with no change, so the commit is all there is) to a folder store and to the
+   PostgreSQL store, for the xor and digits models; and, for the PostgreSQL store, how long
+   after a commit returned a reader in another process (another replica's kernel) first
+   answers with the new version (it polls ``get``, which asks the database nothing).
 
 wrk shares the 2 cores with the servers, so the absolute figures depend on the machine; the
 ratios of one run are the point. Nothing is asserted. Every process is stopped on the way out.
@@ -29,6 +34,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -50,6 +56,8 @@ from bench_gateway import (
 )
 from procs import alive, descendants
 
+from gradbook import MLP
+from gradbook.store import Store, open_store
 from service.cluster import Balancer, find_haproxy
 from service.postgres import PostgresServer
 
@@ -120,6 +128,57 @@ def replica_pid(port: int) -> int:
     raise RuntimeError(f"no process owns the socket on {port}")
 
 
+READER = """
+import json, sys, time
+from gradbook.store import open_store
+store, seen, last = open_store(sys.argv[1]), {}, 0
+store.get("fresh")
+print("ready", flush=True)
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    version = store.get("fresh").metadata["version"]
+    if version != last:
+        seen[version], last = time.monotonic(), version
+print(json.dumps(seen))
+"""
+
+
+def commits_per_second(store: Store, name: str, seconds: float = 2.0) -> float:
+    """Commits of one writer changing nothing, per second, for ``seconds``."""
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        store.update(name, lambda net: None)
+        done += 1
+    return done / (time.perf_counter() - start)
+
+
+def writes_and_freshness(url: str, tmp: Path) -> tuple[dict[str, dict[str, float]], list[float]]:
+    """Commits per second by store and model; the lags, in ms, from a commit's return here to
+    a reader process's first answer with that version (PostgreSQL)."""
+    folder, database = open_store(tmp / "writes"), open_store(url)
+    rates: dict[str, dict[str, float]] = {}
+    for model, sizes in (("xor", [3, 4, 1]), ("digits", [64, 32, 10])):
+        for kind, store in (("folder", folder), ("postgresql", database)):
+            store.create(f"w-{model}", MLP(sizes))
+            rates.setdefault(model, {})[kind] = commits_per_second(store, f"w-{model}")
+    database.create("fresh", MLP([3, 4, 1]))
+    commits, gap = 200, 0.01  # commits spaced as requests come, not back to back
+    reader = subprocess.Popen([sys.executable, "-c", READER, url, str(commits * gap + 5)],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert reader.stdout is not None and reader.stdout.readline().strip() == "ready"
+    returned = {}
+    for _ in range(commits):
+        net = database.update("fresh", lambda net: None)
+        returned[net.metadata["version"]] = time.monotonic()  # one clock for both processes
+        time.sleep(gap)
+    seen = {int(version): at for version, at in json.loads(reader.communicate()[0]).items()}
+    database.close()
+    # a version the reader skipped (two commits between its polls) counts as seen with the next
+    lags = [1000 * (min(at for v, at in seen.items() if v >= version) - done)
+            for version, done in returned.items() if any(v >= version for v in seen)]
+    return rates, lags
+
+
 def measure(args: argparse.Namespace, tmp: Path) -> None:
     script = wrk_script(tmp, "xor", BODY)
     with ExitStack() as stack:
@@ -128,6 +187,8 @@ def measure(args: argparse.Namespace, tmp: Path) -> None:
         postgres.start()
         url = postgres.create_database("gradbook")
         print(f"PostgreSQL {postgres.url()} ({postgres.bin})", flush=True)
+        print("store writes and freshness...", flush=True)
+        rates, lags = writes_and_freshness(postgres.create_database("writes"), tmp)
 
         # 1. folder vs PostgreSQL, one replica each
         folder_stack = stack.enter_context(ExitStack())
@@ -230,6 +291,16 @@ def measure(args: argparse.Namespace, tmp: Path) -> None:
           f"was ready {started:.1f} s after the kill)")
     if job.get("error"):
         print(f"  error: {job['error']}")
+    print("\n5. the stores themselves: commits per second of one writer")
+    for model, by_kind in rates.items():
+        folder, database = by_kind["folder"], by_kind["postgresql"]
+        print(f"  {model:<7} folder {folder:6.0f}/s   postgresql {database:6.0f}/s   "
+              f"({ratio(database, folder)})")
+    lags.sort()
+    print(f"  a reader process saw each of {len(lags)} PostgreSQL commits "
+          f"{lags[len(lags) // 2]:.2f} ms (median), {lags[int(len(lags) * 0.99)]:.2f} ms (p99), "
+          f"{lags[-1]:.2f} ms (worst) after the commit returned (negative: before; goal: "
+          "≤ 100 ms)")
 
 
 def main() -> None:
