@@ -156,6 +156,7 @@ def writes_and_freshness(url: str, tmp: Path) -> tuple[dict[str, dict[str, float
     """Commits per second by store and model; the lags, in ms, from a commit's return here to
     a reader process's first answer with that version (PostgreSQL)."""
     folder, database = open_store(tmp / "writes"), open_store(url)
+    database.migrate()
     rates: dict[str, dict[str, float]] = {}
     for model, sizes in (("xor", [3, 4, 1]), ("digits", [64, 32, 10])):
         for kind, store in (("folder", folder), ("postgresql", database)):

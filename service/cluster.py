@@ -34,11 +34,14 @@ How the balancer is set up, and why:
 
 Ctrl-C or SIGTERM stops the replicas (SIGTERM to each one's process group: gateway, kernels
 and training worker), then HAProxy, then PostgreSQL, and exits 0. A replica that dies is
-reported and not restarted: the others go on serving.
+reported and started again (at most once per ``RESTART_SECONDS``); the others serve meanwhile,
+and the balancer sends it requests again once its ``/readyz`` answers. The cluster's own
+PostgreSQL is started again the same way (the replicas answer 503 until it is back).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import http.client
 import io
@@ -59,6 +62,7 @@ STATE = ROOT / ".gradbook"
 DEFAULT_PG_PORT = 55432
 START_TIMEOUT = 300.0  # a replica's first start creates and trains the default models
 CHECK_INTERVAL_MS = 500
+RESTART_SECONDS = 5.0  # between two starts of one replica, or of PostgreSQL
 
 # HAProxy's own answers, as the service words its errors
 HAPROXY_ERRORS = {
@@ -293,11 +297,27 @@ class Replica:
         self.index, self.port, self.log = index, port, log
         env = {**env, "GRADBOOK_HOST": "127.0.0.1", "GRADBOOK_PORT": str(port),
                "PYTHONUNBUFFERED": "1"}
-        with open(log, "ab") as out:
+        self.env = env
+        self.start()
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "service.launch"], cwd=ROOT, env=env, stdout=out,
+                [sys.executable, "-m", "service.launch"], cwd=ROOT, env=self.env, stdout=out,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        self.reported = False
+        self.started = time.monotonic()
+
+    def restart_if_stopped(self) -> None:
+        """Start it again if it stopped, and say so; not sooner than ``RESTART_SECONDS`` after
+        its last start (a replica that cannot start must not spin)."""
+        if self.process.poll() is None or time.monotonic() - self.started < RESTART_SECONDS:
+            return
+        print(f"replica {self.index} (port {self.port}) stopped with exit status "
+              f"{self.process.returncode}; starting it again (log {self.log})",
+              file=sys.stderr, flush=True)
+        with contextlib.suppress(ProcessLookupError):  # its kernels, if any outlived it
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.start()
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
@@ -403,29 +423,24 @@ def main() -> int:
             print(f"gradbook cluster listening on http://{host}:{port}: HAProxy in front of "
                   f"{count} (config {balancer.config_path}, log "
                   f"{balancer.log}); Ctrl-C stops everything", flush=True)
+        postgres_started = time.monotonic()
         while not stopping:
             for replica in replicas:
-                if replica.process.poll() is not None and not replica.reported:
-                    replica.reported = True
-                    living = [r.index for r in replicas if r.process.poll() is None]
-                    print(f"replica {replica.index} (port {replica.port}) stopped with exit "
-                          f"status {replica.process.returncode}; serving through "
-                          f"{'replicas ' + ', '.join(map(str, living)) if living else 'none'} "
-                          f"(log {replica.log})", file=sys.stderr, flush=True)
+                replica.restart_if_stopped()
             if balancer is not None and not balancer.running:
                 print(f"HAProxy stopped (exit status {balancer.process.returncode}); see "
                       f"{balancer.log}", file=sys.stderr, flush=True)
                 status = 1
                 break
-            if postgres is not None and not postgres.running and not getattr(
-                    postgres, "reported", False):
-                postgres.reported = True  # type: ignore[attr-defined]
-                print(f"PostgreSQL stopped; the replicas answer 503 until it is back (log "
-                      f"{postgres.log})", file=sys.stderr, flush=True)
-            if all(r.process.poll() is not None for r in replicas):
-                print("every replica has stopped", file=sys.stderr, flush=True)
-                status = 1
-                break
+            if postgres is not None and not postgres.running \
+                    and time.monotonic() - postgres_started >= RESTART_SECONDS:
+                print(f"PostgreSQL stopped; starting it again (the replicas answer 503 until "
+                      f"it is back; log {postgres.log})", file=sys.stderr, flush=True)
+                postgres_started = time.monotonic()
+                try:
+                    postgres.start()
+                except PostgresError as err:  # tried again after RESTART_SECONDS
+                    print(f"PostgreSQL did not start: {err}", file=sys.stderr, flush=True)
             time.sleep(0.5)
     except (ClusterError, PostgresError) as err:
         print(f"gradbook cluster: {err}", file=sys.stderr)

@@ -155,6 +155,8 @@ def committed_version(store: Store, job: Job) -> int | None:
 
 
 STRANDED = "the training worker stopped while the job was {state}; nothing was saved"
+LAPSED = ("the training worker that ran the job stopped renewing its claim (its replica "
+          "stopped?); nothing was saved")
 
 
 def main() -> None:
@@ -170,7 +172,7 @@ def main() -> None:
     while os.getppid() == parent:  # the launcher is gone: so is the service
         try:
             # shared records: any worker ends the jobs of a replica that died (lease ran out)
-            recover(store, jobs, jobs.stranded(), STRANDED)
+            recover(store, jobs, jobs.stranded(), LAPSED)
             job: Any = jobs.claim()
         except StoreError:  # the database is away: look again later
             job = None
