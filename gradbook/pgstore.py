@@ -17,14 +17,13 @@ database doing what the folder did with files:
   is visible, to every replica at once. ``get`` answers from the cache unless a notification said
   a newer version exists, or the listener is not connected (then every read asks the database,
   and fails with ``StoreUnavailableError`` while the database is down).
-* **Fresh within milliseconds, across replicas.** A writer returns only once its own listener
-  has heard its commit (at most ``FRESHNESS_SECONDS``): PostgreSQL signals every listening
-  session at the same moment, so the other replicas' sessions are sending it too. And a reader
-  whose listener socket holds data not yet read lets the listener thread read it before
-  answering (one ``select``, no round trip). A client that got a commit's answer from one
-  replica therefore finds that version on any other by the time its next request arrives there
-  (``tests/test_cluster.py``), unless that replica's database session is slower to pass the
-  notification on than the request's trip over HTTP; the bound is ``FRESHNESS_SECONDS``.
+* **Read your writes, on every replica.** A notification alone would leave a window: the
+  writer's client could reach another replica before that replica's listener has read it. So
+  each listener, once it has recorded a notification, acknowledges it to the writer
+  (``NOTIFY`` on the writer's own channel), and a writer returns only when every listening
+  session of the database (``pg_stat_activity``, by ``application_name``) has acknowledged its
+  commit, or after ``FRESHNESS_SECONDS``. A client that got a commit's answer from one replica
+  then gets that version or a later one from every replica, and never an older one after it.
 
 The schema is created and migrated by ``migrate`` (the launcher calls it on start), under an
 advisory lock so that replicas starting together apply each migration once.
@@ -34,7 +33,6 @@ from __future__ import annotations
 
 import io
 import json
-import select
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -62,7 +60,9 @@ CHANNEL = "gradbook_models"
 CONNECT_SECONDS = 2.0  # to open a connection
 POOL_WAIT_SECONDS = 1.0  # to get one from the pool (a free one, or a new one opened)
 RETRY_SECONDS = 1.0  # after the database failed, requests fail at once for this long
-FRESHNESS_SECONDS = 0.1  # a writer waits this long at most for its own notification
+FRESHNESS_SECONDS = 0.1  # a writer waits this long at most for the listeners' acknowledgements
+LISTENER = "gradbook-listener"  # the application_name of every listening session
+MAX_PENDING = 64  # acknowledgements kept for commits of this process not yet waited for
 RECONNECT_SECONDS = 0.25  # between a lost listener connection and the next attempt
 MIGRATION_LOCK = 0x67726164  # advisory lock keys ("grad", "book"): any two constants do
 CREATE_LOCK = 0x626F6F6B
@@ -111,7 +111,9 @@ class PostgresStore:
         self._fresh_from: dict[str, int] = {}
         self._failed_at, self._failure = -RETRY_SECONDS, ""  # the last failure to connect
         self._listening = threading.Event()
-        self._listen_fd: int | None = None  # the listening connection's socket
+        self._ack_channel = ""  # where the listeners acknowledge this process's commits
+        # "name:version" of a commit of ours → backend pids of the listeners that heard it
+        self._acks: dict[str, set[int]] = {}
         self._generation = 0  # bumped on every (re)connection: notifications may have been lost
         self._listener: threading.Thread | None = None
         self._listener_lock = threading.Lock()
@@ -184,7 +186,6 @@ class PostgresStore:
         generation = self._generation
         cached = self._cache.get(name)
         if cached is not None and self._listening.is_set():
-            self._read_arrived_notifications()
             (cached_generation, version), net = cached
             if cached_generation == generation and version >= self._fresh_from.get(name, 0):
                 return net
@@ -236,8 +237,8 @@ class PostgresStore:
             net.metadata["created"] = timestamp()
             if row is None:
                 conn.execute("INSERT INTO models (name, version) VALUES (%s, 0)", (name,))
-            self._commit(conn, name, net, version=(0 if row is None else row[0]) + 1)
-        self._await_notification(name, net.metadata["version"])
+            listeners = self._commit(conn, name, net, version=(0 if row is None else row[0]) + 1)
+        self._await_acks(name, net.metadata["version"], listeners)
         return net
 
     def update(self, name: str, change: Callable[[MLP], object]) -> MLP:
@@ -247,8 +248,8 @@ class PostgresStore:
         with self._writing(name) as (conn, model):
             net = _read(name, model)
             change(net)
-            self._commit(conn, name, net, version=net.metadata["version"] + 1)
-        self._await_notification(name, net.metadata["version"])
+            listeners = self._commit(conn, name, net, version=net.metadata["version"] + 1)
+        self._await_acks(name, net.metadata["version"], listeners)
         return net
 
     def delete(self, name: str) -> int:
@@ -258,12 +259,12 @@ class PostgresStore:
                 "UPDATE models SET model = NULL, header = NULL, updated = now() "
                 "WHERE name = %s RETURNING version", (name,)).fetchone()
             # versions up to this one are stale now; a re-created model starts above it
-            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{name}:{version + 1}"))
+            listeners = self._announce(conn, name, version + 1)
         self._cache.drop(name)
-        self._await_notification(name, version + 1)
+        self._await_acks(name, version + 1, listeners)
         return version
 
-    def _commit(self, conn: psycopg.Connection, name: str, net: MLP, version: int) -> None:
+    def _commit(self, conn: psycopg.Connection, name: str, net: MLP, version: int) -> set[int]:
         net.metadata["version"] = version
         net.metadata["updated"] = timestamp()
         buffer = io.BytesIO()
@@ -271,7 +272,19 @@ class PostgresStore:
         header = json.dumps({"config": net.config, "metadata": net.metadata})
         conn.execute("UPDATE models SET version = %s, model = %s, header = %s, updated = now() "
                      "WHERE name = %s", (version, buffer.getvalue(), header, name))
-        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{name}:{version}"))
+        return self._announce(conn, name, version)
+
+    def _announce(self, conn: psycopg.Connection, name: str, fresh_from: int) -> set[int]:
+        """Tell every listener, when the transaction commits, that versions of ``name`` below
+        ``fresh_from`` are stale; the listening sessions whose acknowledgement to wait for."""
+        self._ensure_listener()
+        ack_to = self._ack_channel  # none while our listener is not connected: nothing to wait
+        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{name}:{fresh_from}:{ack_to}"))
+        if not ack_to:
+            return set()
+        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s "
+                            "AND datname = current_database()", (LISTENER,)).fetchall()
+        return {pid for (pid,) in rows}
 
     @contextmanager
     def _writing(self, name: str) -> Iterator[tuple[psycopg.Connection, bytes]]:
@@ -336,41 +349,54 @@ class PostgresStore:
         """Keep a connection listening on ``CHANNEL``, reconnecting when it is lost."""
         while True:
             try:
-                with psycopg.connect(self.url, autocommit=True,
+                with psycopg.connect(self.url, autocommit=True, application_name=LISTENER,
                                      connect_timeout=CONNECT_SECONDS) as conn:
+                    own_pid = conn.info.backend_pid
+                    ack_channel = f"gradbook_ack_{own_pid}"
                     conn.execute(f"LISTEN {CHANNEL}")
+                    conn.execute(f"LISTEN {ack_channel}")
                     self._generation += 1  # what was cached before may have missed changes
-                    self._listen_fd = conn.fileno()
+                    self._ack_channel = ack_channel
                     self._failed_at = -RETRY_SECONDS  # the database is back
                     self._listening.set()
-                    for notify in conn.notifies():
-                        name, _, version = notify.payload.rpartition(":")
-                        if int(version) > self._fresh_from.get(name, 0):
-                            self._fresh_from[name] = int(version)
+                    while True:
+                        # one at a time: the connection is free again between two, for the
+                        # acknowledgements (those that came in one packet arrive together)
+                        acks = [self._heard(notify, own_pid)
+                                for notify in conn.notifies(stop_after=1)]
+                        for ack in acks:
+                            if ack is not None:
+                                conn.execute("SELECT pg_notify(%s, %s)", ack)
             except psycopg.Error as err:
                 self._failed(err)
             self._listening.clear()
-            self._listen_fd = None
+            self._ack_channel = ""
             time.sleep(RECONNECT_SECONDS)
 
-    def _read_arrived_notifications(self) -> None:
-        """Let the listener thread read what has reached its socket already: a commit that
-        returned to its client just now may be there and not yet read (one ``select``, no
-        round trip)."""
-        deadline = time.monotonic() + FRESHNESS_SECONDS
-        while (fd := self._listen_fd) is not None and time.monotonic() < deadline:
-            try:
-                if not select.select([fd], [], [], 0)[0]:
-                    return
-            except (OSError, ValueError):  # closed meanwhile: the listener is reconnecting
-                return
-            time.sleep(0.0002)
+    def _heard(self, notify: psycopg.Notify, own_pid: int) -> tuple[str, str] | None:
+        """Record a notification; the acknowledgement to send for it (channel, payload), if it
+        is a commit. ``own_pid``: the listening session's backend, which names it in acks."""
+        if notify.channel != CHANNEL:  # on our ack channel: a listener heard a commit of ours
+            commit, _, pid = notify.payload.rpartition(":")
+            self._acks.setdefault(commit, set()).add(int(pid))
+            while len(self._acks) > MAX_PENDING:  # acknowledgements that came too late
+                self._acks.pop(next(iter(self._acks)), None)
+            return None
+        name, fresh_from, ack_to = notify.payload.split(":")
+        if int(fresh_from) > self._fresh_from.get(name, 0):
+            self._fresh_from[name] = int(fresh_from)
+        if not ack_to:
+            return None
+        return ack_to, f"{name}:{fresh_from}:{own_pid}"
 
-    def _await_notification(self, name: str, version: int) -> None:
-        self._ensure_listener()
+    def _await_acks(self, name: str, fresh_from: int, listeners: set[int]) -> None:
+        """Wait until every one of ``listeners`` acknowledged the commit, at most
+        ``FRESHNESS_SECONDS`` (a listener may have gone meanwhile)."""
+        commit = f"{name}:{fresh_from}"
         deadline = time.monotonic() + FRESHNESS_SECONDS
-        while self._fresh_from.get(name, 0) < version and time.monotonic() < deadline:
-            time.sleep(0.001)
+        while not listeners <= self._acks.get(commit, set()) and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        self._acks.pop(commit, None)
 
 
 def _read(name: str, model: bytes) -> MLP:
