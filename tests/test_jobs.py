@@ -166,7 +166,7 @@ def test_health_answers_while_every_kernel_trains(service: Service) -> None:
     replies: list[Reply] = []
     runs = [threading.Thread(target=lambda name=name, epochs=epochs: replies.append(service.post(
         f"/models/{name}/train", {"data": "digits", "epochs": epochs, "batch_size": 8},
-        timeout=120))) for name, epochs in [("digits", 600), ("j-other", 200)]]
+        timeout=120))) for name, epochs in [("digits", 600), ("j-other", 1000)]]
     try:
         for run in runs:
             run.start()
