@@ -57,6 +57,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType, TracebackType
 
+from service.processes import stop_process
+
 ROOT = Path(__file__).resolve().parents[1]
 STATE = ROOT / ".gradbook"
 DEFAULT_PG_PORT = 55432
@@ -241,15 +243,8 @@ class Balancer:
 
     def stop(self) -> None:
         """Stop HAProxy (SIGTERM: at once, open connections closed)."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
 
     # -- what HAProxy thinks of its servers --------------------------------------------------
     def command(self, text: str, timeout: float = 5.0) -> str:

@@ -30,6 +30,7 @@ from traitlets.config import Config
 from gradbook.store import ModelStore, StoreError, open_store
 from service import trainer
 from service.jobs import open_jobs
+from service.processes import stop_process
 from service.settings import Settings
 from service.training import create_default_models
 
@@ -113,12 +114,7 @@ class TrainingWorker:
 
     def stop(self) -> None:
         self.watch.stop()
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
 
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
