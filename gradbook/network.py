@@ -88,23 +88,34 @@ class MLP:
                 "bias": self.bias}
 
     # -- forward -----------------------------------------------------------------------------
-    def _layers(self, X: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-        """Layer outputs ``[l_0 = X, l_1, …, l_K]`` and the output pre-activation ``z_K``."""
+    def _hidden(self, X: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        """Hidden layer outputs ``[l_0 = X, …, l_{K-1}]`` and the output pre-activation ``z_K``.
+
+        Each ``z_k`` is its layer's own fresh array, so the activations work in place.
+        """
         ls = [X]
         K = len(self.weights)
-        out_f = self.loss_fn.output
-        hidden_f = self.act.f_ or self.act.f  # in place: z is this layer's own fresh array
+        hidden_f = self.act.f_ or self.act.f
         for k, W in enumerate(self.weights):
             z = ls[-1] @ W
             if self.bias:
-                z += self.biases[k]  # in place, as above
+                z += self.biases[k]
             if k < K - 1:
                 ls.append(hidden_f(z))
-            elif out_f is None:
-                ls.append(self.act.f(z))  # not in place: z_K is returned beside l_K
-            else:
-                ls.append(out_f(z))
         return ls, z
+
+    def _layers(self, X: np.ndarray) -> list[np.ndarray]:
+        """Layer outputs ``[l_0 = X, l_1, …, l_K]``."""
+        ls, z = self._hidden(X)
+        ls.append(self.loss_fn.output(z, self.act))
+        return ls
+
+    def _layers_loss(self, X: np.ndarray, Y: np.ndarray) -> tuple[list[np.ndarray], float]:
+        """``_layers(X)`` and the loss at ``Y``, which reuses the output layer's work."""
+        ls, z = self._hidden(X)
+        l, loss = self.loss_fn.output_value(z, Y, self.act)
+        ls.append(l)
+        return ls, loss
 
     def _check_X(self, X: Any) -> np.ndarray:
         return as_matrix("X", X, self.sizes[0])
@@ -123,7 +134,7 @@ class MLP:
 
     def forward(self, X: Any) -> np.ndarray:
         """Network output ``l_K`` of shape ``(n, d_out)`` for ``X`` of shape ``(n, d_in)``."""
-        return self._layers(self._check_X(X))[0][-1]
+        return self._layers(self._check_X(X))[-1]
 
     def predict(self, X: Any) -> np.ndarray:
         """Class indices ``(n,)`` for a classifier (cross_entropy), else outputs ``(n, d_out)``."""
@@ -136,8 +147,7 @@ class MLP:
         return self._loss(X, self._check_Y(Y, X.shape[0]))
 
     def _loss(self, X: np.ndarray, Y: np.ndarray) -> float:
-        ls, z = self._layers(X)
-        return self.loss_fn.value(z, ls[-1], Y)
+        return self._layers_loss(X, Y)[1]
 
     # -- backward ----------------------------------------------------------------------------
     def gradients(self, X: Any, Y: Any) -> list[np.ndarray]:
@@ -146,16 +156,16 @@ class MLP:
         return self._gradients(X, self._check_Y(Y, X.shape[0]))
 
     def _gradients(self, X: np.ndarray, Y: np.ndarray) -> list[np.ndarray]:
-        return self._backward(*self._layers(X), Y)
+        return self._backward(self._layers(X), Y)
 
-    def _backward(self, ls: list[np.ndarray], z: np.ndarray, Y: np.ndarray) -> list[np.ndarray]:
-        """The gradients from the forward pass ``ls, z = self._layers(X)`` at the parameters.
+    def _backward(self, ls: list[np.ndarray], Y: np.ndarray) -> list[np.ndarray]:
+        """The gradients from the forward pass ``ls = self._layers(X)`` at the parameters.
 
         It uses up ``ls``: each hidden ``l_k``, once read for eq. 8.2, is overwritten with
         ``f'(l_k)`` for eq. 8.3.
         """
         df_ = self.act.df_
-        delta = self.loss_fn.delta(z, ls[-1], Y, self.act)  # eq. 8.1
+        delta = self.loss_fn.delta(ls[-1], Y, self.act)  # eq. 8.1
         dW: list[np.ndarray] = []
         db: list[np.ndarray] = []
         for k in range(len(self.weights) - 1, -1, -1):
@@ -216,13 +226,12 @@ class MLP:
         history: list[float] = []
         # The forward pass on all of X that measured the last epoch's loss. A full-batch step runs
         # the same pass (same rows, same order, same parameters), so it takes this one instead.
-        forward: tuple[list[np.ndarray], np.ndarray] | None = None
+        forward: list[np.ndarray] | None = None
         for epoch in epoch_range:
             if batch >= n:
-                ls, z = forward if forward is not None else self._layers(X)
-                self._descend(self._backward(ls, z, Y), lr)
-                ls, z = forward = self._layers(X)  # at the parameters this epoch ends with
-                loss = self.loss_fn.value(z, ls[-1], Y)
+                ls = forward if forward is not None else self._layers(X)
+                self._descend(self._backward(ls, Y), lr)
+                forward, loss = self._layers_loss(X, Y)  # at the parameters this epoch ends with
             else:
                 Xs, Ys = X, Y
                 if shuffle:  # permuted once per epoch, so that each batch below is a view
@@ -244,9 +253,8 @@ class MLP:
         The loss is read off the forward pass that the gradients need, before ``_backward``
         uses it up.
         """
-        ls, z = self._layers(X)
-        loss = self.loss_fn.value(z, ls[-1], Y)
-        self._descend(self._backward(ls, z, Y), lr)
+        ls, loss = self._layers_loss(X, Y)
+        self._descend(self._backward(ls, Y), lr)
         return loss
 
     def _descend(self, grads: list[np.ndarray], lr: float) -> None:
