@@ -35,6 +35,7 @@ import io
 import json
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
@@ -64,6 +65,12 @@ FRESHNESS_SECONDS = 0.1  # a writer waits this long at most for the listeners' a
 LISTENER = "gradbook-listener"  # the application_name of every listening session
 MAX_PENDING = 64  # acknowledgements kept for commits of this process not yet waited for
 RECONNECT_SECONDS = 0.25  # between a lost listener connection and the next attempt
+HEARTBEAT_SECONDS = 1.0  # a listener that heard nothing for this long asks ``SELECT 1``
+QUIET_SECONDS = 5.0  # a listener silent for longer is not trusted: reads ask the database
+# so that a connection that died without a word (a network partition) fails within seconds
+KEEPALIVE = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+             "keepalives_count": 2, "tcp_user_timeout": 5000}
+MAX_NAMES = 10_000  # model names a listener remembers; past it, forgets all and reloads
 MIGRATION_LOCK = 0x67726164  # advisory lock keys ("grad", "book"): any two constants do
 CREATE_LOCK = 0x626F6F6B
 
@@ -111,9 +118,11 @@ class PostgresStore:
         self._fresh_from: dict[str, int] = {}
         self._failed_at, self._failure = -RETRY_SECONDS, ""  # the last failure to connect
         self._listening = threading.Event()
+        self._heard_at = 0.0  # when the listener last had an answer from the database
         self._ack_channel = ""  # where the listeners acknowledge this process's commits
-        # "name:version" of a commit of ours → backend pids of the listeners that heard it
+        # the token of a commit of ours → backend pids of the listeners that heard it
         self._acks: dict[str, set[int]] = {}
+        self._closed = threading.Event()
         self._generation = 0  # bumped on every (re)connection: notifications may have been lost
         self._listener: threading.Thread | None = None
         self._listener_lock = threading.Lock()
@@ -132,6 +141,7 @@ class PostgresStore:
         return len(self._cache)
 
     def close(self) -> None:
+        self._closed.set()  # the listener stops within HEARTBEAT_SECONDS
         self.pool.close()
 
     def __enter__(self) -> PostgresStore:
@@ -166,7 +176,7 @@ class PostgresStore:
             with self.connection() as conn:
                 conn.execute("SELECT 1 FROM models LIMIT 1")
             return True
-        except StoreError:
+        except (StoreError, psycopg.Error):  # down, or no schema yet
             return False
 
     def names(self) -> list[str]:
@@ -185,7 +195,7 @@ class PostgresStore:
         self._ensure_listener()
         generation = self._generation
         cached = self._cache.get(name)
-        if cached is not None and self._listening.is_set():
+        if cached is not None and self._listener_trusted():
             (cached_generation, version), net = cached
             if cached_generation == generation and version >= self._fresh_from.get(name, 0):
                 return net
@@ -222,10 +232,14 @@ class PostgresStore:
         name had); ``ModelExistsError`` if the name is taken, ``StoreFullError`` at ``max_models``.
         """
         check_name(name)
+        self._ensure_listener()  # before any lock: it may take a moment to connect
         with self._transaction() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (CREATE_LOCK,))
-            row = conn.execute("SELECT version, model IS NOT NULL FROM models WHERE name = %s "
-                               "FOR UPDATE", (name,)).fetchone()
+            try:  # a deleted model's row may be locked by a change that waits for it
+                row = conn.execute("SELECT version, model IS NOT NULL FROM models "
+                                   "WHERE name = %s FOR UPDATE", (name,)).fetchone()
+            except errors.LockNotAvailable:
+                raise busy(name) from None
             if row is not None and row[1]:
                 raise ModelExistsError(f"a model named {name!r} already exists")
             if max_models is not None:
@@ -237,8 +251,8 @@ class PostgresStore:
             net.metadata["created"] = timestamp()
             if row is None:
                 conn.execute("INSERT INTO models (name, version) VALUES (%s, 0)", (name,))
-            listeners = self._commit(conn, name, net, version=(0 if row is None else row[0]) + 1)
-        self._await_acks(name, net.metadata["version"], listeners)
+            commit = self._commit(conn, name, net, version=(0 if row is None else row[0]) + 1)
+        self._await_acks(*commit)
         return net
 
     def update(self, name: str, change: Callable[[MLP], object]) -> MLP:
@@ -248,8 +262,8 @@ class PostgresStore:
         with self._writing(name) as (conn, model):
             net = _read(name, model)
             change(net)
-            listeners = self._commit(conn, name, net, version=net.metadata["version"] + 1)
-        self._await_acks(name, net.metadata["version"], listeners)
+            commit = self._commit(conn, name, net, version=net.metadata["version"] + 1)
+        self._await_acks(*commit)
         return net
 
     def delete(self, name: str) -> int:
@@ -259,12 +273,13 @@ class PostgresStore:
                 "UPDATE models SET model = NULL, header = NULL, updated = now() "
                 "WHERE name = %s RETURNING version", (name,)).fetchone()
             # versions up to this one are stale now; a re-created model starts above it
-            listeners = self._announce(conn, name, version + 1)
+            commit = self._announce(conn, name, version + 1)
         self._cache.drop(name)
-        self._await_acks(name, version + 1, listeners)
+        self._await_acks(*commit)
         return version
 
-    def _commit(self, conn: psycopg.Connection, name: str, net: MLP, version: int) -> set[int]:
+    def _commit(self, conn: psycopg.Connection, name: str, net: MLP,
+                version: int) -> tuple[str, set[int]]:
         net.metadata["version"] = version
         net.metadata["updated"] = timestamp()
         buffer = io.BytesIO()
@@ -274,29 +289,32 @@ class PostgresStore:
                      "WHERE name = %s", (version, buffer.getvalue(), header, name))
         return self._announce(conn, name, version)
 
-    def _announce(self, conn: psycopg.Connection, name: str, fresh_from: int) -> set[int]:
+    def _announce(self, conn: psycopg.Connection, name: str,
+                  fresh_from: int) -> tuple[str, set[int]]:
         """Tell every listener, when the transaction commits, that versions of ``name`` below
-        ``fresh_from`` are stale; the listening sessions whose acknowledgement to wait for."""
-        self._ensure_listener()
+        ``fresh_from`` are stale; the commit's token and the listening sessions whose
+        acknowledgement to wait for."""
+        token = uuid.uuid4().hex[:16]
         ack_to = self._ack_channel  # none while our listener is not connected: nothing to wait
-        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{name}:{fresh_from}:{ack_to}"))
+        conn.execute("SELECT pg_notify(%s, %s)",
+                     (CHANNEL, f"{name}:{fresh_from}:{ack_to}:{token}"))
         if not ack_to:
-            return set()
+            return token, set()
         rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s "
                             "AND datname = current_database()", (LISTENER,)).fetchall()
-        return {pid for (pid,) in rows}
+        return token, {pid for (pid,) in rows}
 
     @contextmanager
     def _writing(self, name: str) -> Iterator[tuple[psycopg.Connection, bytes]]:
         """A transaction holding the row lock of model ``name``, and its committed weights."""
         check_name(name)
+        self._ensure_listener()  # before any lock: it may take a moment to connect
         with self._transaction() as conn:
             try:
                 row = conn.execute("SELECT model FROM models WHERE name = %s "
                                    "AND model IS NOT NULL FOR UPDATE", (name,)).fetchone()
             except errors.LockNotAvailable:
-                raise ModelBusyError(
-                    f"model {name!r} is being changed by another request; retry later") from None
+                raise busy(name) from None
             if row is None:
                 raise ModelNotFoundError(f"no model named {name!r}")
             yield conn, row[0]
@@ -304,9 +322,13 @@ class PostgresStore:
     @contextmanager
     def _transaction(self) -> Iterator[psycopg.Connection]:
         with self.connection() as conn, conn.transaction():
-            # PostgreSQL's 0 means "wait for ever"; ours means "do not wait"
+            # PostgreSQL's 0 means "wait for ever"; ours means "do not wait". A change may train
+            # for a minute inside its transaction: a server-wide idle-in-transaction timeout
+            # (common on managed databases) must not end it.
             milliseconds = max(1, round(self.lock_timeout * 1000))
-            conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{milliseconds}ms",))
+            conn.execute("SELECT set_config('lock_timeout', %s, true), "
+                         "set_config('idle_in_transaction_session_timeout', '0', true)",
+                         (f"{milliseconds}ms",))
             yield conn
 
     @contextmanager
@@ -317,15 +339,20 @@ class PostgresStore:
         Once it failed, every call fails at once for ``RETRY_SECONDS`` before one tries again:
         a kernel answers its queued requests one after another, and waiting for the pool on each
         would turn an outage of the database into minutes of queue. The listener's failures to
-        reconnect (every ``RECONNECT_SECONDS``) count too, and its success ends the wait."""
+        reach the server (every ``RECONNECT_SECONDS``) count too, and its success ends the wait.
+        Other database errors are ``StoreError`` (500): retrying would not help."""
         if time.monotonic() - self._failed_at < RETRY_SECONDS:
             raise StoreUnavailableError(self._failure)
         try:
             with self.pool.connection() as conn:
                 yield conn
-        except (PoolTimeout, psycopg.OperationalError) as err:
-            if isinstance(err, errors.LockNotAvailable):
-                raise
+        except errors.LockNotAvailable:
+            raise ModelBusyError("a model is being changed by another request; retry later") \
+                from None
+        except (PoolTimeout, psycopg.Error) as err:
+            if not unreachable(err):
+                raise StoreError(f"the model store's database refused the operation "
+                                 f"({type(err).__name__})") from err
             self._failed(err)
             raise StoreUnavailableError(self._failure) from err
 
@@ -345,58 +372,92 @@ class PostgresStore:
                     # so that the first models loaded are cached under a listening connection
                     self._listening.wait(CONNECT_SECONDS)
 
+    def _listener_trusted(self) -> bool:
+        """Whether the listener is connected and had an answer from the database lately, so
+        that a cached model no notification called stale is the latest."""
+        return self._listening.is_set() and time.monotonic() - self._heard_at < QUIET_SECONDS
+
     def _listen(self) -> None:
-        """Keep a connection listening on ``CHANNEL``, reconnecting when it is lost."""
-        while True:
+        """Keep a connection listening on ``CHANNEL``, reconnecting when it is lost, until the
+        store is closed."""
+        while not self._closed.is_set():
             try:
                 with psycopg.connect(self.url, autocommit=True, application_name=LISTENER,
-                                     connect_timeout=CONNECT_SECONDS) as conn:
-                    own_pid = conn.info.backend_pid
-                    ack_channel = f"gradbook_ack_{own_pid}"
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    conn.execute(f"LISTEN {ack_channel}")
-                    self._generation += 1  # what was cached before may have missed changes
-                    self._ack_channel = ack_channel
-                    self._failed_at = -RETRY_SECONDS  # the database is back
-                    self._listening.set()
-                    while True:
-                        # one at a time: the connection is free again between two, for the
-                        # acknowledgements (those that came in one packet arrive together)
-                        acks = [self._heard(notify, own_pid)
-                                for notify in conn.notifies(stop_after=1)]
-                        for ack in acks:
-                            if ack is not None:
-                                conn.execute("SELECT pg_notify(%s, %s)", ack)
-            except psycopg.Error as err:
-                self._failed(err)
-            self._listening.clear()
-            self._ack_channel = ""
-            time.sleep(RECONNECT_SECONDS)
+                                     connect_timeout=CONNECT_SECONDS, **KEEPALIVE) as conn:
+                    self._serve_notifications(conn)
+            except Exception as err:  # never hang nor die: reads ask the database meanwhile
+                if unreachable(err):
+                    self._failed(err)
+            finally:
+                self._listening.clear()
+                self._ack_channel = ""
+            self._closed.wait(RECONNECT_SECONDS)
+
+    def _serve_notifications(self, conn: psycopg.Connection) -> None:
+        own_pid = conn.info.backend_pid
+        ack_channel = f"gradbook_ack_{own_pid}"
+        conn.execute(f"LISTEN {CHANNEL}")
+        conn.execute(f"LISTEN {ack_channel}")
+        self._generation += 1  # what was cached before may have missed changes
+        self._ack_channel = ack_channel
+        self._failed_at = -RETRY_SECONDS  # the database is back
+        self._heard_at = time.monotonic()
+        self._listening.set()
+        while not self._closed.is_set():
+            # Taken out of ``notifies`` before they are handled: the generator holds the
+            # connection until it ends, and the acknowledgements need it (notifications that
+            # came in one packet arrive together).
+            heard = list(conn.notifies(timeout=HEARTBEAT_SECONDS, stop_after=1))
+            if not heard:  # a connection that died quietly fails here
+                conn.execute("SELECT 1")
+            self._heard_at = time.monotonic()
+            for notify in heard:
+                if (ack := self._heard(notify, own_pid)) is not None:
+                    conn.execute("SELECT pg_notify(%s, %s)", ack)
 
     def _heard(self, notify: psycopg.Notify, own_pid: int) -> tuple[str, str] | None:
         """Record a notification; the acknowledgement to send for it (channel, payload), if it
-        is a commit. ``own_pid``: the listening session's backend, which names it in acks."""
-        if notify.channel != CHANNEL:  # on our ack channel: a listener heard a commit of ours
-            commit, _, pid = notify.payload.rpartition(":")
-            self._acks.setdefault(commit, set()).add(int(pid))
-            while len(self._acks) > MAX_PENDING:  # acknowledgements that came too late
-                self._acks.pop(next(iter(self._acks)), None)
+        is a commit. ``own_pid``: the listening session's backend, which names it in acks.
+        A payload that is not ours (anyone may ``NOTIFY``) is ignored."""
+        try:
+            if notify.channel != CHANNEL:  # on our ack channel: a listener heard our commit
+                token, pid = notify.payload.split(":")
+                self._acks.setdefault(token, set()).add(int(pid))
+                while len(self._acks) > MAX_PENDING:  # acknowledgements that came too late
+                    self._acks.pop(next(iter(self._acks)), None)
+                return None
+            name, fresh_from, ack_to, token = notify.payload.split(":")
+            if int(fresh_from) > self._fresh_from.get(name, 0):
+                if len(self._fresh_from) >= MAX_NAMES:  # forget all: every cached model reloads
+                    self._generation += 1
+                    self._fresh_from.clear()
+                self._fresh_from[name] = int(fresh_from)
+        except ValueError:
             return None
-        name, fresh_from, ack_to = notify.payload.split(":")
-        if int(fresh_from) > self._fresh_from.get(name, 0):
-            self._fresh_from[name] = int(fresh_from)
-        if not ack_to:
-            return None
-        return ack_to, f"{name}:{fresh_from}:{own_pid}"
+        return (ack_to, f"{token}:{own_pid}") if ack_to else None
 
-    def _await_acks(self, name: str, fresh_from: int, listeners: set[int]) -> None:
-        """Wait until every one of ``listeners`` acknowledged the commit, at most
+    def _await_acks(self, token: str, listeners: set[int]) -> None:
+        """Wait until every one of ``listeners`` acknowledged the commit ``token``, at most
         ``FRESHNESS_SECONDS`` (a listener may have gone meanwhile)."""
-        commit = f"{name}:{fresh_from}"
         deadline = time.monotonic() + FRESHNESS_SECONDS
-        while not listeners <= self._acks.get(commit, set()) and time.monotonic() < deadline:
+        while not listeners <= self._acks.get(token, set()) and time.monotonic() < deadline:
             time.sleep(0.0005)
-        self._acks.pop(commit, None)
+        self._acks.pop(token, None)
+
+
+def busy(name: str) -> ModelBusyError:
+    return ModelBusyError(f"model {name!r} is being changed by another request; retry later")
+
+
+def unreachable(err: BaseException) -> bool:
+    """Whether ``err`` says the database cannot be reached (retrying later may work): no
+    connection from the pool, a connection lost or refused, the server shutting down."""
+    if isinstance(err, PoolTimeout):
+        return True
+    if not isinstance(err, psycopg.OperationalError):
+        return False
+    state = err.sqlstate or ""
+    return state == "" or state.startswith(("08", "57P"))
 
 
 def _read(name: str, model: bytes) -> MLP:

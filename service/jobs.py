@@ -91,10 +91,18 @@ class Jobs(ABC):
         """The oldest queued job, now running; None if none waits."""
 
     def finish(self, job_id: str, state: str, **fields: Any) -> Job:
+        """End a job; one that has ended already (recovered by another worker) stays as it
+        ended: a finished record is final."""
         def end(job: Job) -> None:
-            job.update(state=state, finished=timestamp(), **fields)
+            if job["state"] not in FINISHED:
+                job.update(state=state, finished=timestamp(), **fields)
 
         return self.change(job_id, end)
+
+    def end_stranded(self, job_id: str, update: Callable[[Job], None]) -> None:
+        """Apply ``update`` to a stranded job's record (``change``, where only one worker runs
+        jobs; the PostgreSQL records check again, under the row lock, that it is stranded)."""
+        self.change(job_id, update)
 
     def cancel(self, job_id: str) -> Job:
         """A queued job is cancelled at once; a running one is asked to stop (the worker stops
@@ -213,6 +221,9 @@ class JobStore(Jobs):
             self._data(job["id"]).unlink(missing_ok=True)
 
 
+LAPSED = "state = 'running' AND lease_until < now()"  # a running job whose worker is gone
+
+
 class PostgresJobStore(Jobs):
     """The job records of a PostgreSQL store: rows of its ``jobs`` table."""
 
@@ -284,9 +295,20 @@ class PostgresJobStore(Jobs):
 
     def stranded(self) -> list[Job]:
         with self.store.connection() as conn:
-            rows = conn.execute("SELECT record FROM jobs WHERE state = 'running' "
-                                "AND lease_until < now() ORDER BY id").fetchall()
+            rows = conn.execute("SELECT record FROM jobs WHERE " + LAPSED).fetchall()
         return [json.loads(record) for (record,) in rows]
+
+    def end_stranded(self, job_id: str, update: Callable[[Job], None]) -> None:
+        # SKIP LOCKED: another worker recovering it, or its own worker writing, decides
+        with self.store.connection() as conn, conn.transaction():
+            row = conn.execute(f"SELECT record FROM jobs WHERE id = %s AND {LAPSED} "
+                               "FOR UPDATE SKIP LOCKED", (job_id,)).fetchone()
+            if row is None:  # renewed, or ended, meanwhile
+                return
+            job = json.loads(row[0])
+            update(job)
+            conn.execute("UPDATE jobs SET state = %s, record = %s WHERE id = %s",
+                         (job["state"], json.dumps(job), job_id))
 
 
 def _write(path: Path, value: Any) -> None:

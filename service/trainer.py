@@ -42,6 +42,11 @@ class JobCancelledError(Exception):
     """Raised from the epoch callback when the job was cancelled: nothing is committed."""
 
 
+class JobLostError(Exception):
+    """Raised from the epoch callback when the job was ended by someone else (its lease
+    lapsed, and another worker ended it): nothing is committed, and its record stays."""
+
+
 class Progress:
     """The epoch callback of one job: records the losses, and stops the run if cancelled."""
 
@@ -59,7 +64,10 @@ class Progress:
         # and always after the last epoch: a cancellation that came before the commit stops it
         if now - self.checked >= CANCEL_CHECK_SECONDS or epoch + 1 == self.epochs:
             self.checked = now
-            if self.jobs.get(self.job_id)["cancel_requested"]:
+            record = self.jobs.get(self.job_id)
+            if record["state"] != "running":
+                raise JobLostError
+            if record["cancel_requested"]:
                 raise JobCancelledError
         if now - self.written >= PROGRESS_SECONDS:
             self.write()
@@ -70,7 +78,8 @@ class Progress:
                   for loss in self.losses]  # JSON has no NaN or infinity
 
         def record(job: Job) -> None:
-            job.update(epoch=len(losses), losses=losses)
+            if job["state"] == "running":  # a finished record is final
+                job.update(epoch=len(losses), losses=losses)
 
         self.jobs.change(self.job_id, record)
 
@@ -110,18 +119,28 @@ def _run(api: ModelAPI, jobs: Jobs, job: Job, progress: Progress) -> None:
         data = training_data(jobs.data(job["id"]), net)
         net, _ = api.run_training(job["model"], data, job["hyperparameters"], progress,
                                   job_id=job["id"])
+    except JobLostError:
+        return
     except JobCancelledError:
-        progress.write()
-        jobs.finish(job["id"], "cancelled")
+        record_end(jobs, progress, job["id"], "cancelled")
     except Exception as err:  # every failure ends the job, with what the client would be told
         error = to_http(err)
         if error.status >= 500:
             traceback.print_exc(file=sys.stderr)
-        progress.write()
-        jobs.finish(job["id"], "failed", error={"status": error.status, "message": error.message})
+        record_end(jobs, progress, job["id"], "failed",
+            error={"status": error.status, "message": error.message})
     else:
+        record_end(jobs, progress, job["id"], "succeeded", version=net.metadata["version"])
+
+
+def record_end(jobs: Jobs, progress: Progress, job_id: str, state: str, **fields: Any) -> None:
+    """Record the job's last losses and how it ended; if the store is away, the job stays
+    running until recovery (the next start, or the lapse of its lease) ends it."""
+    try:
         progress.write()
-        jobs.finish(job["id"], "succeeded", version=net.metadata["version"])
+        jobs.finish(job_id, state, **fields)
+    except StoreError:
+        traceback.print_exc(file=sys.stderr)
 
 
 def recover(store: Store, jobs: Jobs, stranded: list[Job], why: str) -> int:
@@ -141,7 +160,7 @@ def recover(store: Store, jobs: Jobs, stranded: list[Job], why: str) -> int:
                 record.update(state="failed", finished=timestamp(),
                               error={"status": 503, "message": message})
 
-        jobs.change(job["id"], end)
+        jobs.end_stranded(job["id"], end)
     return len(stranded)
 
 
@@ -174,12 +193,13 @@ def main() -> None:
             # shared records: any worker ends the jobs of a replica that died (lease ran out)
             recover(store, jobs, jobs.stranded(), LAPSED)
             job: Any = jobs.claim()
+            if job is not None:
+                run(api, jobs, job)
         except StoreError:  # the database is away: look again later
+            traceback.print_exc(file=sys.stderr)
             job = None
         if job is None:
             time.sleep(POLL_SECONDS)
-        else:
-            run(api, jobs, job)
 
 
 if __name__ == "__main__":

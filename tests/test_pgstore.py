@@ -286,3 +286,74 @@ def test_jobs_are_claimed_once_and_a_lapsed_lease_strands_the_job(url: str) -> N
         assert made[0]["id"] not in stranded and made[1]["id"] in stranded
         assert second.cancel(made[2]["id"])["cancel_requested"] is True
         assert first.get(made[2]["id"])["cancel_requested"] is True  # seen from the other
+
+
+def test_a_foreign_notification_does_not_stop_the_listener(
+    replicas: tuple[PostgresStore, PostgresStore]
+) -> None:
+    """Anyone who can connect may NOTIFY on the store's channel; a payload that is not ours
+    is ignored, and the listener goes on hearing commits."""
+    a, b = replicas
+    a.create("m", MLP([2, 1]))
+    assert seen(b) == 1
+    with psycopg.connect(a.url, autocommit=True) as conn:
+        for payload in ("hello", "m:x:y:z", "m:99", ":::", "a:b:c:d:e"):
+            conn.execute("SELECT pg_notify('gradbook_models', %s)", (payload,))
+    a.update("m", lambda n: None)
+    assert seen(b) == 2
+    assert b._listener_trusted()
+
+
+def test_create_waiting_for_a_locked_row_gets_busy_not_an_error(
+    replicas: tuple[PostgresStore, PostgresStore]
+) -> None:
+    a, b = replicas
+    a.create("m", MLP([2, 1]))
+    with b.lock("m"), pytest.raises(ModelBusyError, match="being changed"):
+        a.create("m", MLP([2, 1]))
+
+
+def test_a_long_change_outlives_an_idle_in_transaction_timeout(url: str) -> None:
+    """Training runs inside the change's transaction; a server-side idle-in-transaction
+    timeout (common on managed databases) must not end it."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ALTER ROLE CURRENT_USER SET idle_in_transaction_session_timeout = '200ms'")
+    try:
+        with PostgresStore(url) as store:
+            store.create("m", MLP([2, 1]))
+            assert version(store.update("m", lambda n: time.sleep(0.6))) == 2
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("ALTER ROLE CURRENT_USER RESET idle_in_transaction_session_timeout")
+
+
+def test_close_stops_the_listener(url: str) -> None:
+    store = PostgresStore(url)
+    store.create("m", MLP([2, 1]))
+    listener = store._listener
+    assert listener is not None and listener.is_alive()
+    store.close()
+    listener.join(timeout=5)
+    assert not listener.is_alive()
+
+
+def test_recovery_ends_only_lapsed_jobs_and_an_ended_job_stays_ended(url: str) -> None:
+    """A worker whose lease lapsed (its database connection blipped, say) finds its job ended
+    by another worker: its own late "succeeded" does not overwrite that. A job whose lease was
+    renewed between the look for stranded jobs and their recovery is left running."""
+    from service.trainer import recover
+
+    with PostgresStore(url) as store, PostgresStore(url) as other:
+        mine, theirs = open_jobs(store, lease=0.3), open_jobs(other, lease=0.3)
+        lapsed, renewed = (mine.create("m", {"epochs": 1}, "xor") for _ in range(2))
+        assert [mine.claim()["id"], mine.claim()["id"]] == [lapsed["id"], renewed["id"]]
+        time.sleep(0.5)
+        stranded = theirs.stranded()
+        assert {job["id"] for job in stranded} == {lapsed["id"], renewed["id"]}
+        mine.renew(renewed["id"])  # its worker is back in time
+        assert recover(other, theirs, stranded, "lost while {state}") == 2
+        assert theirs.get(renewed["id"])["state"] == "running"
+        ended = theirs.get(lapsed["id"])
+        assert (ended["state"], ended["error"]["message"]) == ("failed", "lost while running")
+        mine.finish(lapsed["id"], "succeeded", version=7)  # the first worker, too late
+        assert mine.get(lapsed["id"]) == ended
