@@ -54,7 +54,7 @@ from bench_gateway import (
     versions,
     wrk_script,
 )
-from procs import alive, descendants
+from procs import alive, descendants, listening_pid
 
 from gradbook import MLP
 from gradbook.store import Store, open_store
@@ -102,30 +102,6 @@ def kill_group(pid: int) -> None:
     for child in below:
         if alive(child):
             os.kill(child, signal.SIGKILL)
-
-
-def replica_pid(port: int) -> int:
-    """The PID of the launcher listening on ``port`` (the server() context manager keeps its
-    process to itself), from ``/proc/net/tcp``'s inode and the processes' open sockets."""
-    wanted = f":{port:04X}"
-    inode = None
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[1].endswith(wanted) and fields[3] == "0A":  # LISTEN
-            inode = fields[9]
-            break
-    if inode is None:
-        raise RuntimeError(f"nothing listens on {port}")
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            for fd in (proc / "fd").iterdir():
-                if os.readlink(fd) == f"socket:[{inode}]":
-                    return int(proc.name)
-        except OSError:
-            continue
-    raise RuntimeError(f"no process owns the socket on {port}")
 
 
 READER = """
@@ -244,7 +220,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> None:
         for thread in clients:
             thread.start()
         time.sleep(1.0)
-        victim = replica_pid(second)
+        victim = listening_pid(second)
         killed = time.monotonic()
         kill_group(victim)
         two.wait_for_states({"replica2": "DOWN"}, timeout=30)

@@ -7,6 +7,7 @@ this folder on ``sys.path``). Linux only, like the service's own supervision.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -66,3 +67,27 @@ def _stat(pid: int) -> list[str]:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return []
+
+
+def listening_pid(port: int) -> int:
+    """The PID of the process listening on TCP ``port`` (IPv4), from ``/proc/net/tcp``'s inode
+    and the processes' open sockets."""
+    wanted = f":{port:04X}"
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(wanted) and fields[3] == "0A":  # LISTEN
+            inode = fields[9]
+            break
+    if inode is None:
+        raise RuntimeError(f"nothing listens on {port}")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) == f"socket:[{inode}]":
+                    return int(proc.name)
+        except OSError:
+            continue
+    raise RuntimeError(f"no process owns the socket on {port}")

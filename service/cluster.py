@@ -2,7 +2,8 @@
 
 What it runs, in this order (and stops in the reverse one):
 
-1. PostgreSQL (``service.postgres.PostgresServer`` in ``.gradbook/postgres``, port
+1. PostgreSQL (``service.postgres.PostgresServer`` in ``.gradbook/postgres``, or in
+   ``postgres`` under ``GRADBOOK_CLUSTER_DIR`` if that is set, as are the logs; port
    ``GRADBOOK_PG_PORT``, default 55432), unless ``GRADBOOK_STORE`` already is a
    ``postgresql://`` URL, which is then used as it is;
 2. ``GRADBOOK_REPLICAS`` (default 2) replicas, each ``python -m service.launch`` on 127.0.0.1,
@@ -60,7 +61,7 @@ from types import FrameType, TracebackType
 from service.processes import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
-STATE = ROOT / ".gradbook"
+STATE = ROOT / ".gradbook"  # GRADBOOK_CLUSTER_DIR, if set, instead
 DEFAULT_PG_PORT = 55432
 START_TIMEOUT = 300.0  # a replica's first start creates and trains the default models
 CHECK_INTERVAL_MS = 500
@@ -385,7 +386,8 @@ def main() -> int:
         print(f"gradbook cluster: {err}", file=sys.stderr)
         return 1
 
-    logs = STATE / "cluster"
+    state = Path(os.environ.get("GRADBOOK_CLUSTER_DIR") or STATE)
+    logs = state / "cluster"
     logs.mkdir(parents=True, exist_ok=True)
     postgres: PostgresServer | None = None
     replicas: list[Replica] = []
@@ -393,7 +395,7 @@ def main() -> int:
     status = 0
     try:
         if own_postgres:
-            postgres = PostgresServer(STATE / "postgres", pg_port)
+            postgres = PostgresServer(state / "postgres", pg_port)
             postgres.start()
             store = postgres.create_database("gradbook")
             print(f"PostgreSQL on 127.0.0.1:{pg_port} (data {postgres.datadir}, "

@@ -27,17 +27,20 @@ import shutil
 import signal
 import socket
 import socketserver
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from conftest import Reply, Service, check_against_spec, free_port, http_request
-from procs import alive, descendants, trainer_pids
+from conftest import ROOT, Reply, Service, check_against_spec, free_port, gateway_env, http_request
+from procs import alive, descendants, listening_pid, trainer_pids
 
 from service.cluster import Balancer, ClusterError, find_haproxy
 from service.postgres import PostgresError, PostgresServer, find_binaries
@@ -478,3 +481,86 @@ def test_the_balancer_retries_only_what_changes_nothing(tmp_path: Path) -> None:
             stand_in.shutdown()
             stand_in.server_close()
 
+
+
+# -- make cluster itself -------------------------------------------------------------------------
+def free_run(width: int) -> int:
+    """A port p such that p, p + 1, …, p + width - 1 are free now."""
+    for _ in range(100):
+        base = free_port()
+        if base + width > 65535:
+            continue
+        try:
+            with ExitStack() as stack:
+                for port in range(base, base + width):
+                    probe = stack.enter_context(socket.socket())
+                    probe.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no run of free ports")
+
+
+def test_make_cluster_serves_restarts_a_dead_replica_and_stops_on_ctrl_c(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """``python -m service.cluster``, as ``make cluster`` runs it: PostgreSQL of its own, two
+    replicas, HAProxy in front; a replica killed is started again and served through; Ctrl-C
+    stops everything it started."""
+    state = Path(tempfile.mkdtemp(prefix="gradbook-cluster-"))
+    state.chmod(0o711)  # PostgreSQL runs as `postgres` when we are root
+    port = free_run(3)
+    workdir = tmp_path_factory.mktemp("make-cluster")
+    env = {**gateway_env(workdir), "GRADBOOK_PORT": str(port), "GRADBOOK_KERNELS": "1",
+           "GRADBOOK_PG_PORT": str(free_port()), "GRADBOOK_CLUSTER_DIR": str(state)}
+    log = workdir / "cluster.log"
+    with open(log, "wb") as out:
+        cluster = subprocess.Popen([sys.executable, "-m", "service.cluster"], cwd=ROOT, env=env,
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    started: set[int] = set()
+    try:
+        deadline = time.monotonic() + 240
+        while b"gradbook cluster listening" not in log.read_bytes():
+            assert cluster.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        started = set(descendants(cluster.pid))
+        body = json.dumps({"x": [1, 0, 1]}).encode()
+        headers = {"Content-Type": "application/json"}
+        replies = [http_request(port, "POST", "/models/xor/predict", body, headers, 30)
+                   for _ in range(4)]
+        assert [reply.status for reply in replies] == [200] * 4, replies[0].body
+        diagnostics = http_request(port + 1, "GET", "/diagnostics", None, {}, 30).json()
+        assert diagnostics["store"]["path"].startswith("postgresql://")
+
+        os.kill(listening_pid(port + 2), signal.SIGKILL)  # replica 2's gateway
+        deadline = time.monotonic() + 120
+        while b"replica 2 (port" not in log.read_bytes() or \
+                http_status(port + 2, "/readyz") != 200:
+            assert time.monotonic() < deadline, log.read_text()
+            assert http_request(port, "POST", "/models/xor/predict", body, headers,
+                                30).status == 200  # served through replica 1 meanwhile
+            time.sleep(0.2)
+        assert http_request(port + 2, "POST", "/models/xor/predict", body, headers,
+                            30).status == 200
+        started |= set(descendants(cluster.pid))
+    finally:
+        os.kill(cluster.pid, signal.SIGINT)
+        try:
+            status = cluster.wait(timeout=120)
+        finally:
+            if cluster.poll() is None:
+                os.killpg(cluster.pid, signal.SIGKILL)
+            shutil.rmtree(state, ignore_errors=True)
+    assert status == 0, log.read_text()[-3000:]
+    deadline = time.monotonic() + 10
+    while (left := [pid for pid in started if alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, f"processes outlived the cluster: {left}"
+
+
+def http_status(port: int, path: str) -> int | None:
+    try:
+        return http_request(port, "GET", path, None, {}, 5).status
+    except OSError:
+        return None
