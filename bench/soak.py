@@ -108,6 +108,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from loopback import Reply, http_request
 from procs import alive, child_pids, cmdline, kernel_pids, started
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,27 +213,11 @@ def rss(pid: int) -> int | None:
     return int(match.group(1)) * 1024 if match else None
 
 
-@dataclass
-class Reply:
-    status: int
-    headers: http.client.HTTPMessage
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
 def http_call(port: int, method: str, path: str, body: Any = None, timeout: float = 30.0) -> Reply:
     """One request on a new connection to 127.0.0.1:``port``; ``body`` is sent as JSON."""
     raw = None if body is None else json.dumps(body).encode()
     headers = {} if raw is None else {"Content-Type": "application/json"}
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        connection.request(method, path, body=raw, headers=headers)
-        response = connection.getresponse()
-        return Reply(response.status, response.headers, response.read())
-    finally:
-        connection.close()
+    return http_request(port, method, path, raw, headers, timeout)
 
 
 class Service:

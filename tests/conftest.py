@@ -10,7 +10,6 @@ body must match the documented schema.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import re
@@ -20,8 +19,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -30,23 +27,10 @@ from openapi_schema_validator import OAS30Validator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))  # procs, soak: shared with the benchmarks
+from loopback import Reply, http_request  # noqa: E402
 from procs import alive, child_pids, kernel_pids  # noqa: E402
 
 START_TIMEOUT = 120.0
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: Message
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    @property
-    def kernel(self) -> str | None:
-        return self.headers.get("X-Gradbook-Kernel")
 
 
 def raises(message: str) -> Any:
@@ -67,19 +51,6 @@ def gateway_env(workdir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GRADBOOK_", "KG_"))}
     env.update(PYTHONUNBUFFERED="1", JUPYTER_RUNTIME_DIR=str(workdir / "runtime"))
     return env
-
-
-def http_request(
-    port: int, method: str, path: str, raw: bytes | None, headers: dict[str, str], timeout: float
-) -> Reply:
-    """One HTTP/1.1 exchange with 127.0.0.1:``port``."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        connection.request(method, path, body=raw, headers=headers)
-        response = connection.getresponse()
-        return Reply(response.status, response.headers, response.read())
-    finally:
-        connection.close()
 
 
 class Service:
