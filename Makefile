@@ -71,6 +71,7 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/bench_backprop.py
 	$(PY) bench/bench_service.py
 	$(PY) bench/bench_admission.py
+	$(PY) bench/bench_bounds.py
 	$(PY) bench/bench_gateway.py
 
 # Soak and fault test, not part of `make test` (which runs a 15-second one, tests/test_soak.py):

@@ -34,18 +34,20 @@ counted apart:
 
 A refused, reset or closed connection at any other time, or a timeout at any time, fails.
 
-**Versions.** Every change of a model (create, PUT, train, reset, a job) commits its version
-plus one, and versions continue after a delete and re-create, so no version is ever reused and
-a client never sees one go backwards. Checked, over every answered request of every client
-(per-client monotonicity is the special case of one client's consecutive requests):
+**Versions.** Every change of a model (PUT, train, reset, a job) commits its version plus one,
+and a create starts above the highest version any deleted model had, so versions go on after a
+delete and re-create: no version is ever reused and a client never sees one go backwards.
+Checked, over every answered request of every client (per-client monotonicity is the special
+case of one client's consecutive requests):
 
 * a change's answer carries a version above that of every change and delete answered before the
   change was sent, and a read's (predict, GET, the version a delete reports) one at least as
   high as every change answered before it was sent, and above every delete answered before it;
 * no two changes of a model (jobs included) answered the same version;
 * contiguity: each model's versions I+1…F (I its version before the clients start, 0 for the
-  pool's names; F its final version, or for a deleted model the one it had, as a create after
-  the run tells) were each committed by exactly one change, so the versions answered by changes
+  pool's names; F its final version, or for a deleted model the last version answered for it),
+  but for those an answered create skipped (from the version before it up to the create's),
+  were each committed by exactly one change, so the versions answered by changes
   and by succeeded jobs are distinct and within I+1…F, and the versions no answer reported are
   at most the changes of that model whose outcome is unknown: cut by the crash, hung, or
   answered 504 or 503 "while running" (a stop can land just after the commit, which is why those
@@ -783,10 +785,10 @@ def check_order(answered: list[Outcome], report: Report) -> None:
                             f"version {cause.version}")
 
 
-def final_versions(run: Run, report: Report) -> dict[str, int]:
-    """Each model's last version: its current one, or for a deleted model the one it had (a
-    create now answers one more). Also checks that a change of every model answers within
-    ``LOCK_CHECK_SECONDS``: no lock was left held."""
+def final_versions(run: Run, report: Report) -> dict[str, int | None]:
+    """Each model's last version: its current one, or None for a deleted model (a create now
+    starts above every deleted model's version: it does not tell this one's). Also checks that a
+    change of every model answers within ``LOCK_CHECK_SECONDS``: no lock was left held."""
     port, finals, slowest = run.service.port, {}, 0.0
     for name in [*run.names, CRASH_SYNC, CRASH_JOB]:
         reply = http_call(port, "GET", f"/models/{name}")
@@ -798,7 +800,7 @@ def final_versions(run: Run, report: Report) -> dict[str, int]:
                 report.fail(f"after the run, creating {name} answered {created.status}: "
                             f"{created.body[:300]!r}")
                 continue
-            finals[name] = created.json()["version"] - 1
+            finals[name] = None
         elif reply.status == 200:
             finals[name] = reply.json()["version"]
         else:
@@ -815,25 +817,36 @@ def final_versions(run: Run, report: Report) -> dict[str, int]:
     return finals
 
 
-def check_versions(run: Run, answered: list[Outcome], finals: dict[str, int],
+def check_versions(run: Run, answered: list[Outcome], finals: dict[str, int | None],
                    jobs: list[dict[str, Any]], report: Report) -> str:
     """Distinct, contiguous versions per model (see the module docstring); a summary."""
     committed: dict[str, list[tuple[int, str]]] = {}
     changes: dict[str, list[Outcome]] = {}  # answered with a version, in version order
+    creates: dict[str, list[int]] = {}
+    last: Counter[str] = Counter()  # the highest version answered for each model
     for outcome in answered:
+        if outcome.version is not None and outcome.model:
+            last[outcome.model] = max(last[outcome.model], outcome.version)
         if outcome.op in CHANGES and outcome.version is not None and outcome.model:
             committed.setdefault(outcome.model, []).append((outcome.version, outcome.describe()))
             changes.setdefault(outcome.model, []).append(outcome)
+            if outcome.op == "create":
+                creates.setdefault(outcome.model, []).append(outcome.version)
     for job in jobs:
         if job.get("state") == "succeeded":
             committed.setdefault(job["model"], []).append((job["version"], f"job {job['id']}"))
     uncertain = Counter(o.model for o in run.outcomes if unknown(o)
                         and (o.op in CHANGES or o.op == "job"))
     gaps = 0
-    for name, final in finals.items():
+    for name, known in finals.items():
         first = run.initial.get(name, 0) + 1  # the first version committed during the run
         versions = committed.get(name, [])
         seen = Counter(version for version, _ in versions)
+        final = known if known is not None else max(last[name], first - 1)
+        skipped: set[int] = set()  # below each create, down to the version before it
+        for created in creates.get(name, []):
+            below = max((v for v in seen if v < created), default=first - 1)
+            skipped.update(range(below + 1, created))
         for version, count in seen.items():
             if count > 1:
                 who = "; ".join(w for v, w in versions if v == version)
@@ -841,7 +854,7 @@ def check_versions(run: Run, answered: list[Outcome], finals: dict[str, int],
         outside = sorted(v for v in seen if not first <= v <= final)
         if outside:
             report.fail(f"{name}: changes answered versions {outside}, outside {first}..{final}")
-        missing = sorted(set(range(first, final + 1)) - set(seen))
+        missing = sorted(set(range(first, final + 1)) - set(seen) - skipped)
         gaps += len(missing)
         if len(missing) > uncertain[name]:
             suspects = [suspect for version in missing for suspect in committed_by(
@@ -855,7 +868,7 @@ def check_versions(run: Run, answered: list[Outcome], finals: dict[str, int],
                 f"{'; '.join(suspects[:4]) or 'none'}; and {len(failed_jobs)} job(s) of it "
                 "failed")
     total = sum(len(v) for v in committed.values())
-    during = sum(final - run.initial.get(name, 0) for name, final in finals.items())
+    during = total + gaps
     return (f"{during} committed during the run over {len(finals)} models, {total} of them "
             f"answered, {gaps} by changes whose answers the crash cut")
 

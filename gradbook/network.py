@@ -273,7 +273,7 @@ class MLP:
         path = Path(path)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            os.fchmod(fd, 0o644)  # mkstemp makes it owner-only; a model file is not a secret
+            os.fchmod(fd, 0o666 & ~_umask())  # as open() would make it (mkstemp: owner only)
             with os.fdopen(fd, "wb") as f:
                 self.write(f)
                 f.flush()
@@ -307,3 +307,15 @@ class MLP:
             net.biases = [data[f"b{k}"] for k in range(len(net.biases))]
         net.metadata = header["metadata"]
         return net
+
+
+def _umask() -> int:
+    """This process's file mode mask, read without changing it (``os.umask`` sets it while it
+    reads it, a moment in which another thread's files would get the wrong mode)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022  # the usual mask, where /proc does not say

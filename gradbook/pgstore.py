@@ -10,7 +10,8 @@ database doing what the folder did with files:
 * **One writer per model.** The row lock (``SELECT … FOR UPDATE``) serializes changes of one
   model; a writer that waits longer than ``lock_timeout`` gets ``ModelBusyError`` (PostgreSQL's
   ``lock_timeout``). Creates also take a store-wide advisory lock, so that ``max_models`` holds.
-  A deleted model keeps its row (without weights), so a re-created one counts on.
+  A deleted model's row goes; the highest version a deleted model had is kept (one number, in
+  ``deleted_version``), and a new model starts above it, so a re-created one counts on.
 * **A cache that does not ask the database on every read.** Each process keeps the models it
   used last (``cache_size``) and a listener thread ``LISTEN``s on ``gradbook_models``; every
   commit ``NOTIFY``s "name:version" in its transaction, so PostgreSQL delivers it when the commit
@@ -92,6 +93,16 @@ MIGRATIONS = [
         lease_until timestamptz   -- a running job whose worker stops renewing this is stranded
     );
     CREATE INDEX jobs_waiting ON jobs (id) WHERE state IN ('queued', 'running');
+    """,
+    # deleted models leave nothing behind but the highest version one had
+    """
+    CREATE TABLE deleted_version (
+        only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+        version bigint NOT NULL
+    );
+    INSERT INTO deleted_version (version)
+        SELECT coalesce(max(version), 0) FROM models WHERE model IS NULL;
+    DELETE FROM models WHERE model IS NULL;
     """,
 ]
 
@@ -228,19 +239,20 @@ class PostgresStore:
             yield
 
     def create(self, name: str, net: MLP, max_models: int | None = None) -> MLP:
-        """Commit ``net`` as a new model (version 1, or one more than a deleted model of that
-        name had); ``ModelExistsError`` if the name is taken, ``StoreFullError`` at ``max_models``.
+        """Commit ``net`` as a new model (one more than the highest version a deleted model
+        had, 1 if none was deleted); ``ModelExistsError`` if the name is taken,
+        ``StoreFullError`` at ``max_models``.
         """
         check_name(name)
         self._ensure_listener()  # before any lock: it may take a moment to connect
         with self._transaction() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (CREATE_LOCK,))
-            try:  # a deleted model's row may be locked by a change that waits for it
-                row = conn.execute("SELECT version, model IS NOT NULL FROM models "
-                                   "WHERE name = %s FOR UPDATE", (name,)).fetchone()
+            try:  # the row may be locked by a change, or a delete, of the model
+                row = conn.execute("SELECT 1 FROM models WHERE name = %s FOR UPDATE",
+                                   (name,)).fetchone()
             except errors.LockNotAvailable:
                 raise busy(name) from None
-            if row is not None and row[1]:
+            if row is not None:
                 raise ModelExistsError(f"a model named {name!r} already exists")
             if max_models is not None:
                 (count,) = conn.execute(
@@ -249,9 +261,9 @@ class PostgresStore:
                     raise StoreFullError(
                         f"the store holds at most {max_models} models; delete one first")
             net.metadata["created"] = timestamp()
-            if row is None:
-                conn.execute("INSERT INTO models (name, version) VALUES (%s, 0)", (name,))
-            commit = self._commit(conn, name, net, version=(0 if row is None else row[0]) + 1)
+            (deleted,) = conn.execute("SELECT version FROM deleted_version").fetchone()
+            conn.execute("INSERT INTO models (name, version) VALUES (%s, 0)", (name,))
+            commit = self._commit(conn, name, net, version=deleted + 1)
         self._await_acks(*commit)
         return net
 
@@ -267,11 +279,12 @@ class PostgresStore:
         return net
 
     def delete(self, name: str) -> int:
-        """Remove ``name``; returns the version it had."""
+        """Remove ``name``, its row too; returns the version it had."""
         with self._writing(name) as (conn, _):
-            (version,) = conn.execute(
-                "UPDATE models SET model = NULL, header = NULL, updated = now() "
-                "WHERE name = %s RETURNING version", (name,)).fetchone()
+            (version,) = conn.execute("DELETE FROM models WHERE name = %s RETURNING version",
+                                      (name,)).fetchone()
+            conn.execute("UPDATE deleted_version SET version = greatest(version, %s)",
+                         (version,))
             # versions up to this one are stale now; a re-created model starts above it
             commit = self._announce(conn, name, version + 1)
         self._cache.drop(name)

@@ -3,8 +3,9 @@
 Layout under ``root``::
 
     <name>.npz            the committed model (``MLP.save``: architecture, parameters, metadata)
-    .locks/<name>.lock    a writer holds an ``flock`` on it while it changes <name>
-    .deleted/<name>       the last version of a deleted model, so a re-created one counts on
+    .locks/<name>.lock    a writer holds an ``flock`` on it while it changes <name>; removed with
+                          the model, so deleted models leave nothing behind
+    .deleted-version      the highest version any deleted model had: new models start above it
 
 The version lives in ``net.metadata["version"]``, inside the same file as the weights, so a
 version number can never be paired with another version's weights. Three rules make the store
@@ -23,14 +24,24 @@ safe to share between the service's pooled kernels (separate processes, each wit
 
 A store may be given a most number of models (``create(..., max_models=…)``): creates take a
 store-wide lock to count and commit, so concurrent creates never overshoot it.
+
+**Versions never go back.** A new model's first version is one more than the highest version
+any deleted model had (1 in a store where none was deleted): a model deleted and created again
+counts on, and the store keeps one number for that however many models come and go.
+
+**Private.** The folder is made readable by its owner only (mode 0700): weights, training data
+and lock files are no business of other local users, and a lock another user could open, they
+could hold.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import re
+import shutil
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -47,8 +58,11 @@ from gradbook.validation import brief
 if TYPE_CHECKING:
     from gradbook.pgstore import PostgresStore
 
+DELETED_VERSION = ".deleted-version"
 DEFAULT_ROOT = Path(__file__).resolve().parents[1] / ".gradbook" / "models"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+PRIVATE = 0o700  # a folder of the store: its owner alone may enter it
+LOCK_POLL_SECONDS = 0.01
 
 
 class StoreError(Exception):
@@ -76,6 +90,53 @@ class StoreUnavailableError(StoreError):
 
 
 Store: TypeAlias = "ModelStore | PostgresStore"  # what ``open_store`` gives
+
+
+def private_folder(path: Path) -> Path:
+    """``path`` as a folder only its owner may enter: created so, or, if it exists and is ours,
+    made so (a folder of another user's is left as it is: its owner chose)."""
+    path.mkdir(mode=PRIVATE, parents=True, exist_ok=True)
+    st = path.stat()
+    if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+        path.chmod(PRIVATE)
+    return path
+
+
+@contextmanager
+def flocked(path: Path, timeout: float, busy: Callable[[], Exception]) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file ``path`` (created, mode 0600, if missing);
+    ``busy()`` is raised after ``timeout`` seconds of waiting: no wait is unbounded.
+
+    A holder may remove the file before letting go (``ModelStore`` removes a deleted model's
+    lock). Whoever then gets the lock holds a file that is no longer at ``path``: it lets go
+    and locks the file now there instead, so two holders never hold two different files.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise busy() from None
+                    time.sleep(LOCK_POLL_SECONDS)
+            held = os.fstat(fd)
+            try:
+                current = os.stat(path)
+                same = (held.st_dev, held.st_ino) == (current.st_dev, current.st_ino)
+            except FileNotFoundError:
+                same = False
+            if same:
+                try:
+                    yield
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                return
+        finally:
+            os.close(fd)
 
 
 def open_store(location: str | os.PathLike[str], lock_timeout: float = 2.0,
@@ -144,9 +205,11 @@ class ModelStore:
         self.root = Path(root)
         self.lock_timeout = lock_timeout
         self.cache_size = cache_size
-        for folder in (".locks", ".deleted"):
-            (self.root / folder).mkdir(parents=True, exist_ok=True)
+        private_folder(self.root)
+        private_folder(self.root / ".locks")
         self._cache = ModelCache(cache_size)
+        if (self.root / ".deleted").is_dir():
+            self._fold_tombstones()
 
     @property
     def location(self) -> str:
@@ -211,51 +274,50 @@ class ModelStore:
     # -- writing -----------------------------------------------------------------------------
     @contextmanager
     def lock(self, name: str) -> Iterator[None]:
-        """Hold the writer lock of ``name``; ``ModelBusyError`` after ``lock_timeout`` seconds."""
-        with self._flock(self.root / ".locks" / f"{check_name(name)}.lock", f"model {name!r}"):
-            yield
+        """Hold the writer lock of ``name``; ``ModelBusyError`` after ``lock_timeout`` seconds.
 
-    @contextmanager
-    def _flock(self, lock_path: Path, what: str) -> Iterator[None]:
-        with open(lock_path, "a") as f:
-            deadline = time.monotonic() + self.lock_timeout
-            while True:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise ModelBusyError(
-                            f"{what} is being changed by another request; retry later"
-                        ) from None
-                    time.sleep(0.01)
+        Its lock file goes when the model does: a lock let go while there is no model of the
+        name (deleted, never created, or a create that failed) is removed by its holder."""
+        lock = self.root / ".locks" / f"{check_name(name)}.lock"
+        with self._flock(lock, f"model {name!r}"):
             try:
                 yield
             finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+                if not self.path(name).exists():
+                    lock.unlink(missing_ok=True)
+
+    @contextmanager
+    def _flock(self, lock_path: Path, what: str) -> Iterator[None]:
+        def busy() -> ModelBusyError:
+            return ModelBusyError(f"{what} is being changed by another request; retry later")
+
+        with flocked(lock_path, self.lock_timeout, busy):
+            yield
+
+    def _store_lock(self) -> Any:
+        """The store-wide lock: creates count and commit under it, deletes record their last
+        version under it. Taken before a model's lock, never after (no two writers wait on each
+        other). Its name cannot clash with a model's: names start with a letter or digit."""
+        return self._flock(self.root / ".locks" / ".store.lock", "the store")
 
     def create(self, name: str, net: MLP, max_models: int | None = None) -> MLP:
         """Commit ``net`` as a new model; ``ModelExistsError`` if ``name`` is taken,
         ``StoreFullError`` if the store holds ``max_models`` already.
 
-        Its version is 1, or one more than the last version of a deleted model of that name, so
-        a client that remembers versions never sees one go backwards.
+        Its version is one more than the highest version a deleted model had (1 if none was
+        deleted), so a client that remembers versions never sees one go backwards.
         """
-        # .store.lock cannot clash with a model's lock: model names start with a letter or digit
-        with self._flock(self.root / ".locks" / ".store.lock", "the store"), self.lock(name):
+        check_name(name)
+        with self._store_lock():
             if self.path(name).exists():
                 raise ModelExistsError(f"a model named {name!r} already exists")
             if max_models is not None and len(self.names()) >= max_models:
                 raise StoreFullError(
                     f"the store holds at most {max_models} models; delete one first"
                 )
-            tombstone = self._tombstone(name)
-            try:
-                previous = int(tombstone.read_text()) if tombstone.exists() else 0
-            except ValueError:
-                raise StoreError(f"the record of deleted model {name!r} is damaged") from None
-            net.metadata["created"] = timestamp()
-            self._commit(name, net, version=previous + 1)
+            with self.lock(name):  # after the checks: a refused create leaves no lock file
+                net.metadata["created"] = timestamp()
+                self._commit(name, net, version=self._deleted_version() + 1)
         return net
 
     def update(self, name: str, change: Callable[[MLP], object]) -> MLP:
@@ -276,26 +338,49 @@ class ModelStore:
         return net
 
     def delete(self, name: str) -> int:
-        """Remove ``name``; returns the version it had (0 if its file was damaged)."""
+        """Remove ``name`` and its lock file; returns the version it had (0 if its file was
+        damaged)."""
         if not self.path(name).exists():  # before taking a lock: no lock file for unknown names
             raise ModelNotFoundError(f"no model named {name!r}")
-        with self.lock(name):
+        with self._store_lock(), self.lock(name):
             try:
                 version = self.get(name).metadata["version"]
             except ModelNotFoundError:
                 raise
             except StoreError:  # a damaged model can still be deleted
                 version = 0
-            tombstone = self._tombstone(name)
-            staging = tombstone.with_suffix(".staging")
-            staging.write_text(str(version))
-            os.replace(staging, tombstone)  # atomic, like a commit
+            if version > self._deleted_version():
+                self._write_deleted_version(version)
             self.path(name).unlink()
         self._cache.drop(name)
         return version
 
-    def _tombstone(self, name: str) -> Path:
-        return self.root / ".deleted" / check_name(name)
+    def _deleted_version(self) -> int:
+        """The highest version a deleted model had (0: none); read under the store's lock."""
+        try:
+            return int((self.root / DELETED_VERSION).read_text())
+        except FileNotFoundError:
+            return 0
+        except ValueError:
+            raise StoreError("the store's record of deleted versions is damaged") from None
+
+    def _write_deleted_version(self, version: int) -> None:
+        record = self.root / DELETED_VERSION
+        staging = record.with_name(f"{DELETED_VERSION}.staging")
+        staging.write_text(str(version))
+        os.replace(staging, record)  # atomic, like a commit
+
+    def _fold_tombstones(self) -> None:
+        """Stores made before ``DELETED_VERSION`` kept one file per deleted name in
+        ``.deleted/``: fold them into the one number, then remove them."""
+        folder = self.root / ".deleted"
+        with self._store_lock():
+            versions = [self._deleted_version()]
+            for tombstone in folder.glob("*"):
+                with contextlib.suppress(OSError, ValueError):
+                    versions.append(int(tombstone.read_text()))
+            self._write_deleted_version(max(versions))
+            shutil.rmtree(folder, ignore_errors=True)
 
     def _commit(self, name: str, net: MLP, version: int) -> None:
         path = self.path(name)

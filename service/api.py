@@ -17,7 +17,7 @@ from gradbook.datasets import DATASETS
 from gradbook.network import MLP, Callback
 from gradbook.store import ModelNotFoundError, Store, StoreError, check_name
 from gradbook.validation import brief
-from service import inputs, limits, playground, training
+from service import inputs, limits, training
 from service.errors import ServiceError
 from service.http import Request, Response, binary_response, json_response
 from service.jobs import open_jobs
@@ -34,7 +34,8 @@ class ModelAPI:
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
         self.settings = settings
-        self.jobs = open_jobs(store, settings.job_lease)
+        self.jobs = open_jobs(store, settings.job_lease, settings.max_queued_jobs,
+                              settings.max_job_bytes)
 
     # -- service -----------------------------------------------------------------------------
     def diagnostics(self, request: Request) -> Response:
@@ -43,6 +44,7 @@ class ModelAPI:
         limits = {
             "max_body_bytes": settings.max_body_bytes,
             "max_response_bytes": settings.max_response_bytes,
+            "max_response_ratio": settings.max_response_ratio,
             "max_epochs": settings.max_epochs,
             "max_train_seconds": settings.max_train_seconds,
             "max_models": settings.max_models,
@@ -50,6 +52,11 @@ class ModelAPI:
             "request_timeout": settings.request_timeout,
             "lock_timeout": settings.lock_timeout,
             "body_timeout": settings.body_timeout,
+            "max_pending_bytes": settings.max_pending_bytes,
+            "max_connections": settings.max_connections,
+            "max_queued_jobs": settings.max_queued_jobs,
+            "max_job_bytes": settings.max_job_bytes,
+            "max_job_seconds": settings.max_job_seconds,
         }
         return self._json(
             {
@@ -62,10 +69,6 @@ class ModelAPI:
                 "limits": limits,
             }
         )
-
-    def playground(self, request: Request) -> Response:
-        """The playground page (``service.playground``), which talks to the endpoints here."""
-        return Response(200, playground.page(), {"Content-Type": "text/html; charset=utf-8"})
 
     def openapi(self, request: Request) -> Response:
         return self._json(openapi_spec(self.settings))
@@ -167,7 +170,7 @@ class ModelAPI:
             X = inputs.matrix("X", body["X"], d_in)
         limits.check_batch(net, len(X))
         row_bytes = net.sizes[-1] * limits.NUMBER_BYTES + 8  # brackets and the class
-        limits.check_response(len(X) * row_bytes, self.settings.max_response_bytes, "fewer rows")
+        self._check_answer(request, len(X) * row_bytes, "fewer rows")
         with np.errstate(over="ignore", invalid="ignore"):
             outputs = _finite("outputs", net.forward(X))
         result: dict[str, Any] = {"name": name, "version": net.metadata["version"]}
@@ -263,10 +266,9 @@ class ModelAPI:
         X = inputs.matrix("X", body["X"], net.sizes[0])
         limits.check_batch(net, len(X))
         parameters = sum(p.size for p in net.parameters)
-        limits.check_response(
-            parameters * limits.NUMBER_BYTES, self.settings.max_response_bytes,
-            "a smaller model's gradients (raise GRADBOOK_MAX_RESPONSE_BYTES to get these)",
-        )
+        self._check_answer(request, parameters * limits.NUMBER_BYTES,
+                           "a smaller model's gradients (raise GRADBOOK_MAX_RESPONSE_BYTES or "
+                           "GRADBOOK_MAX_RESPONSE_RATIO to get these)")
         Y = inputs.numeric("Y", body["Y"])
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             loss = float(_finite("loss", np.array(net.loss(X, Y))))
@@ -298,6 +300,13 @@ class ModelAPI:
         response = json_response(payload, status, headers)
         limits.check_response(len(response.body), self.settings.max_response_bytes, "less")
         return response
+
+    def _check_answer(self, request: Request, estimated_bytes: int, fewer: str) -> None:
+        """Refuse, before the work, an answer larger than the response limit or than the
+        request's size allows (``limits.check_amplification``)."""
+        limits.check_response(estimated_bytes, self.settings.max_response_bytes, fewer)
+        limits.check_amplification(estimated_bytes, request.size,
+                                   self.settings.max_response_ratio, fewer)
 
     def _check_training(
         self, net: MLP, data: training.TrainingData, hyperparameters: dict[str, Any]
@@ -378,5 +387,6 @@ def training_data(spec: Any, net: MLP) -> training.TrainingData:
         raise ValueError('data must be the name of a data set or {"X": [[...]], "Y": [...]}')
     arrays = inputs.fields(spec, ["X", "Y"])
     X = inputs.matrix("data.X", arrays["X"], net.sizes[0])
-    Y = inputs.numeric("data.Y", arrays["Y"])  # checked against X and the model by MLP.fit
+    Y = inputs.numeric("data.Y", arrays["Y"])
+    net._check_Y(Y, len(X))  # the check MLP.fit makes: a job is refused before its 202
     return training.TrainingData(X, Y, X, Y, "request", "training")

@@ -33,6 +33,10 @@ How the balancer is set up, and why:
   with ``Retry-After`` as the service's own.
 * Headers, ``Authorization`` included, pass through untouched; ``X-Forwarded-For`` is added.
 
+Everything it writes is private to the user running it (file mode mask 077), but for the folder
+that holds PostgreSQL's data folder, which the server's OS user must be able to pass through
+when we are root (mode 0711: others may enter it, not list it).
+
 Ctrl-C or SIGTERM stops the replicas (SIGTERM to each one's process group: gateway, kernels
 and training worker), then HAProxy, then PostgreSQL, and exits 0. A replica that dies is
 reported and started again (at most once per ``RESTART_SECONDS``); the others serve meanwhile,
@@ -58,6 +62,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType, TracebackType
 
+from gradbook.store import private_folder
 from service.processes import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -351,6 +356,7 @@ def _int_env(name: str, default: int) -> int:
 
 def main() -> int:
     from service.launch import refusal  # the same rules as a single service's
+    from service.origins import is_loopback
     from service.postgres import PostgresError, PostgresServer, find_binaries
     from service.settings import Settings
 
@@ -386,9 +392,12 @@ def main() -> int:
         print(f"gradbook cluster: {err}", file=sys.stderr)
         return 1
 
+    os.umask(0o077)
     state = Path(os.environ.get("GRADBOOK_CLUSTER_DIR") or STATE)
-    logs = state / "cluster"
-    logs.mkdir(parents=True, exist_ok=True)
+    state.mkdir(parents=True, exist_ok=True)
+    if own_postgres and os.geteuid() == 0:  # PostgreSQL runs as its own OS user, which must
+        state.chmod(0o711)  # pass through to its data folder
+    logs = private_folder(state / "cluster")  # made so even if an older run left it open
     postgres: PostgresServer | None = None
     replicas: list[Replica] = []
     balancer: Balancer | None = None
@@ -401,6 +410,9 @@ def main() -> int:
             print(f"PostgreSQL on 127.0.0.1:{pg_port} (data {postgres.datadir}, "
                   f"log {postgres.log}), store {store}", flush=True)
         env = {**os.environ, "GRADBOOK_STORE": store}
+        if not is_loopback(host) and not settings.allowed_hosts:
+            # the balancer answers remote clients; the replicas see the hosts they name
+            env["GRADBOOK_ALLOWED_HOSTS"] = "*"
         for i in range(1, replicas_wanted + 1):
             if stopping:
                 break

@@ -44,6 +44,9 @@ INTERRUPT_GRACE_SECONDS = 5.0  # a kernel interrupted for a deadline that runs o
 SUBSCRIBE_PROBE_SECONDS = 0.2  # how long to wait for a probe's status before sending another
 SUBSCRIBE_TIMEOUT_SECONDS = 60.0  # then use the kernel anyway: a dead one answers 503
 EXCHANGE_PREFIX = "gradbook-results-"  # + the gateway's pid: the folder of its batches, journals
+# A Unix socket's path holds at most 107 bytes; a kernel's is the exchange folder's, then
+# "/kernel-<36-character id>-ipc-<n>", and the folder's name takes about 35 after its parent.
+MAX_PARENT_CHARS = 20
 RUNNER_MODULE = "gradbook_runner"  # the name service.runner has in each kernel's sys.modules
 INSTALL = """\
 def _install_gradbook_runner(source, endpoints, inbox, journal):
@@ -154,10 +157,13 @@ class BatchingKernelPool(ManagedKernelPool):
         self.endpoints: dict[str, list[str | None]] = {}
         self.listeners: dict[str, dict[str, Execution]] = {}  # kernel → msg_id → execution
         self.iopub: dict[str, Any] = {}  # kernel → its IOPub stream
-        # where each kernel's runner finds its batch and keeps its results (service.runner):
-        # memory-backed where there is /dev/shm, private to this user
+        # where each kernel's runner finds its batch and keeps its results (service.runner), and
+        # the kernels' connection files and sockets (``kernel_channels``): memory-backed where
+        # there is /dev/shm, private to this user (mkdtemp: mode 0700)
         shm = Path("/dev/shm")
         parent = shm if shm.is_dir() else Path(tempfile.gettempdir())
+        if len(str(parent)) > MAX_PARENT_CHARS:  # the sockets' paths would not fit
+            parent = Path("/tmp")
         remove_orphans(parent)
         self.exchange = Path(tempfile.mkdtemp(prefix=f"{EXCHANGE_PREFIX}{os.getpid()}-",
                                               dir=parent))
@@ -180,6 +186,14 @@ class BatchingKernelPool(ManagedKernelPool):
             loop.cancel()
         await super().shutdown()
         shutil.rmtree(self.exchange, ignore_errors=True)
+
+    def kernel_channels(self, kernel_manager: Any) -> None:
+        """Have the kernels of ``kernel_manager`` talk to the gateway over Unix sockets in the
+        private exchange folder, not over TCP on 127.0.0.1 (jupyter_client's default), where
+        every local user can connect: a subscriber to a kernel's IOPub needs no key, and would
+        read every answer the kernel sends. Call before the first kernel starts."""
+        kernel_manager.config.KernelManager.transport = "ipc"
+        kernel_manager.connection_dir = str(self.exchange)
 
     def inbox(self, kernel_id: str) -> Path:
         return self.exchange / f"{kernel_id}.batch.json"

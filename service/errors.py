@@ -18,7 +18,7 @@ from gradbook.store import (
     StoreFullError,
     StoreUnavailableError,
 )
-from service.jobs import JobNotFoundError
+from service.jobs import JobNotFoundError, JobQueueFullError
 from service.training import DivergedError
 
 MAX_MESSAGE_CHARS = 500  # messages quote client input briefly (``brief``); this is the backstop
@@ -51,6 +51,8 @@ def to_http(err: BaseException) -> ServiceError:
         return ServiceError(404, str(err))
     if isinstance(err, (ModelExistsError, ModelBusyError, StoreFullError)):
         return ServiceError(409, str(err))
+    if isinstance(err, JobQueueFullError):  # the client may retry once jobs have run
+        return ServiceError(429, str(err))
     if isinstance(err, DivergedError):  # the request was well-formed; its numbers blew up
         return ServiceError(422, str(err))
     if isinstance(err, MemoryError):

@@ -18,8 +18,10 @@ from typing import Any
 
 from gradbook.validation import brief
 from service.errors import ServiceError, error_body, to_http
+from service.jobs import QUEUE_RETRY_SECONDS
 
 JSON = "application/json"
+RETRY_AFTER = {429: QUEUE_RETRY_SECONDS, 503: 1}  # seconds a client should wait, by status
 BODY_ENCODING = "body_encoding"  # ResponseInfo key the personality reads (see personality.py)
 
 
@@ -45,16 +47,30 @@ class Request:
 
         The gateway personality has already decoded a JSON body (``service.body``), checked and
         bounded; any other media type (a form, which is curl's default, or text) is refused with
-        415 rather than guessed at. A JSON string stays a string: it is not decoded twice.
+        415 rather than guessed at, an empty one too: an empty form is what a web page's form
+        sends across sites. A JSON string stays a string: it is not decoded twice.
         """
-        content_type = next((v for k, v in self.headers.items() if k.lower() == "content-type"), "")
-        if self.body in ("", None):
+        content_type = self.header("Content-Type")
+        if self.body in ("", None) and not content_type:
             return None
-        if not is_json(str(content_type)):
+        if not is_json(content_type):
             media_type = str(content_type).split(";")[0].strip() or "no Content-Type"
             raise ServiceError(415, f"send the body as JSON with 'Content-Type: {JSON}', not "
                                f"{brief(media_type)}")
-        return self.body
+        return None if self.body == "" else self.body
+
+    def header(self, name: str) -> str:
+        """The value of header ``name`` (any case), '' when absent."""
+        name = name.lower()
+        return str(next((v for k, v in self.headers.items() if k.lower() == name), ""))
+
+    @property
+    def size(self) -> int:
+        """The body's length in bytes, as the gateway received it (its Content-Length)."""
+        try:
+            return max(int(self.header("Content-Length") or 0), 0)
+        except ValueError:
+            return 0
 
 
 @dataclass(frozen=True)
@@ -119,7 +135,8 @@ def serve(endpoint: Callable[[Request], Response], REQUEST: str | Mapping[str, A
         error = to_http(err)
         if error.status >= 500:  # the service's fault: keep the details in the service log
             traceback.print_exc(file=sys.__stderr__)
-        retry = {"Retry-After": "1"} if error.status == 503 else {}
+        retry = {"Retry-After": str(RETRY_AFTER[error.status])} if error.status in RETRY_AFTER \
+            else {}
         return json_response(error_body(error), error.status, retry)
 
 

@@ -12,9 +12,17 @@ trains, and commits the model's next version when the run ends. Its life:
       └──> cancelled, or failed when the service stopped before it ran
 
 Each record is ``.jobs/<id>.json`` (the training data it was sent, which can be large, apart in
-``<id>.data.json``), replaced whole on every change, under one lock for all jobs (``flock``),
-so a reader never sees half a record and the worker and the kernels never lose each other's
-changes. The newest ``MAX_JOBS`` records are kept.
+``<id>.data.json`` until the job ends), replaced whole on every change, under one lock for all
+jobs (``flock``, waited for ``lock_timeout`` seconds at most, then 503), so a reader never sees
+half a record and the worker and the kernels never lose each other's changes. The jobs not
+finished are indexed in ``.jobs/queue.json`` with the bytes of their data, so that creating a
+job and claiming one read that small file, never every record: their cost does not grow with
+the number of records kept. The newest ``MAX_JOBS`` records are kept (``prune``, which the
+worker calls).
+
+**Bounded.** At most ``max_queued`` jobs wait, and the training data of the jobs not finished
+takes at most ``max_bytes``: past either a new job is refused with 429 (``JobQueueFullError``)
+and ``Retry-After``, before anything is written.
 
 With the PostgreSQL store (``gradbook.pgstore``) the records are rows of its ``jobs`` table
 instead (``PostgresJobStore``), shared by every replica: any replica's worker claims the oldest
@@ -25,7 +33,6 @@ and is ended by whichever worker notices first (``service.trainer.recover``).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -37,7 +44,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gradbook.store import ModelStore, StoreError, timestamp
+from gradbook.store import (
+    ModelStore,
+    StoreError,
+    StoreUnavailableError,
+    flocked,
+    private_folder,
+    timestamp,
+)
 
 if TYPE_CHECKING:
     from gradbook.pgstore import PostgresStore
@@ -46,6 +60,9 @@ STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED = ("succeeded", "failed", "cancelled")
 MAX_JOBS = 1000
 JOB_ID = re.compile(r"[0-9a-f]{32}")
+QUEUE_RETRY_SECONDS = 5  # Retry-After of a 429: about what a small job takes to run
+MAX_QUEUED = 100  # the defaults of GRADBOOK_MAX_QUEUED_JOBS, GRADBOOK_MAX_JOB_BYTES
+MAX_BYTES = 64 * 2**20
 
 Job = dict[str, Any]
 
@@ -54,18 +71,50 @@ class JobNotFoundError(StoreError, LookupError):
     pass
 
 
-def open_jobs(store: ModelStore | PostgresStore, lease: float = 10.0) -> Jobs:
+class JobQueueFullError(StoreError):
+    """Too many jobs wait, or their data would take too much room: 429, retry later."""
+
+
+class JobsBusyError(StoreUnavailableError):
+    """The job records stayed locked for longer than the lock timeout: 503, retry."""
+
+
+def open_jobs(store: ModelStore | PostgresStore, lease: float = 10.0,
+              max_queued: int = MAX_QUEUED, max_bytes: int = MAX_BYTES) -> Jobs:
     """The job records kept with ``store``; ``lease``: seconds a running job of the PostgreSQL
-    store stays claimed without its worker renewing it."""
+    store stays claimed without its worker renewing it; ``max_queued`` jobs may wait, with
+    ``max_bytes`` of training data among the jobs not finished."""
     if isinstance(store, ModelStore):
-        return JobStore(store.root)
-    return PostgresJobStore(store, lease)
+        return JobStore(store.root, store.lock_timeout, max_queued, max_bytes)
+    return PostgresJobStore(store, lease, max_queued, max_bytes)
 
 
 class Jobs(ABC):
     """What both kinds of job records share: a job's life, written once."""
 
     shared = False  # whether other replicas' workers run these jobs too
+    max_queued, max_bytes = MAX_QUEUED, MAX_BYTES
+
+    def check_room(self, queued: int, data_bytes: int, new_bytes: int) -> None:
+        """Refuse one more job when ``queued`` wait already, or when its ``new_bytes`` of data
+        would take the data of the jobs not finished past ``max_bytes``."""
+        if queued >= self.max_queued:
+            raise JobQueueFullError(f"{queued} training jobs wait already, the most allowed "
+                                    "(GRADBOOK_MAX_QUEUED_JOBS); retry once some have run")
+        if data_bytes + new_bytes > self.max_bytes:
+            raise JobQueueFullError(
+                f"the job's data ({new_bytes} bytes) and that of the jobs not finished "
+                f"({data_bytes} bytes) would exceed {self.max_bytes} bytes "
+                "(GRADBOOK_MAX_JOB_BYTES); retry once some have run, or send less data")
+
+    @abstractmethod
+    def prune(self) -> None:
+        """Drop the oldest finished records beyond the newest ``MAX_JOBS``."""
+
+    def rebuild_index(self) -> None:
+        """Make what indexes the jobs not finished again from the records (folder records, at
+        start); the database's index needs no help."""
+        return
 
     @abstractmethod
     def get(self, job_id: str) -> Job: ...
@@ -146,9 +195,11 @@ def check_id(job_id: str) -> str:
 class JobStore(Jobs):
     """The job records of the model store at ``root``."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.folder = Path(root) / ".jobs"
-        self.folder.mkdir(parents=True, exist_ok=True)
+    def __init__(self, root: str | os.PathLike[str], lock_timeout: float = 2.0,
+                 max_queued: int = MAX_QUEUED, max_bytes: int = MAX_BYTES) -> None:
+        self.folder = private_folder(Path(root) / ".jobs")
+        self.lock_timeout = lock_timeout
+        self.max_queued, self.max_bytes = max_queued, max_bytes
 
     # -- reading -----------------------------------------------------------------------------
     def get(self, job_id: str) -> Job:
@@ -173,28 +224,63 @@ class JobStore(Jobs):
     # -- changing ----------------------------------------------------------------------------
     def create(self, model: str, hyperparameters: dict[str, Any], data: Any) -> Job:
         job = self.new_record(model, hyperparameters, data)
+        text = json.dumps(data)
         with self._locked():
-            _write(self._data(job["id"]), data)
+            index = self._index()
+            self.check_room(len(index["queued"]), _data_bytes(index), len(text))
+            _write_text(self._data(job["id"]), text)
             _write(self._record(job["id"]), job)
-            self._prune()
+            index["queued"][job["id"]] = len(text)
+            self._write_index(index)
         return job
 
     def change(self, job_id: str, update: Callable[[Job], None]) -> Job:
         with self._locked():
             job = self.get(job_id)
+            before = job["state"]
             update(job)
             _write(self._record(job_id), job)
+            if job["state"] != before:
+                self._moved(job_id, before, job["state"])
         return job
 
     def claim(self) -> Job | None:
         with self._locked():
-            queued = [job for job in self.all() if job["state"] == "queued"]
-            if not queued:
+            index = self._index()
+            if not index["queued"]:
                 return None
-            job = queued[0]
+            job_id = min(index["queued"])
+            job = self.get(job_id)
             job.update(state="running", started=timestamp())
-            _write(self._record(job["id"]), job)
+            _write(self._record(job_id), job)
+            index["running"][job_id] = index["queued"].pop(job_id)
+            self._write_index(index)
             return job
+
+    def rebuild_index(self) -> None:
+        """Make the index again from the records (at start: a crash between writing a record
+        and the index would leave them apart)."""
+        with self._locked():
+            index: dict[str, dict[str, int]] = {"queued": {}, "running": {}}
+            for job in self.all():
+                if job["state"] in index:
+                    size = self._data(job["id"]).stat().st_size \
+                        if self._data(job["id"]).exists() else 0
+                    index[job["state"]][job["id"]] = size
+            self._write_index(index)
+
+    def prune(self) -> None:
+        """Drop the oldest records beyond ``MAX_JOBS`` among the finished ones: the names alone
+        say which (ids sort by age), no record is read."""
+        with self._locked():
+            index = self._index()
+            unfinished = {*index["queued"], *index["running"]}
+            ids = sorted(path.stem for path in self.folder.glob("*.json")
+                         if JOB_ID.fullmatch(path.stem))
+            finished = [job_id for job_id in ids if job_id not in unfinished]
+            for job_id in finished[: max(len(ids) - MAX_JOBS, 0)]:
+                self._record(job_id).unlink(missing_ok=True)
+                self._data(job_id).unlink(missing_ok=True)
 
     # -- files -------------------------------------------------------------------------------
     def _record(self, job_id: str) -> Path:
@@ -203,25 +289,43 @@ class JobStore(Jobs):
     def _data(self, job_id: str) -> Path:
         return self.folder / f"{job_id}.data.json"
 
+    def _index(self) -> dict[str, dict[str, int]]:
+        """The jobs not finished, ``{"queued": {id: data bytes}, "running": {…}}``."""
+        try:
+            index = json.loads((self.folder / "queue.json").read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {"queued": {}, "running": {}}
+        except ValueError:
+            raise StoreError("the index of training jobs is damaged; restarting the service "
+                             "makes it again") from None
+        return index
+
+    def _write_index(self, index: dict[str, dict[str, int]]) -> None:
+        _write(self.folder / "queue.json", index)
+
+    def _moved(self, job_id: str, before: str, after: str) -> None:
+        """Keep the index up to date with a job that went from ``before`` to ``after``; a
+        finished job's data is no longer needed, and goes."""
+        index = self._index()
+        size = index.get(before, {}).pop(job_id, 0)
+        if after in index:
+            index[after][job_id] = size
+        self._write_index(index)
+        if after in FINISHED:
+            self._data(job_id).unlink(missing_ok=True)
+
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        with open(self.folder / ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        def busy() -> JobsBusyError:
+            return JobsBusyError("the training jobs' records are locked by another process "
+                                 "for longer than the lock timeout; retry later")
 
-    def _prune(self) -> None:
-        """Drop the oldest finished records beyond ``MAX_JOBS`` (with the lock held)."""
-        jobs = self.all()
-        finished = [job for job in jobs if job["state"] in FINISHED]
-        for job in finished[: max(len(jobs) - MAX_JOBS, 0)]:
-            self._record(job["id"]).unlink(missing_ok=True)
-            self._data(job["id"]).unlink(missing_ok=True)
+        with flocked(self.folder / ".lock", self.lock_timeout, busy):
+            yield
 
 
 LAPSED = "state = 'running' AND lease_until < now()"  # a running job whose worker is gone
+CREATE_JOB_LOCK = 0x6A6F6273  # advisory lock key ("jobs") held while a job is counted and made
 
 
 class PostgresJobStore(Jobs):
@@ -229,8 +333,10 @@ class PostgresJobStore(Jobs):
 
     shared = True
 
-    def __init__(self, store: PostgresStore, lease: float) -> None:
+    def __init__(self, store: PostgresStore, lease: float, max_queued: int = MAX_QUEUED,
+                 max_bytes: int = MAX_BYTES) -> None:
         self.store, self.lease = store, lease
+        self.max_queued, self.max_bytes = max_queued, max_bytes
 
     def get(self, job_id: str) -> Job:
         with self.store.connection() as conn:
@@ -254,13 +360,24 @@ class PostgresJobStore(Jobs):
 
     def create(self, model: str, hyperparameters: dict[str, Any], data: Any) -> Job:
         job = self.new_record(model, hyperparameters, data)
+        text = json.dumps(data)
         with self.store.connection() as conn, conn.transaction():
+            # one creator at a time counts: the bounds hold across replicas; the count reads
+            # the partial index of the jobs not finished, not every record
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (CREATE_JOB_LOCK,))
+            queued, data_bytes = conn.execute(
+                "SELECT count(*) FILTER (WHERE state = 'queued'), coalesce(sum(octet_length("
+                "data)), 0) FROM jobs WHERE state IN ('queued', 'running')").fetchone()
+            self.check_room(queued, data_bytes, len(text.encode()))
             conn.execute("INSERT INTO jobs (id, state, record, data) VALUES (%s, %s, %s, %s)",
-                         (job["id"], job["state"], json.dumps(job), json.dumps(data)))
+                         (job["id"], job["state"], json.dumps(job), text))
+        return job
+
+    def prune(self) -> None:
+        with self.store.connection() as conn:
             conn.execute(  # the oldest finished records beyond the newest MAX_JOBS
                 "DELETE FROM jobs WHERE state = ANY(%s) AND id < ALL("
                 "SELECT id FROM jobs ORDER BY id DESC LIMIT %s)", (list(FINISHED), MAX_JOBS))
-        return job
 
     def change(self, job_id: str, update: Callable[[Job], None]) -> Job:
         with self.store.connection() as conn, conn.transaction():
@@ -270,9 +387,15 @@ class PostgresJobStore(Jobs):
                 raise JobNotFoundError(f"no job {job_id!r}")
             job = json.loads(row[0])
             update(job)
-            conn.execute("UPDATE jobs SET state = %s, record = %s WHERE id = %s",
-                         (job["state"], json.dumps(job), job_id))
+            self._write(conn, job)
         return job
+
+    @staticmethod
+    def _write(conn: Any, job: Job) -> None:
+        """Write ``job``'s record; a finished job's data is no longer needed, and goes."""
+        conn.execute("UPDATE jobs SET state = %s, record = %s, data = CASE WHEN %s THEN 'null' "
+                     "ELSE data END WHERE id = %s",
+                     (job["state"], json.dumps(job), job["state"] in FINISHED, job["id"]))
 
     def claim(self) -> Job | None:
         """The oldest queued job no other worker is claiming, now running under a lease."""
@@ -307,11 +430,18 @@ class PostgresJobStore(Jobs):
                 return
             job = json.loads(row[0])
             update(job)
-            conn.execute("UPDATE jobs SET state = %s, record = %s WHERE id = %s",
-                         (job["state"], json.dumps(job), job_id))
+            self._write(conn, job)
+
+
+def _data_bytes(index: dict[str, dict[str, int]]) -> int:
+    return sum(index["queued"].values()) + sum(index["running"].values())
 
 
 def _write(path: Path, value: Any) -> None:
+    _write_text(path, json.dumps(value))
+
+
+def _write_text(path: Path, text: str) -> None:
     staging = path.with_name(f".{path.name}.staging")
-    staging.write_text(json.dumps(value), encoding="utf-8")
+    staging.write_text(text, encoding="utf-8")
     os.replace(staging, path)

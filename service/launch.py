@@ -8,13 +8,16 @@ environment variables (``service.settings``). SIGTERM or Ctrl-C stops the gatewa
 
 Before anything starts it refuses what would go wrong later or quietly: a port that is taken,
 and an address reachable from other machines with no token (unless ``GRADBOOK_ALLOW_OPEN=1``).
+
+Everything the service writes (the store, job records, kernels' files, logs it opens) is
+private to the user running it: the launcher sets the file mode mask to 077 for itself and
+every process it starts.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
-import ipaddress
 import os
 import signal
 import socket
@@ -30,11 +33,14 @@ from traitlets.config import Config
 from gradbook.store import ModelStore, StoreError, open_store
 from service import trainer
 from service.jobs import open_jobs
+from service.origins import is_loopback
 from service.processes import stop_process
 from service.settings import Settings
 from service.training import create_default_models
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "api.ipynb"
+PAGE = "service.playground:page"  # the page the gateway serves at GET /
+PRIVATE_UMASK = 0o077  # files and folders the service makes: its user's alone
 
 
 def gateway_config(settings: Settings) -> Config:
@@ -46,6 +52,7 @@ def gateway_config(settings: Settings) -> Config:
     app.prespawn_count = settings.kernels
     app.auth_token = settings.token
     app.answer_yes = True  # Ctrl-C stops at once instead of asking
+    config.GradbookPersonality.page = PAGE
     # A kernel restarted in place would come back without the notebook's seed cells and fail
     # every request; instead the personality replaces a stopped kernel with a newly seeded one.
     config.KernelManager.autorestart = False
@@ -72,23 +79,6 @@ def refusal(settings: Settings) -> str | None:
             )
         return f"cannot listen on {settings.host}:{settings.port}: {err.strerror}"
     return None
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is a loopback address (127.0.0.0/8, ::1) or ``localhost``."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: it may resolve to any address
-        return False
-
-
-def limit_connection_time(app: KernelGatewayApp, seconds: float) -> None:
-    """Close a connection whose client takes longer than ``seconds`` to send a request's headers
-    or its body (tornado waits an hour by default), or that idles as long between requests."""
-    params = app.http_server.conn_params  # what every new connection is made with
-    params.header_timeout = params.body_timeout = seconds
 
 
 class TrainingWorker:
@@ -134,6 +124,7 @@ def _as_worker() -> None:
 
 
 def main() -> None:
+    os.umask(PRIVATE_UMASK)
     settings = Settings()
     if (reason := refusal(settings)) is not None:
         sys.exit(f"gradbook: {reason}")
@@ -146,13 +137,14 @@ def main() -> None:
     if first_start:
         print(f"first start: training {', '.join(create_default_models(store))} in "
               f"{store.location}")
-    jobs = open_jobs(store, settings.job_lease)
+    jobs = open_jobs(store, settings.job_lease, settings.max_queued_jobs, settings.max_job_bytes)
     if not jobs.shared:  # shared jobs belong to every replica; stranded ones end by lease
         stranded = trainer.recover(
             store, jobs, [job for job in jobs.all() if job["state"] in ("queued", "running")],
             "the service stopped while the job was {state}; nothing was saved")
         if stranded:
             print(f"{stranded} training job(s) the last run left unfinished are ended")
+        jobs.rebuild_index()
     config = gateway_config(settings)
     # Kernels inherit this environment: they must use the same store, and never see the token.
     os.environ[settings.env("store")] = (
@@ -160,7 +152,6 @@ def main() -> None:
     os.environ.pop(settings.env("token"), None)
     app = KernelGatewayApp(config=config)
     app.initialize(argv=[])
-    limit_connection_time(app, settings.body_timeout)
     print(
         f"gradbook service listening on http://{app.ip}:{app.port} "
         f"({settings.kernels} kernels, store {store.location}, "

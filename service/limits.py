@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 
 from gradbook.network import MLP
-from service.settings import MAX_ELEMENTS
+from service.settings import MAX_ELEMENTS, RESPONSE_FLOOR_BYTES
 
 STEP_SECONDS = 4e-6  # fixed cost of one gradient step
 LAYER_STEP_SECONDS = 14e-6  # per layer and step: a dozen numpy calls forward and back
@@ -76,4 +76,20 @@ def check_response(estimated_bytes: int, max_bytes: int, fewer: str) -> None:
         raise ValueError(
             f"the response would have about {estimated_bytes} bytes, more than the limit of "
             f"{max_bytes}; send {fewer}"
+        )
+
+
+def check_amplification(estimated_bytes: int, request_bytes: int, ratio: float,
+                        fewer: str) -> None:
+    """Refuse an answer of ``estimated_bytes`` to a request of ``request_bytes``, before the
+    work, when it exceeds ``ratio`` times the request (and ``RESPONSE_FLOOR_BYTES``, which any
+    request may have): a small request must not buy a large answer, which costs the kernel's
+    time, the gateway's memory and the network's bytes."""
+    allowed = max(RESPONSE_FLOOR_BYTES, int(ratio * request_bytes))
+    if estimated_bytes > allowed:
+        raise ValueError(
+            f"the response would have about {estimated_bytes} bytes for a request of "
+            f"{request_bytes}: more than {allowed}, the most an answer may have "
+            f"({ratio:g} times the request's bytes, GRADBOOK_MAX_RESPONSE_RATIO, and at least "
+            f"{RESPONSE_FLOOR_BYTES}); send {fewer}"
         )

@@ -20,7 +20,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 class Metrics:
     """The service's counters, histograms and gauges."""
 
-    def __init__(self, queue_depth: Callable[[], int]) -> None:
+    def __init__(self, queue_depth: Callable[[], int],
+                 pending_bytes: Callable[[], int] = lambda: 0) -> None:
         self.registry = CollectorRegistry()
         labels = ("method", "endpoint")
         self.requests = Counter(
@@ -38,6 +39,9 @@ class Metrics:
         queue = Gauge("gradbook_queue_depth", "Requests waiting for a free kernel",
                       registry=self.registry)
         queue.set_function(queue_depth)
+        pending = Gauge("gradbook_pending_bytes", "Bytes of requests and answers the gateway "
+                        "holds (GRADBOOK_MAX_PENDING_BYTES bounds them)", registry=self.registry)
+        pending.set_function(pending_bytes)
 
     def observe(self, method: str, endpoint: str, status: int, seconds: float) -> None:
         """Count one answered request."""

@@ -1,7 +1,7 @@
 """The OpenAPI 3 description of the service: every operation's body, responses and error codes.
 
 It describes what the service does, not only what the notebook's cells do: the statuses the
-gateway personality answers before a kernel runs (401, 413, 503), the gateway's own answers
+gateway personality answers before a kernel runs (401, 403, 413, 503), the gateway's own answers
 (OPTIONS, 304 to ``If-None-Match``, the Swagger redirect), the answers to a method a path does
 not take (``x-other-methods`` of each path item) and to a path that matches no template
 (``x-unknown-paths`` of the document). ``default`` stands for one status only: 500, an
@@ -27,7 +27,13 @@ from gradbook.losses import LOSSES
 from gradbook.store import NAME
 from service.inputs import MAX_RATE, MAX_SEED
 from service.jobs import JOB_ID, STATES
-from service.settings import MAX_ELEMENTS, MAX_JSON_DEPTH, MAX_NUMBER_CHARS, Settings
+from service.settings import (
+    MAX_ELEMENTS,
+    MAX_JSON_DEPTH,
+    MAX_NUMBER_CHARS,
+    RESPONSE_FLOOR_BYTES,
+    Settings,
+)
 
 Schema = dict[str, Any]
 
@@ -50,6 +56,10 @@ SHARED = {
     "NotModified": (304, "If-None-Match names this response's ETag (or is *): no body."),
     "Unauthorized": (401, "GRADBOOK_TOKEN is set and the request lacks "
                      "'Authorization: token <value>'."),
+    "Forbidden": (403, "The Host header names a host the service does not answer to (it "
+                  "answers the loopback names, its own address and GRADBOOK_ALLOWED_HOSTS), or "
+                  "a browser sent a request that changes something for a page of another site "
+                  "or origin (Sec-Fetch-Site, Origin) without the token."),
     "NoSuchPath": (404, "No endpoint at this path."),
     "MethodNotAllowed": (405, "The path takes no such method; the Allow header names the methods "
                          "it takes. (A method the service implements on no path, anything but "
@@ -60,8 +70,9 @@ SHARED = {
     "TooLarge": (413, "The request body is larger than the limit, the endpoint takes no body, "
                  "or the request needs more memory than the service has."),
     "Unavailable": (503, "A kernel stopped (it is replaced when next lent), too many "
-                    "requests wait for a kernel (retry after Retry-After seconds), or the model "
-                    "store's database cannot be reached (retry later)."),
+                    "requests wait for a kernel, the service holds as many bytes of requests "
+                    "and answers as it may (GRADBOOK_MAX_PENDING_BYTES), or the model store's "
+                    "database cannot be reached: retry after Retry-After seconds."),
     "Fault": (500, "Stands for 500 only: an unexpected fault of the service (details in its "
               "log, never in the response)."),
 }
@@ -69,7 +80,8 @@ PREFLIGHT = {
     "summary": "CORS preflight, answered by the gateway: no token, no kernel, no body",
     "security": [],
     "responses": {"200": {"description": "No body; the Access-Control-* headers the gateway is "
-                          "configured with (KG_ALLOW_ORIGIN and the like), if any."}},
+                          "configured with (KG_ALLOW_ORIGIN and the like), if any."},
+                  "403": {"$ref": "#/components/responses/Forbidden"}},
 }
 
 
@@ -192,14 +204,19 @@ def errors(*statuses: int, **descriptions: str) -> dict[int, str]:
 
 
 def operation(summary: str, ok: Schema, own: dict[int, str], body: str | None = None,
-              public: bool = False, body_required: bool = True, get: bool = False) -> Schema:
+              public: bool = False, body_required: bool = True, get: bool = False,
+              queued: bool = True) -> Schema:
     """One operation of an endpoint cell. ``ok`` maps success statuses to responses, ``own`` the
-    operation's error statuses to descriptions. 401 (unless ``public``), 413 and 503 can answer
-    any request, as the gateway personality checks them first; a GET answered with 200 carries
-    an ETag, and 304 answers an If-None-Match that names it."""
+    operation's error statuses to descriptions. 401 (unless ``public``), 403, 413 and 503 (for
+    the ``queued``, those a kernel answers) can answer any request, as the gateway personality
+    checks them first; a GET answered with 200 carries an ETag, and 304 answers an
+    If-None-Match that names it."""
     responses = {str(status): response for status, response in ok.items()}
-    responses.update({str(code): json_content(ref("Error"), text) for code, text in own.items()})
-    responses.update({"413": shared("TooLarge"), "503": shared("Unavailable")})
+    responses.update({str(code): (too_many(text) if code == 429 else
+                                  json_content(ref("Error"), text)) for code, text in own.items()})
+    responses.update({"403": shared("Forbidden"), "413": shared("TooLarge")})
+    if queued:
+        responses["503"] = shared("Unavailable")
     if not public:
         responses["401"] = shared("Unauthorized")
     if get:
@@ -226,14 +243,19 @@ def unavailable(description: str) -> Schema:
     return {**json_content(ref("Error"), description), "headers": {"Retry-After": retry}}
 
 
+too_many = unavailable  # a 429 carries Retry-After too
+
+
 def health_path(summary: str, unwell: str) -> Schema:
     """The path item of ``/healthz`` or ``/readyz``: public, GET only, never a kernel."""
     etag = {"ETag": {"required": True, "schema": {"type": "string"}}}
     healthy = {**json_content(ref("Health"), "Healthy (ready)."), "headers": etag}
-    responses = {"200": healthy, "304": shared("NotModified"), "413": shared("TooLarge"),
-                 "503": unavailable(unwell), "default": shared("Fault")}
+    responses = {"200": healthy, "304": shared("NotModified"), "403": shared("Forbidden"),
+                 "413": shared("TooLarge"), "503": unavailable(unwell),
+                 "default": shared("Fault")}
     return {"get": {"summary": summary, "security": [], "responses": responses},
-            "options": preflight([]), "x-other-methods": {"405": shared("MethodNotAllowed")}}
+            "options": preflight([]),
+            "x-other-methods": {"403": shared("Forbidden"), "405": shared("MethodNotAllowed")}}
 
 
 def path_parameter(name: str, schema: Schema, description: str) -> Schema:
@@ -454,8 +476,8 @@ def openapi_spec(settings: Settings) -> Schema:
             "get": operation("List the models", ok("ModelList", "All models."), listing,
                              get=True),
             "post": operation("Create a model", ok("Model", "Created, version 1.", 201),
-                              errors(400, 409, 415, e500="The record of a deleted model of that "
-                                     "name is damaged, or the store cannot be written."),
+                              errors(400, 409, 415, e500="The store's record of deleted models' "
+                                     "versions is damaged, or the store cannot be written."),
                               "CreateModel"),
         },
         "/models/{name}": {
@@ -480,13 +502,20 @@ def openapi_spec(settings: Settings) -> Schema:
                 "smaller lr, or inputs of a smaller magnitude).",
                 e504="The run took longer than GRADBOOK_REQUEST_TIMEOUT and was stopped: "
                 "nothing was saved, unless the stop came just after the commit (check the "
-                "model's version).")}, "Train")},
+                "model's version).",
+                e429="With \"wait\": false: GRADBOOK_MAX_QUEUED_JOBS jobs wait already, or "
+                "the job's data would take the data of the jobs not finished past "
+                "GRADBOOK_MAX_JOB_BYTES; retry after Retry-After seconds.")}, "Train")},
         "/": {"get": operation(
-            "The playground page: the models, a digit to draw, training, gradients as heatmaps",
-            {200: {"description": "One HTML document (its CSS and JavaScript inline); it asks "
-                   "for the token when GRADBOOK_TOKEN is set.",
+            "The playground page: the models, a digit to draw, training, gradients as heatmaps. "
+            "Sent by the gateway itself: no kernel, no place in the queue, no token",
+            {200: {"description": "One HTML document (its CSS and JavaScript inline, allowed by "
+                   "their hashes in its Content-Security-Policy, which also keeps it out of "
+                   "other sites' frames); it asks for the token when GRADBOOK_TOKEN is set.",
+                   "headers": {"Content-Security-Policy": {"required": True,
+                                                           "schema": {"type": "string"}}},
                    "content": {"text/html": {"schema": {"type": "string"}}}}},
-            {}, public=True, get=True)},
+            {}, public=True, get=True, queued=False)},
         "/jobs": {"get": operation("Every training job kept, oldest first, without losses",
                                    ok("JobList", "The jobs."), listing, get=True)},
         "/jobs/{id}": {
@@ -515,7 +544,7 @@ def openapi_spec(settings: Settings) -> Schema:
         guarded = any("security" not in op for key, op in item.items() if key != "parameters")
         item["options"] = preflight(item.get("parameters", []))
         item["x-other-methods"] = {**({"401": shared("Unauthorized")} if guarded else {}),
-                                   "405": shared("MethodNotAllowed")}
+                                   "403": shared("Forbidden"), "405": shared("MethodNotAllowed")}
     paths["/healthz"] = health_path(
         "Liveness, answered by the gateway without a kernel: every kernel process alive, and a "
         "folder store readable (a database store counts for readiness only, so an outage of "
@@ -534,21 +563,26 @@ def openapi_spec(settings: Settings) -> Schema:
                 "responses": {
                     "200": {"description": "The Prometheus text exposition format 0.0.4.",
                             "content": {"text/plain": {"schema": {"type": "string"}}}},
-                    "401": shared("Unauthorized"), "default": shared("Fault")}},
-        "x-other-methods": {"405": shared("MethodNotAllowed")},
+                    "401": shared("Unauthorized"), "403": shared("Forbidden"),
+                    "default": shared("Fault")}},
+        "x-other-methods": {"403": shared("Forbidden"), "405": shared("MethodNotAllowed")},
     }
     location = {"required": True, "schema": {"type": "string", "enum": ["/openapi.json"]}}
     paths["/_api/spec/swagger.json"] = {
         "get": {"summary": "The gateway's stock Swagger path, which its start-up log names",
                 "security": [],
                 "responses": {"301": {"description": "Moved to /openapi.json; no body.",
-                                      "headers": {"Location": location}}}},
-        "x-other-methods": {"405": shared("MethodNotAllowed")},
+                                      "headers": {"Location": location}},
+                              "403": shared("Forbidden")}},
+        "x-other-methods": {"403": shared("Forbidden"), "405": shared("MethodNotAllowed")},
     }
     limits = {
         "max_body_bytes": settings.max_body_bytes, "max_json_depth": MAX_JSON_DEPTH,
         "max_epochs": settings.max_epochs, "max_train_seconds": settings.max_train_seconds,
         "max_elements": MAX_ELEMENTS, "max_response_bytes": settings.max_response_bytes,
+        "max_response_ratio": settings.max_response_ratio,
+        "min_response_allowance": RESPONSE_FLOOR_BYTES,
+        "max_queued_jobs": settings.max_queued_jobs, "max_job_bytes": settings.max_job_bytes,
     }
     description = (
         "Small neural networks served from notebooks/api.ipynb by the Jupyter Kernel Gateway. "
@@ -557,7 +591,9 @@ def openapi_spec(settings: Settings) -> Schema:
         "DELETE take no body. A training run takes at most "
         f"{settings.max_epochs} epochs and an estimated {settings.max_train_seconds:g} seconds; "
         f"one request may ask for at most {MAX_ELEMENTS} examples × widest layer; a response has "
-        f"at most {settings.max_response_bytes} bytes (info.x-limits lists these limits). Errors "
+        f"at most {settings.max_response_bytes} bytes, and a prediction or gradients at most "
+        f"{settings.max_response_ratio:g} times its request's bytes or {RESPONSE_FLOOR_BYTES}, "
+        "whichever is more (info.x-limits lists these limits). Errors "
         'are {"error": {"status", "message"}}. The X-Gradbook-Kernel header of every response '
         "a kernel served names that kernel.\n\n"
         "Every status the service answers is documented: an operation lists its statuses, and "
@@ -568,7 +604,9 @@ def openapi_spec(settings: Settings) -> Schema:
         "Allow for a method the service implements nowhere). OPTIONS "
         "(a CORS preflight) is answered on every endpoint path. A GET answered with 200 carries "
         "an ETag: sent back in If-None-Match, it gets 304 without a body. (A request that is not "
-        "HTTP at all, a malformed header say, gets the HTTP server's bare 400 and is closed.)"
+        "HTTP at all, a malformed header say, gets the HTTP server's bare 400 and is closed; "
+        f"a connection made while {settings.max_connections} are open, GRADBOOK_MAX_CONNECTIONS, "
+        "gets 503 with Retry-After before its request is read, and is closed.)"
     )
     token = {"type": "apiKey", "in": "header", "name": "Authorization",
              "description": "'token <value>', when the service runs with GRADBOOK_TOKEN."}
@@ -580,5 +618,6 @@ def openapi_spec(settings: Settings) -> Schema:
                        "securitySchemes": {"token": token}},
         "security": [{"token": []}],
         "paths": paths,
-        "x-unknown-paths": {"404": shared("NoSuchPath"), "405": shared("NoSuchMethod")},
+        "x-unknown-paths": {"403": shared("Forbidden"), "404": shared("NoSuchPath"),
+                            "405": shared("NoSuchMethod")},
     }

@@ -7,8 +7,15 @@ on a pooled kernel. This personality keeps that contract (the same ``REQUEST``, 
 * the engine (``service.engine``, ``service.runner``): one kernel execution per request instead
   of two or three, and under load one execution for a whole batch of queued requests; body and
   response info come back as separate fields of one message that no cell output can forge;
-* the gateway's token (``auth_token``, set from ``GRADBOOK_TOKEN``) guards every endpoint except
-  ``/healthz``, ``/readyz`` and the notebook's page at ``/`` (which asks its user for the token);
+* the gateway's token (``auth_token``, set from ``GRADBOOK_TOKEN``) guards every endpoint of the
+  notebook and ``/metrics``; ``/healthz``, ``/readyz`` and the page at ``/`` (``page``, a file the
+  gateway serves itself: nothing a client without the token sends reaches a kernel or the queue)
+  need none. The token stays in the gateway: kernels never see the ``Authorization`` header;
+* a request for a host the service does not know (``Host``) gets 403, and so does a request that
+  changes state sent by a browser for a page of another site, unless it carries the token
+  (``service.origins``): web pages cannot use a service on loopback;
+* memory is bounded by design (``service.capacity``): connections, bytes of requests and answers
+  held (503 past either), the size of a request's head;
 * ``GET /healthz`` (liveness) and ``GET /readyz`` (readiness) are answered by the gateway itself
   (``HealthHandler``), never queued behind kernels;
 * a body over ``GRADBOOK_MAX_BODY_BYTES``, or any body sent to a GET or DELETE, gets 413 before
@@ -16,9 +23,12 @@ on a pooled kernel. This personality keeps that contract (the same ``REQUEST``, 
 * the body is decoded and checked in the gateway (``service.body``): malformed or deeply nested
   JSON never costs a kernel execution;
 * requests wait for a free kernel in a bounded queue (503 past ``GRADBOOK_MAX_QUEUE``), and one
-  whose client disconnects while it waits leaves the queue without running;
+  whose client disconnects while it waits leaves the queue without running; a JSON body waits
+  as its own text, not decoded (``service.body.request_json``);
 * every error is JSON ``{"error": {"status", "message"}}``; a failing cell gives a 500 whose
   details stay in the log; no response names the server software (no ``Server`` header);
+* kernels talk to the gateway over Unix sockets in a folder private to the service's user, not
+  over TCP, where any local user could read their answers (``BatchingKernelPool.kernel_channels``);
 * a kernel that stops is replaced by a newly seeded one; a request whose kernel stops under it
   gets 503 instead of hanging forever, and a request whose cell runs past
   ``GRADBOOK_REQUEST_TIMEOUT`` gets 504 while its kernel is interrupted;
@@ -35,8 +45,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import hmac
+import importlib
 import json
+import re
 from typing import Any
 
 from jupyter_server.utils import url_path_join
@@ -50,17 +63,20 @@ from tornado.httputil import HTTPInputError, parse_body_arguments
 from tornado.iostream import StreamClosedError
 from tornado.log import access_log, app_log
 from tornado.web import RequestHandler, stream_request_body
+from traitlets import Unicode
 
 from gradbook.store import ModelStore, Store, StoreError, open_store
 from service import body
+from service.capacity import ByteBudget, limit_server
 from service.engine import BatchingKernelPool, Result
 from service.errors import ServiceError, error_body, to_http
-from service.http import BODY_ENCODING
+from service.http import BODY_ENCODING, RETRY_AFTER
 from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from service.metrics import Metrics
+from service.origins import HostPolicy, cross_site
 from service.settings import Settings
 
-PUBLIC_ENDPOINTS = {"/"}  # notebook endpoints answered without the token: the playground page
+PAGE_PATH = "/"  # the page the gateway serves itself (GradbookPersonality.page)
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
 OPENAPI_PATH = "/openapi.json"
@@ -70,19 +86,41 @@ NO_CONTENT = (204, 304)  # statuses whose responses carry no body
 KERNEL_HEADER = "X-Gradbook-Kernel"
 DISCARD_LIMIT_BYTES = 1 << 30  # a refused body up to this size is read and dropped, not cut off
 UNMATCHED = "(no endpoint)"  # the metrics label of a path that matches no endpoint
+# The page's policy: its own inline script and style (by hash), requests to this service only,
+# never inside another site's frame.
+PAGE_POLICY = ("default-src 'none'; script-src {script}; style-src {style}; connect-src 'self'; "
+               "img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+               "frame-ancestors 'none'")
 
 
 class ServiceHandler:
     """What every handler of the service shares: JSON errors ``{"error": {"status",
-    "message"}}`` (with ``Retry-After`` on a 503), and no ``Server`` header naming the software
-    and its version to whoever asks."""
+    "message"}}`` (with ``Retry-After`` on a 503), no ``Server`` header naming the software
+    and its version to whoever asks, and no answer to a host the service does not know.
+
+    ``hosts`` is set by the personality, for all handlers of the process."""
 
     kernel_id: str | None = None
     metrics: Metrics | None = None
     endpoint = UNMATCHED  # the metrics label: the notebook's annotated path
+    hosts = HostPolicy("127.0.0.1")
 
     def set_default_headers(self) -> None:
         self.clear_header("Server")
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    def prepare(self) -> Any:
+        if (refusal := self.host_refusal()) is not None:
+            return self.fail(refusal)
+        return super().prepare()  # type: ignore[misc]
+
+    def host_refusal(self) -> ServiceError | None:
+        """A 403 for a ``Host`` the service does not answer to (``service.origins``)."""
+        host = self.request.headers.get("Host")
+        if self.hosts.allows(host):
+            return None
+        return ServiceError(403, f"this service does not answer to the host {(host or '')[:100]!r};"
+                                 " add it to GRADBOOK_ALLOWED_HOSTS if it is yours")
 
     def on_finish(self) -> None:
         if self.metrics is not None:
@@ -104,8 +142,8 @@ class ServiceHandler:
         """Called by ``fail`` with ``error``, or by tornado for its own errors (a phrase only)."""
         error = kwargs.get("error") or ServiceError(status_code)
         self.set_header("Content-Type", "application/json")
-        if status_code == 503:
-            self.set_header("Retry-After", "1")
+        if status_code in RETRY_AFTER:
+            self.set_header("Retry-After", str(RETRY_AFTER[status_code]))
         if status_code == 405 and getattr(self, "sources", None):  # an endpoint's methods
             self.set_header("Allow", ", ".join(sorted(self.sources)))
         if self.kernel_id is not None:
@@ -124,35 +162,66 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
     while the client still sends would close the connection under it (a reset, in which the
     answer is lost). A client that waits for ``100 Continue`` is answered at once instead.
     Endpoints of a GET or DELETE take no body: their limit is 0 bytes.
+
+    What the request holds is counted in the gateway's ``ByteBudget`` (``held``): its declared
+    body before a byte is read, then the request as the kernel gets it, then the answer until
+    it is written; a request that does not fit gets 503 (``service.capacity``).
     """
 
     def initialize(self, endpoint: str, max_body_bytes: int, metrics: Metrics,
-                   public: bool = False, **kwargs: Any) -> None:
+                   budget: ByteBudget, public: bool = False, **kwargs: Any) -> None:
         super().initialize(**kwargs)
         self.endpoint, self.metrics = endpoint, metrics
-        self.public = public  # answered without the token
+        self.public = public  # answered without the token (health)
         self.max_body_bytes = max_body_bytes
+        self.budget = budget
+        self.held = 0  # bytes this request counts in the budget
         self.received = bytearray()
+        self.body_json, self.body_size = "", 0  # the body, decoded and checked, as JSON text
         self.refusal: ServiceError | None = None
         self.waiting: asyncio.Future[Result] | None = None  # queued, or running on a kernel
 
     def prepare(self) -> None:
         """Decide from the headers alone whether the request is refused."""
-        if self.request.method == "OPTIONS":  # CORS preflight, answered by CORSMixin
+        self.refusal = self.host_refusal()
+        if self.request.method == "OPTIONS":  # a CORS preflight, answered by CORSMixin
+            if self.refusal is not None:
+                self.fail(self.refusal)
             return
         if self.request.method in BODILESS:
             self.max_body_bytes = 0
         self.request.connection.set_max_body_size(max(self.max_body_bytes, DISCARD_LIMIT_BYTES))
-        self.refusal = self._refusal()
+        self.refusal = self.refusal or self._refusal()
         declared = self._declared_length()
+        if self.refusal is None and declared > 0:  # counted before a byte of it is read
+            self._hold(declared)
         waits = self.request.headers.get("Expect", "").lower() == "100-continue"
         if self.refusal is not None and (waits or declared > DISCARD_LIMIT_BYTES):
             self.fail(self.refusal)
+
+    def _hold(self, size: int) -> bool:
+        """Count ``size`` bytes for this request in place of what it held; if they do not fit,
+        refuse it (503) and hold nothing."""
+        if size > self.held and not self.budget.take(size - self.held):
+            self.refusal = ServiceError(503, self.budget.full_message())
+            self._release()
+            return False
+        if size <= self.held:
+            self.budget.change(self.held, size)
+        self.held = size
+        return True
+
+    def _release(self) -> None:
+        self.budget.change(self.held, 0)
+        self.held = 0
 
     def _refusal(self) -> ServiceError | None:
         method = self.request.method
         if not self.public and (refusal := self.token_refusal()):
             return refusal
+        if not self.public and cross_site(method, self.request.headers):
+            return ServiceError(403, f"{method} {self.request.path[:100]} was sent by a web page "
+                                     "of another site; such requests need the service's token")
         if method not in self.sources:
             allowed = ", ".join(sorted(self.sources))
             return ServiceError(405, f"{method} is not supported here; use {allowed}")
@@ -172,18 +241,29 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
             return 0
 
     def data_received(self, chunk: bytes) -> None:
-        if self.refusal is None and len(self.received) + len(chunk) > self.max_body_bytes:
+        size = len(self.received) + len(chunk)
+        if self.refusal is None and size > self.max_body_bytes:
             message = f"the body has more than {self.max_body_bytes} bytes, the limit"
             self.refusal = ServiceError(413, message)
-            self.received = bytearray()
+        elif self.refusal is None and size > self.held:
+            self._hold(size)  # a body sent in chunks is counted as it arrives
         if self.refusal is None:
             self.received += chunk
+        else:  # refused: what arrives is dropped, and nothing is held
+            self.received = bytearray()
+            self._release()
 
     def on_connection_close(self) -> None:
         """The client went away: a request still waiting for a kernel leaves the queue unrun."""
         super().on_connection_close()
         if self.waiting is not None:
             self.waiting.cancel()
+        self._release()
+
+    def on_finish(self) -> None:
+        super().on_finish()
+        if self.waiting is None:  # refused, or answered by the gateway: nothing left to write
+            self._release()
 
     async def patch(self, **kwargs: Any) -> None:
         """notebook-http has no PATCH (or HEAD) cells: answer the 405 that ``prepare`` decided."""
@@ -196,33 +276,49 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
         self.response_future.set_result(None)  # this method itself runs the whole request
         if self.refusal is not None:
             return self.fail(self.refusal)
-        self.request.body, self.received = bytes(self.received), bytearray()
+        raw, self.received = bytes(self.received), bytearray()
         content_type = self.request.headers.get("Content-Type", "")
         try:  # form fields, which the non-streaming handler has tornado parse
-            parse_body_arguments(content_type, self.request.body, self.request.body_arguments,
+            parse_body_arguments(content_type, raw, self.request.body_arguments,
                                  self.request.files)
-            request_body = body.decode(content_type, self.request.body,
-                                       self.request.body_arguments)
+            # kept on the handler, not in this frame, which lives as long as the request waits
+            self.body_json = body.request_json(content_type, raw, self.request.body_arguments)
         except HTTPInputError as err:
             return self.fail(ServiceError(400, f"the body is malformed: {err}"))
         except ServiceError as err:
             return self.fail(err)
-        self.request.body = b""  # decoded: the raw bytes need not stay while the request waits
-        await self._answer(request_body)
+        self.body_size = len(raw)
+        del raw
+        await self._answer()
 
-    async def _answer(self, request_body: Any) -> None:
+    def _request_text(self) -> str:
+        """``REQUEST`` as stock notebook-http makes it, ``{"body", "args", "path", "headers"}``,
+        as JSON text around the body's own. The headers are the client's but for the gateway's
+        token, which stays here, and a ``Content-Length`` that is the body's, also when it came
+        in chunks. The body's text is let go: from here on the request holds its size once."""
+        body_json, self.body_json = self.body_json, ""
+        headers = headers_to_dict(self.request.headers)
+        if self.settings.get("kg_auth_token"):
+            headers.pop("Authorization", None)
+        if self.body_size and "Content-Length" not in headers:
+            headers["Content-Length"] = str(self.body_size)
+        args = json.dumps(parse_args(self.request.query_arguments))
+        return (f'{{"body": {body_json}, "args": {args}, "path": {json.dumps(self.path_kwargs)}, '
+                f'"headers": {json.dumps(headers)}}}')
+
+    async def _answer(self) -> None:
         """Run the request on a kernel and answer what its cells printed."""
         error, response = None, None
         try:
-            request = {
-                "body": request_body,
-                "args": parse_args(self.request.query_arguments),
-                "path": self.path_kwargs,
-                "headers": headers_to_dict(self.request.headers),
-            }
+            request = self._request_text()
+            if not self._hold(len(request)):
+                raise self.refusal  # type: ignore[misc]
             key = f"{self.request.method} {self.endpoint}"
-            self.waiting = asyncio.ensure_future(self.kernel_pool.submit(key, json.dumps(request)))
+            self.waiting = asyncio.ensure_future(self.kernel_pool.submit(key, request))
+            del request  # the queue holds it, as long as it waits and runs
             response = self._respond(await self.waiting)
+            self.budget.change(self.held, len(response))  # the answer, until it is written
+            self.held = len(response)
         except asyncio.CancelledError:  # the client went away while waiting: nothing ran
             return None
         except Exception as err:  # every failure becomes a JSON error response
@@ -230,12 +326,16 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
             if error.status == 500:  # the details go to the log, not to the client
                 app_log.error("%s %s failed", self.request.method, self.request.path, exc_info=err)
         if error is not None:
+            self._release()
             self.fail(error)
         else:
             if self.get_status() in NO_CONTENT:  # tornado refuses even an empty body there
                 response = None
-            with contextlib.suppress(StreamClosedError):  # the client left: nobody to tell
-                await self.finish(response)
+            try:
+                with contextlib.suppress(StreamClosedError):  # the client left: nobody to tell
+                    await self.finish(response)
+            finally:
+                self._release()
 
     def _respond(self, result: Result) -> bytes | str:
         """Set status and headers from the ``ResponseInfo`` cell's output; return the body."""
@@ -279,7 +379,7 @@ class HealthHandler(EndpointHandler):
         super().initialize(**kwargs)
         self.store, self.readiness = store, readiness
 
-    async def _answer(self, request_body: Any) -> None:
+    async def _answer(self) -> None:
         pool: BatchingKernelPool = self.kernel_pool
         problems = []
         for kernel_id in list(pool.kernel_clients):
@@ -289,7 +389,8 @@ class HealthHandler(EndpointHandler):
         loop = asyncio.get_running_loop()
         checks_store = self.readiness or isinstance(self.store, ModelStore)
         if checks_store and not await loop.run_in_executor(None, self.store.readable):
-            problems.append(f"the model store is not readable ({self.store.location})")
+            problems.append("the model store is not readable (the service log says more)")
+            app_log.error("the model store %s is not readable", self.store.location)
         if self.readiness and not pool.ready.is_set():
             problems.append("the kernels are starting")
         if self.readiness and pool.full():
@@ -306,6 +407,49 @@ class HealthHandler(EndpointHandler):
                 return self.fail(to_http(err))
         self.finish(json.dumps({"status": "ok", "kernels": len(pool.kernel_clients),
                                 "models": models}))
+
+
+class PageHandler(EndpointHandler):
+    """``GET /``: the personality's ``page``, sent by the gateway itself, so that no request for
+    it, with the token or without, takes a kernel or a place in the queue. As an endpoint it
+    refuses other methods and any body the same way; it needs no token (the page asks its user
+    for it). Its Content-Security-Policy lets it run its own inline script and style only
+    (``page_policy``), talk to this service only, and be framed by no other site."""
+
+    def initialize(self, page: Page, **kwargs: Any) -> None:
+        super().initialize(**kwargs)
+        self.page = page
+
+    def compute_etag(self) -> str:
+        return self.page.etag  # the page does not change: hashed once, not per request
+
+    async def _answer(self) -> None:
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Content-Security-Policy", self.page.policy)
+        self.set_header("X-Frame-Options", "DENY")
+        self.set_header("Referrer-Policy", "no-referrer")
+        self.finish(self.page.body)
+
+
+class Page:
+    """An HTML page as the gateway sends it: its bytes, ETag and policy, made once."""
+
+    def __init__(self, html: str) -> None:
+        self.body = html.encode()
+        self.etag = f'"{hashlib.sha1(self.body).hexdigest()}"'
+        self.policy = page_policy(html)
+
+
+def page_policy(html: str) -> str:
+    """The Content-Security-Policy of ``html``: its inline ``<script>`` and ``<style>`` elements
+    allowed by their SHA-256 hashes, nothing else of the kind."""
+    def hashes(tag: str) -> str:
+        found = re.findall(rf"<{tag}(?:\s[^>]*)?>(.*?)</{tag}>", html, flags=re.S | re.I)
+        digests = (base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+                   for text in found)
+        return " ".join(f"'sha256-{digest}'" for digest in digests) or "'none'"
+
+    return PAGE_POLICY.format(script=hashes("script"), style=hashes("style"))
 
 
 class CellError(Exception):
@@ -336,6 +480,8 @@ class UnknownPathHandler(ServiceHandler, NotFoundHandler):
         self.metrics = metrics
 
     def prepare(self) -> None:
+        if (refusal := self.host_refusal()) is not None:
+            return self.fail(refusal)
         path = self.request.path[:100]  # a client's path, quoted briefly
         self.fail(ServiceError(404, f"no endpoint {path}; see GET /openapi.json"))
 
@@ -355,20 +501,31 @@ class OpenAPIRedirectHandler(ServiceHandler, RequestHandler):
 class GradbookPersonality(NotebookHTTPPersonality):
     """notebook-http whose endpoints use ``EndpointHandler`` on a ``BatchingKernelPool``."""
 
+    page = Unicode(
+        "", config=True,
+        help="A function, 'module:name', that returns the HTML page the gateway serves itself at "
+        "GET / (no kernel, no token); empty: none")
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.kernel_language not in (None, "python"):
             language = self.kernel_language
             raise ValueError(f"the engine runs notebooks of Python kernels, not of {language}")
-        settings = Settings(parent=self)
+        settings = self.service_settings = Settings(parent=self)
+        ServiceHandler.hosts = HostPolicy(settings.host, settings.allowed_hosts)
+        self.budget = ByteBudget(settings.max_pending_bytes)
         self.kernel_pool = BatchingKernelPool(settings.max_queue, settings.max_batch,
                                               settings.request_timeout)
-        self.metrics = Metrics(queue_depth=lambda: len(self.kernel_pool.queue))
+        self.kernel_pool.kernel_channels(self.parent.kernel_manager)
+        self.metrics = Metrics(queue_depth=lambda: len(self.kernel_pool.queue),
+                               pending_bytes=lambda: self.budget.used)
         self.kernel_pool.on_batch = self.metrics.batch_size.observe
         self.kernel_pool.on_replace = self.metrics.kernels_replaced.inc
 
     async def init_configurables(self) -> None:
         self.parent.web_app.settings["log_function"] = log_request
+        settings = self.service_settings
+        limit_server(self.parent.http_server, settings.max_connections, settings.body_timeout)
         await super().init_configurables()
 
     def create_request_handlers(self) -> list[tuple[Any, ...]]:
@@ -383,23 +540,32 @@ class GradbookPersonality(NotebookHTTPPersonality):
             for method, source in sources.items():
                 info = responses.get(path, {}).get(method)
                 self.kernel_pool.endpoints[f"{method} {path}"] = [source, info]
-        settings = Settings(parent=self)
-        health = {"sources": {"GET": ""}, "response_sources": {}, "kernel_pool": self.kernel_pool,
-                  "kernel_name": self.parent.kernel_manager.seed_kernelspec,
-                  "metrics": self.metrics, "max_body_bytes": 0, "public": True,
-                  "store": open_store(settings.store)}
+        settings = self.service_settings
+        gateway = {"sources": {"GET": ""}, "response_sources": {},
+                   "kernel_pool": self.kernel_pool,
+                   "kernel_name": self.parent.kernel_manager.seed_kernelspec,
+                   "metrics": self.metrics, "max_body_bytes": 0, "public": True,
+                   "budget": self.budget}
+        health = {**gateway, "store": open_store(settings.store)}
         handlers: list[tuple[Any, ...]] = [
             (route_of(METRICS_PATH), MetricsHandler, {"metrics": self.metrics}),
             (route_of(HEALTH_PATH), HealthHandler,
              {**health, "endpoint": HEALTH_PATH, "readiness": False}),
             (route_of(READY_PATH), HealthHandler,
              {**health, "endpoint": READY_PATH, "readiness": True})]
+        if self.page:
+            if route_of(PAGE_PATH) in annotated:
+                raise ValueError(f"the notebook has an endpoint at {PAGE_PATH}, where the "
+                                 f"gateway serves the page {self.page}: keep one of them")
+            module, _, function = self.page.partition(":")
+            page = Page(getattr(importlib.import_module(module), function)())
+            handlers.append((route_of(PAGE_PATH), PageHandler,
+                             {**gateway, "endpoint": PAGE_PATH, "page": page}))
         for route in super().create_request_handlers():
             pattern, handler = route[0], route[1]
             if handler is NotebookAPIHandler:
                 args = {**route[2], "endpoint": annotated[pattern], "metrics": self.metrics,
-                        "max_body_bytes": settings.max_body_bytes,
-                        "public": annotated[pattern] in PUBLIC_ENDPOINTS}
+                        "max_body_bytes": settings.max_body_bytes, "budget": self.budget}
                 handlers.append((pattern, EndpointHandler, args))
             elif handler is NotFoundHandler:
                 handlers.append((pattern, UnknownPathHandler, {"metrics": self.metrics}))

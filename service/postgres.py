@@ -8,9 +8,20 @@ configuration, its users, its port), ``PostgresServer`` keeps a cluster in a fol
 
 Choices, and why:
 
-* Only TCP on 127.0.0.1 and a Unix socket inside the data folder; ``trust`` authentication for
-  those two and nothing else (``pg_hba.conf`` is written by us): the server is for this machine's
-  own processes, and a password would only end up in URLs and logs.
+* Only TCP on 127.0.0.1 and a Unix socket inside the data folder (which only the server's OS
+  user may enter), and a password for every connection (``scram-sha-256``; ``pg_hba.conf`` is
+  written by us). 127.0.0.1 is open to every local user, so ``trust`` there would make each of
+  them the database's superuser, able to change the models and to run shell commands as the
+  server's user (``COPY … TO PROGRAM``).
+* Two roles, each with a password drawn at ``initdb``: the superuser ``postgres``, which only
+  this module uses (to create the service's role and databases), and ``gradbook``
+  (``SERVICE_ROLE``), which the service connects as: no superuser, no role or database
+  creation, owner of its databases and of nothing else; other roles may not connect to them.
+* The passwords live in a libpq password file beside the data folder (``<data>.pgpass``,
+  mode 0600, owned by the user who runs this module, never by the server's OS user), and URLs
+  name that file (``?passfile=…``) rather than hold a password: nothing secret reaches a
+  command line, an environment, a log or ``/diagnostics``. A cluster made before this (with
+  ``trust``) is given passwords the first time it starts.
 * ``durable=True`` (the default) keeps PostgreSQL's crash safety (``fsync``, full page writes).
   Tests may pass ``durable=False``: a throw-away cluster need not survive a power cut, and
   ``fsync=off`` makes commits much cheaper on slow disks. A kill of the postmaster (not of the
@@ -28,16 +39,25 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import secrets
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 DEBIAN_BIN = Path("/usr/lib/postgresql")
 SERVICE_USER = "postgres"  # the OS user Debian's package creates, and our superuser's name
+SERVICE_ROLE = "gradbook"  # the role the service connects as: owns its databases, nothing else
+HBA = (
+    "# written by service/postgres.py: every connection needs its role's password\n"
+    "local all all scram-sha-256\n"
+    "host  all all 127.0.0.1/32 scram-sha-256\n"
+)
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes; ".s.PGSQL.<port>" must fit after the folder
@@ -93,6 +113,7 @@ class PostgresServer:
         self.durable = durable
         self.max_connections = max_connections
         self.log = self.datadir / "server.log"
+        self.passfile = self.datadir.with_name(f"{self.datadir.name}.pgpass")
         self.process: subprocess.Popen[bytes] | None = None
         self._bin: Path | None = None
         self._user = _service_user()
@@ -116,9 +137,11 @@ class PostgresServer:
         """The database superuser (and, when we are root, the OS user running the server)."""
         return SERVICE_USER
 
-    def url(self, dbname: str = "gradbook") -> str:
-        """A libpq URL of database ``dbname`` on this server (no password: trust auth)."""
-        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{dbname}"
+    def url(self, dbname: str = "gradbook", role: str = SERVICE_USER) -> str:
+        """A libpq URL of database ``dbname`` on this server as ``role``; the password is in
+        the password file it names, not in the URL."""
+        passfile = quote(str(self.passfile), safe="/")
+        return f"postgresql://{role}@127.0.0.1:{self.port}/{dbname}?passfile={passfile}"
 
     @property
     def running(self) -> bool:
@@ -134,27 +157,83 @@ class PostgresServer:
         return (self.datadir / "PG_VERSION").is_file()
 
     def init(self) -> None:
-        """``initdb`` the data folder, and write our ``pg_hba.conf``."""
+        """``initdb`` the data folder with passwords, and write our ``pg_hba.conf``."""
         self.datadir.mkdir(parents=True, exist_ok=True)
         if any(self.datadir.iterdir()):
             raise PostgresError(f"{self.datadir} is not empty and holds no PostgreSQL cluster "
                                 "(no PG_VERSION): choose an empty or a new folder")
         self._hand_over(self.datadir)
-        command = [str(self.bin / "initdb"), "-D", str(self.datadir), "-U", self.user,
-                   "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-instructions"]
-        if not self.durable:
-            command.append("--no-sync")
-        done = self._run(command)
+        password = self._new_passwords()[SERVICE_USER]
+        # initdb reads the superuser's password from a file its OS user can read: ours for a
+        # moment, then gone
+        handle, pwfile = tempfile.mkstemp(prefix="gradbook-pw-")
+        try:
+            os.write(handle, password.encode() + b"\n")
+            os.close(handle)
+            self._chown(Path(pwfile))
+            command = [str(self.bin / "initdb"), "-D", str(self.datadir), "-U", self.user,
+                       f"--pwfile={pwfile}", "--auth=scram-sha-256", "--encoding=UTF8",
+                       "--locale=C", "--no-instructions"]
+            if not self.durable:
+                command.append("--no-sync")
+            done = self._run(command)
+        finally:
+            Path(pwfile).unlink(missing_ok=True)
         if done.returncode != 0:
             raise PostgresError(f"initdb of {self.datadir} failed (exit status "
                                 f"{done.returncode}):\n{done.stdout.decode(errors='replace')}")
+        self._write_hba()
+
+    def _write_hba(self) -> None:
         hba = self.datadir / "pg_hba.conf"
-        hba.write_text(
-            "# written by service/postgres.py: this machine's processes only, no password\n"
-            "local all all trust\n"
-            "host  all all 127.0.0.1/32 trust\n"
-        )
+        hba.write_text(HBA)
         self._chown(hba)
+
+    def _new_passwords(self) -> dict[str, str]:
+        """Draw a password for the superuser and the service's role, and write them to the
+        password file (mode 0600, ours: libpq ignores a file others may read)."""
+        passwords = {role: secrets.token_urlsafe(32) for role in (SERVICE_USER, SERVICE_ROLE)}
+        lines = "".join(f"*:*:*:{role}:{password}\n" for role, password in passwords.items())
+        staging = self.passfile.with_name(f".{self.passfile.name}.staging")
+        staging.unlink(missing_ok=True)
+        handle = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(handle, "w") as out:
+            out.write(lines)
+        os.replace(staging, self.passfile)
+        return passwords
+
+    def _passwords(self) -> dict[str, str]:
+        """The passwords of the password file, by role."""
+        try:
+            lines = self.passfile.read_text().splitlines()
+        except FileNotFoundError:
+            raise PostgresError(
+                f"{self.datadir} holds a cluster but its password file {self.passfile} is "
+                "missing: restore it, or remove the data folder (its models go with it)") \
+                from None
+        return dict(line.split(":", 4)[3:] for line in lines if line.count(":") >= 4)
+
+    def _trusting(self) -> bool:
+        """Whether the cluster was made before passwords (its pg_hba.conf trusts)."""
+        try:
+            hba = (self.datadir / "pg_hba.conf").read_text()
+        except OSError:
+            return False
+        return any(line.split()[-1:] == ["trust"] for line in hba.splitlines()
+                   if line.strip() and not line.lstrip().startswith("#"))
+
+    def _require_passwords(self) -> None:
+        """Give a cluster made with ``trust`` its passwords, while trust still lets us in; then
+        every connection needs one."""
+        import psycopg
+
+        passwords = self._new_passwords()
+        url = f"postgresql://{SERVICE_USER}@127.0.0.1:{self.port}/postgres"
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as db:
+            db.execute(_with_password("ALTER ROLE {} PASSWORD {}", SERVICE_USER,
+                                      passwords[SERVICE_USER]))
+            self._write_hba()
+            db.execute("SELECT pg_reload_conf()")
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
         """Start the postmaster (creating the cluster first if needed) and wait until it
@@ -164,6 +243,8 @@ class PostgresServer:
         if not self.initialized():
             self.init()
         self._check_version()
+        if not self._trusting() and not self.passfile.exists():
+            self._passwords()  # says what is missing and what to do
         settings = {
             "listen_addresses": "127.0.0.1",
             "port": str(self.port),
@@ -182,12 +263,15 @@ class PostgresServer:
                 command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd="/", start_new_session=True,  # Ctrl-C in our terminal is ours to pass on
                 **self._as_service_user())
+        trusting = self._trusting()
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
                 raise PostgresError(f"PostgreSQL on port {self.port} stopped while starting "
                                     f"(exit status {self.process.returncode}); {self._log_end()}")
             if self._accepts():
+                if trusting:
+                    self._require_passwords()
                 return
             if time.monotonic() > deadline:
                 self.stop()
@@ -230,16 +314,37 @@ class PostgresServer:
 
     # -- databases ---------------------------------------------------------------------------
     def create_database(self, name: str) -> str:
-        """Create database ``name`` unless it exists; its URL."""
+        """Create database ``name``, owned by the service's role, unless it exists; the URL the
+        service connects to it with (as ``SERVICE_ROLE``)."""
         if not IDENTIFIER.fullmatch(name):
             raise ValueError(f"database name {name!r}: letters, digits and _ only (at most 63)")
         import psycopg  # only here: the rest of this module needs no driver
 
         with psycopg.connect(self.url("postgres"), autocommit=True, connect_timeout=10) as db:
+            self._ensure_service_role(db)
             exists = db.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
             if not exists:
-                db.execute(f'CREATE DATABASE "{name}"')
-        return self.url(name)
+                db.execute(f'CREATE DATABASE "{name}" OWNER {SERVICE_ROLE}')
+            # only its owner (and the superuser) may connect, create temporary tables in it
+            db.execute(f'REVOKE ALL ON DATABASE "{name}" FROM PUBLIC')
+        return self.url(name, SERVICE_ROLE)
+
+    def _ensure_service_role(self, db: Any) -> None:
+        """The service's role, with the password of the password file: may log in and own its
+        databases, nothing more (no superuser, no roles, no databases, no replication)."""
+        password = self._passwords().get(SERVICE_ROLE)
+        if password is None:
+            raise PostgresError(f"the password file {self.passfile} has no password for "
+                                f"{SERVICE_ROLE!r}: remove the data folder and its password "
+                                "file to start afresh (the models go with them)")
+        exists = db.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
+                            (SERVICE_ROLE,)).fetchone()
+        verb = "ALTER" if exists else "CREATE"
+        db.execute(_with_password(f"{verb} ROLE {{}} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
+                                  "NOREPLICATION NOBYPASSRLS PASSWORD {}", SERVICE_ROLE,
+                                  password))
+        # the superuser's own database is no business of the service
+        db.execute("REVOKE CONNECT, TEMPORARY ON DATABASE postgres FROM PUBLIC")
 
     # -- context manager ---------------------------------------------------------------------
     def __enter__(self) -> PostgresServer:
@@ -316,6 +421,14 @@ class PostgresServer:
     def _chown(self, path: Path) -> None:
         if self._user is not None:
             os.chown(path, self._user.pw_uid, self._user.pw_gid)
+
+
+def _with_password(statement: str, role: str, password: str) -> Any:
+    """``statement`` with ``role`` and ``password`` quoted in (a role's password cannot be a
+    bound parameter: PostgreSQL takes none in utility statements)."""
+    from psycopg import sql
+
+    return sql.SQL(statement).format(sql.Identifier(role), sql.Literal(password))
 
 
 def _service_user() -> pwd.struct_passwd | None:

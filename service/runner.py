@@ -33,6 +33,7 @@ import ast
 import contextlib
 import io
 import json
+import os
 import traceback
 from typing import Any
 
@@ -94,6 +95,7 @@ class Runner:
         each result as soon as it is known. Called by the one line the gateway executes."""
         with open(self.inbox, encoding="utf-8") as inbox:
             batch = json.load(inbox)
+        os.unlink(self.inbox)  # read once: the requests need not wait on disk for the next batch
         # The gateway sends the next batch only once it has every answer of this one, so
         # emptying the journal here loses nothing. Its first line names the batch, so that the
         # results of an earlier one are never taken for this one's.
@@ -133,6 +135,21 @@ def install(endpoints: dict[str, list[str | None]], inbox: str, journal: str) ->
     the gateway) and keeps its results in the file ``journal``."""
     global runner
     runner = Runner(endpoints, inbox, journal)
+    close_subprocess_pipe(get_ipython().kernel)
+
+
+def close_subprocess_pipe(kernel: Any) -> None:
+    """Stop listening on the TCP port of 127.0.0.1 where ipykernel takes the output of the
+    kernel's forked subprocesses. The gateway gives the kernel's channels private Unix sockets;
+    this port, which every local user can connect to (and fill the kernel's log with "Bad pipe
+    message" lines), would be its last door to the network. What forked subprocesses print
+    then stays out of the answers, as stderr already does."""
+    thread = getattr(kernel, "iopub_thread", None)
+    stream = getattr(thread, "_pipe_in", None)
+    if stream is None:
+        return
+    thread._pipe_flag = False
+    thread.io_loop.add_callback(stream.close)  # the socket is its thread's: closed there
 
 
 runner: Runner | None = None

@@ -27,6 +27,7 @@ MAX_PARAMETERS = 1_000_000
 MAX_ELEMENTS = 10_000_000  # examples × widest layer (about 80 MB per layer's outputs)
 MAX_JSON_DEPTH = 32  # nesting of a request body; ours need 4, Python's recursion limit is ~1000
 MAX_NUMBER_CHARS = 64  # a number sent as a string; float64 needs at most 24
+RESPONSE_FLOOR_BYTES = 2**20  # any request may get an answer this large, whatever its own size
 
 def flag(value: str) -> bool:
     """``"1"`` or ``"0"``, as an on/off environment variable is spelled."""
@@ -116,6 +117,13 @@ class Settings(FromEnvironment):
         config=True,
         help="Largest response body, in bytes; a request that would get a larger one gets 400",
     ).tag(env="GRADBOOK_MAX_RESPONSE_BYTES", fallback=16 * 2**20)
+    max_response_ratio = Float(
+        min=1.0,
+        config=True,
+        help="Most bytes a prediction or gradients answer may have per byte of its request, "
+        f"above the first {RESPONSE_FLOOR_BYTES} bytes every request may have; larger answers "
+        "get 400 before the work",
+    ).tag(env="GRADBOOK_MAX_RESPONSE_RATIO", fallback=64.0)
     body_timeout = Float(
         min=0.001,
         config=True,
@@ -125,6 +133,23 @@ class Settings(FromEnvironment):
     max_queue = Integer(
         min=0, config=True, help="Most requests waiting for a free kernel; more get 503"
     ).tag(env="GRADBOOK_MAX_QUEUE", fallback=1000)
+    max_pending_bytes = Integer(
+        min=1, config=True,
+        help="Most bytes of requests and answers the gateway holds at once: bodies being "
+        "received, requests waiting for or running on a kernel, answers not yet sent; a request "
+        "that would go past it gets 503",
+    ).tag(env="GRADBOOK_MAX_PENDING_BYTES", fallback=128 * 2**20)
+    max_connections = Integer(
+        min=1, config=True,
+        help="Most client connections open at once; one more is answered 503 and closed",
+    ).tag(env="GRADBOOK_MAX_CONNECTIONS", fallback=4096)
+    allowed_hosts = Unicode(
+        config=True,
+        help="Comma-separated host names (and addresses) the service answers to in the Host "
+        "header besides the loopback names and GRADBOOK_HOST; '*' for any. Others get 403: a "
+        "web page's DNS rebinding cannot reach the service. Unset with a non-loopback "
+        "GRADBOOK_HOST, any host is answered",
+    ).tag(env="GRADBOOK_ALLOWED_HOSTS", fallback="")
     request_timeout = Float(
         min=0.001, config=True,
         help="Seconds a request's cell may run; then it gets 504 and its kernel is interrupted "
@@ -151,6 +176,18 @@ class Settings(FromEnvironment):
         config=True, help="1: run a training worker beside the gateway; 0: none (with a "
         "PostgreSQL store, other replicas' workers run the jobs this one accepts)",
     ).tag(env="GRADBOOK_TRAINING_WORKER", fallback=True)
+    max_queued_jobs = Integer(
+        min=1, config=True, help="Most training jobs waiting to run; one more gets 429",
+    ).tag(env="GRADBOOK_MAX_QUEUED_JOBS", fallback=100)
+    max_job_bytes = Integer(
+        min=1, config=True,
+        help="Most bytes of training data kept for the jobs not finished; a job whose data "
+        "would go past it gets 429",
+    ).tag(env="GRADBOOK_MAX_JOB_BYTES", fallback=64 * 2**20)
+    max_job_seconds = Float(
+        min=0.001, config=True,
+        help="Seconds a training job may run; then it is stopped, commits nothing and fails",
+    ).tag(env="GRADBOOK_MAX_JOB_SECONDS", fallback=600.0)
     job_lease = Float(
         min=0.1, config=True, help="Seconds a running job of a PostgreSQL store stays claimed "
         "unless its worker renews the claim (every third of it); then it is ended as failed",

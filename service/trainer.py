@@ -9,12 +9,16 @@ worker if it stops, and stops it with the service. A worker whose parent is gone
 Jobs run one at a time, oldest first. Each epoch's loss is written to the job's record at most
 every ``PROGRESS_SECONDS`` (and at the end); a cancellation is noticed within
 ``CANCEL_CHECK_SECONDS`` of the epoch it arrives in, and the run then stops without committing.
+A job has a deadline, ``GRADBOOK_MAX_JOB_SECONDS`` from its start: the estimate that admitted it
+holds for a quiet machine, and a busy one can take several times as long, so a run still
+training then is stopped after its epoch, commits nothing and fails with 504.
 A run commits through ``ModelAPI.run_training``, the code that synchronous training runs: one
 implementation, the same limits and the same version rules.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -26,7 +30,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from gradbook.network import MLP
-from gradbook.store import Store, StoreError, open_store, timestamp
+from gradbook.store import Store, StoreError, StoreUnavailableError, open_store, timestamp
 from service.api import ModelAPI, training_data
 from service.errors import to_http
 from service.jobs import Job, Jobs
@@ -42,6 +46,11 @@ class JobCancelledError(Exception):
     """Raised from the epoch callback when the job was cancelled: nothing is committed."""
 
 
+class JobTimedOutError(Exception):
+    """Raised from the epoch callback when the job ran past its deadline: nothing is
+    committed."""
+
+
 class JobLostError(Exception):
     """Raised from the epoch callback when the job was ended by someone else (its lease
     lapsed, and another worker ended it): nothing is committed, and its record stays."""
@@ -50,10 +59,11 @@ class JobLostError(Exception):
 class Progress:
     """The epoch callback of one job: records the losses, and stops the run if cancelled."""
 
-    def __init__(self, jobs: Jobs, job: Job) -> None:
+    def __init__(self, jobs: Jobs, job: Job, seconds: float) -> None:
         self.jobs, self.job_id, self.epochs = jobs, job["id"], job["epochs"]
         self.losses: list[float] = []
         self.written = self.checked = time.monotonic()
+        self.seconds, self.deadline = seconds, self.written + seconds
         self.parent = os.getppid()
 
     def __call__(self, epoch: int, loss: float, net: MLP) -> None:
@@ -61,6 +71,8 @@ class Progress:
         if os.getppid() != self.parent:  # the service is gone: commit nothing it cannot report
             sys.exit(1)
         now = time.monotonic()
+        if now > self.deadline:
+            raise JobTimedOutError
         # and always after the last epoch: a cancellation that came before the commit stops it
         if now - self.checked >= CANCEL_CHECK_SECONDS or epoch + 1 == self.epochs:
             self.checked = now
@@ -70,7 +82,8 @@ class Progress:
             if record["cancel_requested"]:
                 raise JobCancelledError
         if now - self.written >= PROGRESS_SECONDS:
-            self.write()
+            with contextlib.suppress(StoreUnavailableError):  # records busy, or the database
+                self.write()  # away: the next write, or the last, catches up
 
     def write(self) -> None:
         self.written = time.monotonic()
@@ -108,7 +121,7 @@ def leased(jobs: Jobs, job: Job, every: float) -> Iterator[None]:
 
 def run(api: ModelAPI, jobs: Jobs, job: Job) -> None:
     """Run ``job`` (claimed: running) to its end, and record how it ended."""
-    progress = Progress(jobs, job)
+    progress = Progress(jobs, job, api.settings.max_job_seconds)
     with leased(jobs, job, api.settings.job_lease / 3):
         _run(api, jobs, job, progress)
 
@@ -123,6 +136,11 @@ def _run(api: ModelAPI, jobs: Jobs, job: Job, progress: Progress) -> None:
         return
     except JobCancelledError:
         record_end(jobs, progress, job["id"], "cancelled")
+    except JobTimedOutError:
+        record_end(jobs, progress, job["id"], "failed", error={
+            "status": 504, "message": f"the job ran longer than {progress.seconds:g} s "
+            "(GRADBOOK_MAX_JOB_SECONDS) and was stopped; nothing was saved. Train fewer "
+            "epochs or examples at a time"})
     except Exception as err:  # every failure ends the job, with what the client would be told
         error = to_http(err)
         if error.status >= 500:
@@ -180,12 +198,14 @@ LAPSED = ("the training worker that ran the job stopped renewing its claim (its 
 
 def main() -> None:
     settings = Settings()
-    store = open_store(settings.store, LOCK_WAIT_SECONDS, settings.model_cache)
+    lock_wait = min(LOCK_WAIT_SECONDS, settings.max_job_seconds)
+    store = open_store(settings.store, lock_wait, settings.model_cache)
     api = ModelAPI(store, settings)
     jobs = api.jobs
     if not jobs.shared:
         # Only this worker runs jobs: one still "running" was cut short when the last one stopped.
         recover(store, jobs, [job for job in jobs.all() if job["state"] == "running"], STRANDED)
+        jobs.rebuild_index()
     parent = os.getppid()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     while os.getppid() == parent:  # the launcher is gone: so is the service
@@ -195,6 +215,7 @@ def main() -> None:
             job: Any = jobs.claim()
             if job is not None:
                 run(api, jobs, job)
+                jobs.prune()
         except StoreError:  # the database is away: look again later
             traceback.print_exc(file=sys.stderr)
             job = None

@@ -322,8 +322,8 @@ def test_damaged_models_are_named_with_the_error_type(tmp_path):
         with pytest.raises(StoreError, match=message):
             call("m")
     assert store.delete("m") == 0
-    (tmp_path / ".deleted" / "m").write_text("not a number")
-    with pytest.raises(StoreError, match=r"^the record of deleted model 'm' is damaged$"):
+    (tmp_path / ".deleted-version").write_text("not a number")
+    with pytest.raises(StoreError, match=r"^the store's record of deleted versions is damaged$"):
         store.create("m", MLP([2, 1]))
 
 

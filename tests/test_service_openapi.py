@@ -55,11 +55,14 @@ def test_the_spec_describes_exactly_the_notebook_endpoints_and_the_gateways_answ
     assert set(redirect) == set(metrics) == {"get", "x-other-methods"}
     for health in ("/healthz", "/readyz"):  # the gateway's, with the endpoints' refusals
         assert set(paths.pop(health)) == {"get", "options", "x-other-methods"}
+    page = paths.pop("/")  # the gateway's page, an endpoint to clients
+    assert set(page) == {"get", "options", "x-other-methods"} and "503" not in page["get"][
+        "responses"]
     described = {(method, path) for path, item in paths.items() for method in item
                  if method in METHODS and method != "options"}
     assert described == notebook_operations()
     for path, item in paths.items():
-        assert set(item["options"]["responses"]) == {"200"}, path  # the CORS preflight
+        assert set(item["options"]["responses"]) == {"200", "403"}, path  # the CORS preflight
         assert "405" in item["x-other-methods"], path
         for method in set(item) & set(METHODS) - {"options"}:
             assert item[method]["responses"]["default"]["$ref"].endswith("/Fault")

@@ -23,6 +23,10 @@ def test_defaults() -> None:
     assert (settings.body_timeout, settings.max_queue, settings.max_batch) == (30.0, 1000, 64)
     assert (settings.model_cache, settings.max_models, settings.allow_open) == (16, 100, False)
     assert (settings.request_timeout, settings.lock_timeout) == (60.0, 2.0)
+    assert (settings.max_response_ratio, settings.max_pending_bytes) == (64.0, 128 * 2**20)
+    assert (settings.max_connections, settings.allowed_hosts) == (4096, "")
+    assert (settings.max_queued_jobs, settings.max_job_bytes) == (100, 64 * 2**20)
+    assert settings.max_job_seconds == 600.0
 
 
 def test_every_setting_reads_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -31,7 +35,10 @@ def test_every_setting_reads_its_variable(monkeypatch: pytest.MonkeyPatch) -> No
               "MAX_TRAIN_SECONDS": "2.5", "MAX_RESPONSE_BYTES": "4096", "BODY_TIMEOUT": "0.5",
               "MAX_QUEUE": "0", "MAX_BATCH": "5", "MODEL_CACHE": "3", "MAX_MODELS": "7",
               "ALLOW_OPEN": "1", "REQUEST_TIMEOUT": "7.5", "LOCK_TIMEOUT": "0",
-              "TRAINING_WORKER": "0", "JOB_LEASE": "2.5"}
+              "TRAINING_WORKER": "0", "JOB_LEASE": "2.5", "MAX_RESPONSE_RATIO": "8",
+              "MAX_PENDING_BYTES": "65536", "MAX_CONNECTIONS": "10",
+              "ALLOWED_HOSTS": "a.test,b.test", "MAX_QUEUED_JOBS": "4", "MAX_JOB_BYTES": "999",
+              "MAX_JOB_SECONDS": "9.5"}
     for name, value in values.items():
         monkeypatch.setenv(f"GRADBOOK_{name}", value)
     settings = Settings()
@@ -43,6 +50,10 @@ def test_every_setting_reads_its_variable(monkeypatch: pytest.MonkeyPatch) -> No
     assert (settings.model_cache, settings.max_models, settings.allow_open) == (3, 7, True)
     assert (settings.request_timeout, settings.lock_timeout) == (7.5, 0.0)
     assert (settings.training_worker, settings.job_lease) == (False, 2.5)
+    assert (settings.max_response_ratio, settings.max_pending_bytes) == (8.0, 65536)
+    assert (settings.max_connections, settings.allowed_hosts) == (10, "a.test,b.test")
+    assert (settings.max_queued_jobs, settings.max_job_bytes) == (4, 999)
+    assert settings.max_job_seconds == 9.5
     assert len(values) == len(Settings.class_trait_names(config=True))  # every setting is here
 
 

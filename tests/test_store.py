@@ -108,8 +108,16 @@ class OneInode:
 
     @staticmethod
     def stat(path: os.PathLike[str]) -> SimpleNamespace:
-        st = os.stat(path)
-        return SimpleNamespace(st_ino=1, st_mtime_ns=st.st_mtime_ns, st_size=st.st_size)
+        return OneInode._one(os.stat(path))
+
+    @staticmethod
+    def fstat(fd: int) -> SimpleNamespace:
+        return OneInode._one(os.fstat(fd))
+
+    @staticmethod
+    def _one(st: os.stat_result) -> SimpleNamespace:
+        return SimpleNamespace(st_dev=st.st_dev, st_ino=1, st_mtime_ns=st.st_mtime_ns,
+                               st_size=st.st_size, st_uid=st.st_uid, st_mode=st.st_mode)
 
 
 def test_a_new_version_in_the_same_inode_size_and_clock_tick_is_seen(
