@@ -1,9 +1,10 @@
 """What the gateway's memory bounds hold to, measured: queued large requests, stalled uploads and
 many connections, each against the body size and the worst case the README states.
 
-One gradbook service (``python -m service.launch`` with one kernel and
-``GRADBOOK_MAX_PENDING_BYTES``, 128 MiB by default) over a fresh store. Its gateway process's
-resident memory (``VmRSS``) is read from ``/proc`` before and during each load:
+A fresh gradbook service for each load (``python -m service.launch`` with one kernel and
+``GRADBOOK_MAX_PENDING_BYTES``, 128 MiB by default, over a fresh store: memory a process once
+took is not given back, so one load would hide the next). Its gateway process's resident memory
+(``VmRSS``) is read from ``/proc`` before and during the load:
 
 1. **queued**: while the only kernel trains synchronously, ``--queued`` predicts of almost
    4 MiB each are sent at once; those the pending bound admits wait (and are answered once the
@@ -14,8 +15,8 @@ resident memory (``VmRSS``) is read from ``/proc`` before and during each load:
 3. **connections**: ``--connections`` connections each send 15 KiB of a request head and stop.
 
 It prints each growth, per request or connection, and as a share of the README's worst case
-(``service.capacity``: twice the pending bytes, 80 KiB per connection, ten bodies being
-decoded). Nothing is asserted; ``tests/test_neighbours.py`` checks the bounds.
+(``service.capacity``: twice the pending bytes, 80 KiB per connection, twelve times the body
+being decoded). Nothing is asserted; ``tests/test_neighbours.py`` checks the bounds.
 
     .venv/bin/python bench/bench_bounds.py [--queued 40] [--stalled 60] [--connections 4000]
 """
@@ -31,6 +32,8 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from bench_gateway import free_port, request, server
@@ -123,45 +126,53 @@ def connections(port: int, pid: int, count: int) -> int:
             client.close()
 
 
+@contextmanager
+def gateway(tmp: Path, pending: int, max_connections: int) -> Iterator[tuple[int, int]]:
+    """A fresh service over a fresh store; its port and its gateway's pid."""
+    tmp.mkdir()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADBOOK_")}
+    env.update(GRADBOOK_STORE=str(tmp / "store"), GRADBOOK_PORT=str(port),
+               GRADBOOK_KERNELS="1", GRADBOOK_MAX_PENDING_BYTES=str(pending),
+               GRADBOOK_MAX_CONNECTIONS=str(max_connections))
+    with server("gradbook", [sys.executable, "-m", "service.launch"], env, port, "/readyz",
+                tmp / "gradbook.log"):
+        yield port, listening_pid(port)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--queued", type=int, default=40)
     parser.add_argument("--stalled", type=int, default=60)
     parser.add_argument("--connections", type=int, default=4000)
     args = parser.parse_args()
-    pending = 128 * MiB
+    pending, cap = 128 * MiB, args.connections + 100
+    worst = 2 * pending + 12 * BODY
+    print(f"GRADBOOK_MAX_PENDING_BYTES {pending // MiB} MiB; the worst case without "
+          f"connections: {worst / MiB:.0f} MiB", flush=True)
     with tempfile.TemporaryDirectory(prefix="gradbook-bench-bounds-") as folder:
-        tmp = Path(folder)
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GRADBOOK_")}
-        env.update(GRADBOOK_STORE=str(tmp / "store"), GRADBOOK_PORT=str(port),
-                   GRADBOOK_KERNELS="1", GRADBOOK_MAX_PENDING_BYTES=str(pending),
-                   GRADBOOK_MAX_CONNECTIONS=str(args.connections + 100))
-        with server("gradbook", [sys.executable, "-m", "service.launch"], env, port, "/readyz",
-                    tmp / "gradbook.log"):
-            pid = listening_pid(port)
-            print(f"gateway pid {pid}, {rss(pid) / MiB:.0f} MiB idle; "
-                  f"GRADBOOK_MAX_PENDING_BYTES {pending // MiB} MiB", flush=True)
+        with gateway(Path(folder) / "1", pending, cap) as (port, pid):
+            idle = rss(pid)
             grown, statuses = queued(port, pid, args.queued)
-            worst = 2 * pending + 10 * BODY
-            admitted = statuses.get(200, 0)
-            print(f"\n1. {args.queued} predicts of 4 MiB behind a training: "
-                  f"{dict(sorted(statuses.items()))}")
-            print(f"   the gateway grew by {grown / MiB:.0f} MiB: "
-                  f"{grown / max(admitted, 1) / MiB:.1f} MiB per admitted request "
-                  f"({grown / max(admitted, 1) / BODY:.2f}x its body; the probe: 38 MiB, 9.5x), "
-                  f"{grown / worst:.2f}x the worst case ({worst / MiB:.0f} MiB)")
+        admitted = statuses.get(200, 0)
+        print(f"\n1. {args.queued} predicts of 4 MiB behind a training (gateway {idle / MiB:.0f} "
+              f"MiB idle): {dict(sorted(statuses.items()))}")
+        print(f"   the gateway grew by {grown / MiB:.0f} MiB: "
+              f"{grown / max(admitted, 1) / MiB:.1f} MiB per admitted request "
+              f"({grown / max(admitted, 1) / BODY:.2f}x its body; the probe: 38 MiB, 9.5x), "
+              f"{grown / worst:.2f}x the worst case", flush=True)
+        with gateway(Path(folder) / "2", pending, cap) as (port, pid):
             grown, status = stalled(port, pid, args.stalled)
-            declared = args.stalled * BODY
-            print(f"\n2. {args.stalled} uploads declaring 4 MiB ({declared / MiB:.0f} MiB), "
-                  f"stalled after 1 MiB: a small predict got {status}")
-            print(f"   the gateway grew by {grown / MiB:.0f} MiB, {grown / worst:.2f}x the "
-                  f"worst case (the probe: 60 of them held 233 MiB)")
+        print(f"\n2. {args.stalled} uploads declaring 4 MiB ({args.stalled * BODY / MiB:.0f} MiB), "
+              f"stalled after 1 MiB: a small predict got {status}")
+        print(f"   the gateway grew by {grown / MiB:.0f} MiB, {grown / worst:.2f}x the "
+              f"worst case (the probe: 60 of them held 233 MiB)", flush=True)
+        with gateway(Path(folder) / "3", pending, cap) as (port, pid):
             grown = connections(port, pid, args.connections)
-            allowance = args.connections * CONNECTION_BYTES
-            print(f"\n3. {args.connections} connections with 15 KiB of request head each: "
-                  f"grew by {grown / MiB:.0f} MiB, {grown / args.connections / 1024:.1f} KiB "
-                  f"each, {grown / allowance:.2f}x the README's 80 KiB per connection")
+        allowance = args.connections * CONNECTION_BYTES
+        print(f"\n3. {args.connections} connections with 15 KiB of request head each: "
+              f"grew by {grown / MiB:.0f} MiB, {grown / args.connections / 1024:.1f} KiB "
+              f"each, {grown / allowance:.2f}x the README's 80 KiB per connection")
 
 
 if __name__ == "__main__":

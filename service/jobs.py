@@ -227,10 +227,11 @@ class JobStore(Jobs):
         text = json.dumps(data)
         with self._locked():
             index = self._index()
-            self.check_room(len(index["queued"]), _data_bytes(index), len(text))
+            size = len(text.encode())
+            self.check_room(len(index["queued"]), _data_bytes(index), size)
             _write_text(self._data(job["id"]), text)
             _write(self._record(job["id"]), job)
-            index["queued"][job["id"]] = len(text)
+            index["queued"][job["id"]] = size
             self._write_index(index)
         return job
 
