@@ -41,7 +41,8 @@ from service.capacity import MAX_HEADER_BYTES
 from service.jobs import JOB_ID, JobStore
 from service.settings import RESPONSE_FLOOR_BYTES
 
-pytestmark = pytest.mark.xdist_group("gateway")
+pytestmark = pytest.mark.xdist_group("gateway")  # the services' tests; the others say their own
+ON_THEIR_OWN = pytest.mark.xdist_group("postgres")  # no gateway: beside the gateway tests
 
 TOKEN = "neighbour-t0ken"
 PYTHON = "/usr/bin/python3"  # the system's: nobody cannot run ours, in a folder of root's
@@ -171,6 +172,7 @@ def psql_as_nobody(server: Any, host: str, role: str, database: str) -> subproce
                      "-U", role, "-d", database, "-c", "SELECT current_user")
 
 
+@ON_THEIR_OWN
 @as_another_user
 def test_no_local_user_can_connect_to_the_clusters_database(postgres: Any) -> None:
     """Probe: ``trust`` on 127.0.0.1 made nobody the superuser (``usesuper = t``), able to null
@@ -188,6 +190,7 @@ def test_no_local_user_can_connect_to_the_clusters_database(postgres: Any) -> No
         f"read {postgres.passfile}": "PermissionError"}
 
 
+@ON_THEIR_OWN
 def test_the_service_role_owns_its_database_and_nothing_more(postgres: Any) -> None:
     """The service connects as a role that is no superuser, creates no roles or databases, runs
     no programs, reaches no other database, and owns only its own databases."""
@@ -209,6 +212,7 @@ def test_the_service_role_owns_its_database_and_nothing_more(postgres: Any) -> N
         psycopg.connect(postgres.url("postgres", "gradbook")).close()
 
 
+@ON_THEIR_OWN
 @as_another_user
 def test_a_cluster_made_with_trust_gets_passwords_at_its_next_start() -> None:
     """A data folder made before passwords (``trust``, no password file) is given passwords the
@@ -548,6 +552,7 @@ def test_a_job_is_checked_like_a_synchronous_run_before_its_202(capped: Service)
         assert reply.status == 400 and "Y must have shape (n, 1)" in message(reply)
 
 
+@ON_THEIR_OWN
 def test_creating_a_job_reads_no_other_record(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Probe: a create re-read every record under the lock (12-24 ms on a fresh store, 110-150 ms
