@@ -4,9 +4,18 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve cluster test lint system-packages notebook docs bench soak mutation clean
+.PHONY: serve cluster test lint system-packages notebook docs bench soak mutation clean distclean
+
+# The Python the project needs; a .venv made by another (or broken) is made again, saying so.
+PYTHON_OK := import sys; sys.exit(sys.version_info < (3, 10))
 
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c '$(PYTHON_OK)' 2>/dev/null || { \
+	  echo "gradbook needs Python 3.10 or newer; '$(PYTHON)' is $$($(PYTHON) --version 2>/dev/null || echo "not found")." \
+	     "Name another: make $(MAKECMDGOALS) PYTHON=python3.11" >&2; exit 1; }
+	@if [ -e $(VENV) ] && ! $(PY) -c '$(PYTHON_OK)' 2>/dev/null; then \
+	  echo "$(VENV) was made by a Python that cannot run gradbook (or is broken): making it again" >&2; \
+	  rm -rf $(VENV); fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
@@ -98,3 +107,7 @@ mutation: $(MUTMUT_STAMP)
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache mutants
+
+# clean, and the virtual environment too (the models in .gradbook stay)
+distclean: clean
+	rm -rf $(VENV)

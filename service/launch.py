@@ -4,7 +4,8 @@ On the first start (no store folder yet, or a database without gradbook's tables
 models are created and trained. Then the
 gateway starts in notebook-http mode through ``service.personality`` with a pool of kernels,
 each seeded with the notebook's non-endpoint cells. All settings come from ``GRADBOOK_*``
-environment variables (``service.settings``). SIGTERM or Ctrl-C stops the gateway and its kernels.
+environment variables (``service.settings``). SIGTERM or Ctrl-C (SIGINT) stops the gateway, its
+kernels and the training worker, and removes the gateway's folder of kernel files.
 
 Before anything starts it refuses what would go wrong later or quietly: a port that is taken,
 and an address reachable from other machines with no token (unless ``GRADBOOK_ALLOW_OPEN=1``).
@@ -152,6 +153,10 @@ def main() -> None:
     os.environ.pop(settings.env("token"), None)
     app = KernelGatewayApp(config=config)
     app.initialize(argv=[])
+    # Ctrl-C stops as SIGTERM does: kernels shut down, the gateway's folder removed. (The
+    # gateway asks first at a terminal, and elsewhere lets KeyboardInterrupt end its loop
+    # before anything is shut down.)
+    signal.signal(signal.SIGINT, app._signal_stop)
     print(
         f"gradbook service listening on http://{app.ip}:{app.port} "
         f"({settings.kernels} kernels, store {store.location}, "
@@ -166,6 +171,7 @@ def main() -> None:
     finally:
         if worker is not None:
             worker.stop()
+    print("gradbook service stopped", flush=True)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ DAMAGED = ("The model's file in the store could not be read (it is damaged); the
 SHARED = {
     "NotModified": (304, "If-None-Match names this response's ETag (or is *): no body."),
     "Unauthorized": (401, "GRADBOOK_TOKEN is set and the request lacks "
-                     "'Authorization: token <value>'."),
+                     "'Authorization: token <value>' (or 'Bearer <value>')."),
     "Forbidden": (403, "The Host header names a host the service does not answer to (it "
                   "answers the loopback names, its own address and GRADBOOK_ALLOWED_HOSTS), or "
                   "a browser sent a request that changes something for a page of another site "
@@ -285,6 +285,9 @@ def shared_responses() -> Schema:
     allow = {"required": True, "schema": {"type": "string"},
              "description": "The methods the path takes, e.g. \"DELETE, GET, PUT\"."}
     responses["MethodNotAllowed"]["headers"] = {"Allow": allow}
+    challenge = {"required": True, "schema": {"type": "string"},
+                 "description": "Bearer realm=\"gradbook\": send the token."}
+    responses["Unauthorized"]["headers"] = {"WWW-Authenticate": challenge}
     return responses
 
 
@@ -609,7 +612,8 @@ def openapi_spec(settings: Settings) -> Schema:
         "gets 503 with Retry-After before its request is read, and is closed.)"
     )
     token = {"type": "apiKey", "in": "header", "name": "Authorization",
-             "description": "'token <value>', when the service runs with GRADBOOK_TOKEN."}
+             "description": "'token <value>' or 'Bearer <value>', when the service runs with "
+             "GRADBOOK_TOKEN."}
     return {
         "openapi": "3.0.3",
         "info": {"title": "gradbook", "version": version("gradbook"), "description": description,

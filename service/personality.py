@@ -86,6 +86,8 @@ NO_CONTENT = (204, 304)  # statuses whose responses carry no body
 KERNEL_HEADER = "X-Gradbook-Kernel"
 DISCARD_LIMIT_BYTES = 1 << 30  # a refused body up to this size is read and dropped, not cut off
 UNMATCHED = "(no endpoint)"  # the metrics label of a path that matches no endpoint
+TOKEN_SCHEMES = ("token", "bearer")  # Authorization: <scheme> <the token>
+CHALLENGE = 'Bearer realm="gradbook"'  # the WWW-Authenticate of a 401
 # The page's policy: its own inline script and style (by hash), requests to this service only,
 # never inside another site's frame.
 PAGE_POLICY = ("default-src 'none'; script-src {script}; style-src {style}; connect-src 'self'; "
@@ -128,12 +130,18 @@ class ServiceHandler:
                                  self.request.request_time())
 
     def token_refusal(self) -> ServiceError | None:
-        """A 401 unless the request carries the gateway's token, if one is set."""
+        """A 401 unless the request carries the gateway's token, if one is set: as
+        ``Authorization: token <value>`` or ``Bearer <value>``, the two forms Jupyter Server
+        takes. Compared in constant time."""
         token = self.settings.get("kg_auth_token")
-        sent = self.request.headers.get("Authorization", "")
-        if token and not hmac.compare_digest(sent.encode(), f"token {token}".encode()):
-            return ServiceError(401, "send the service's token as 'Authorization: token <value>'")
-        return None
+        if not token:
+            return None
+        scheme, _, sent = self.request.headers.get("Authorization", "").strip().partition(" ")
+        if scheme.lower() in TOKEN_SCHEMES and hmac.compare_digest(sent.strip().encode(),
+                                                                   token.encode()):
+            return None
+        return ServiceError(401, "send the service's token as 'Authorization: token <value>' "
+                                 "(or 'Bearer <value>')")
 
     def fail(self, error: ServiceError) -> None:
         self.send_error(error.status, error=error)
@@ -144,6 +152,8 @@ class ServiceHandler:
         self.set_header("Content-Type", "application/json")
         if status_code in RETRY_AFTER:
             self.set_header("Retry-After", str(RETRY_AFTER[status_code]))
+        if status_code == 401:
+            self.set_header("WWW-Authenticate", CHALLENGE)
         if status_code == 405 and getattr(self, "sources", None):  # an endpoint's methods
             self.set_header("Allow", ", ".join(sorted(self.sources)))
         if self.kernel_id is not None:

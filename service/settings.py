@@ -91,7 +91,8 @@ class Settings(FromEnvironment):
         env="GRADBOOK_STORE", fallback=str(DEFAULT_ROOT))
     token = Unicode(
         config=True,
-        help="When set, every endpoint but /healthz requires 'Authorization: token <value>'",
+        help="When set, every endpoint but /, /healthz and /readyz requires "
+        "'Authorization: token <value>' (or 'Bearer <value>')",
     ).tag(env="GRADBOOK_TOKEN", fallback="")
     allow_open = Bool(
         config=True,

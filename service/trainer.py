@@ -208,6 +208,8 @@ def main() -> None:
         jobs.rebuild_index()
     parent = os.getppid()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Ctrl-C at the service's terminal reaches this process too; the launcher stops it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     while os.getppid() == parent:  # the launcher is gone: so is the service
         try:
             # shared records: any worker ends the jobs of a replica that died (lease ran out)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Service, alive, kernel_pids
+from procs import descendants
 
 pytestmark = pytest.mark.xdist_group("gateway")
 
@@ -47,6 +48,18 @@ def test_every_endpoint_but_healthz_needs_the_token(secured, method, path, body)
         reply = secured.request(method, path, body, token=token)
         assert reply.status == 401, reply.body
         assert "Authorization: token" in reply.json()["error"]["message"]
+        assert reply.headers["WWW-Authenticate"] == 'Bearer realm="gradbook"'
+
+
+@pytest.mark.parametrize("scheme", ["token", "Token", "Bearer", "bearer"])
+def test_the_token_is_taken_as_jupyter_takes_it(secured, scheme: str) -> None:
+    """``token <value>`` and ``Bearer <value>``, the forms Jupyter Server accepts."""
+    headers = {"Authorization": f"{scheme} {TOKEN}"}
+    assert secured.request("GET", "/models", headers=headers, token="").status == 200
+    wrong = {"Authorization": f"{scheme} {TOKEN}x"}
+    assert secured.request("GET", "/models", headers=wrong, token="").status == 401
+    other = {"Authorization": f"Basic {TOKEN}"}  # another scheme: not the token
+    assert secured.request("GET", "/models", headers=other, token="").status == 401
 
 
 def test_a_body_without_the_token_gets_401_once_it_is_read(secured) -> None:
@@ -161,3 +174,25 @@ def test_a_request_whose_kernel_dies_gets_503_at_once_and_nothing_is_committed(s
     assert [reply.status for reply in replies] == [200] * 4
     wait_until_healthy(secured)  # both kernels replaced
     assert secured.get("/models/slow").json()["version"] == version
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_signal_stops_everything_cleanly(tmp_path: Path, sig: signal.Signals) -> None:
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) and SIGTERM alike:
+    no traceback, every kernel shut down and said so, the training worker gone, the gateway's
+    folder of batches, results and kernel connection files removed, exit status 0."""
+    service = Service(tmp_path)
+    folders = list(Path("/dev/shm").glob(f"gradbook-results-{service.process.pid}-*"))
+    processes = descendants(service.process.pid)
+    assert len(folders) == 1 and len(processes) >= 3  # two kernels and the worker
+    os.killpg(service.process.pid, sig)
+    assert service.process.wait(timeout=60) == 0
+    log = service.log.read_text()
+    for trouble in ("Traceback", "KeyboardInterrupt", "Exception ignored"):
+        assert trouble not in log, log[-3000:]
+    assert log.count("Kernel shutdown:") == 2 and "gradbook service stopped" in log, log[-3000:]
+    assert not folders[0].exists()
+    deadline = time.monotonic() + 10
+    while (living := [pid for pid in processes if alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not living
