@@ -731,7 +731,7 @@ def test_a_small_request_cannot_buy_a_huge_answer(capped: Service) -> None:
 
 
 # -- 9. the lesser ones ----------------------------------------------------------------------------
-def test_the_token_stays_in_the_gateway(neighbour: Service, tmp_path: Path) -> None:
+def test_the_token_stays_in_the_gateway(neighbour: Service) -> None:
     """Probe: the Authorization header was copied into REQUEST and into the exchange file on
     /dev/shm, where it stayed. Now kernels never see it."""
     for _ in range(5):
@@ -739,6 +739,11 @@ def test_the_token_stays_in_the_gateway(neighbour: Service, tmp_path: Path) -> N
     for path in exchange_folder(neighbour).iterdir():
         if path.is_file():
             assert TOKEN.encode() not in path.read_bytes(), path
+
+
+@ON_THEIR_OWN
+def test_a_cell_never_sees_the_token(tmp_path: Path) -> None:
+    """What a notebook cell gets in REQUEST: the client's headers, but not the gateway's token."""
     from test_personality import serve_notebook  # a notebook that shows what a cell gets
 
     cells = ["import json", '# GET /headers\nprint(json.dumps(json.loads(REQUEST)["headers"]))']

@@ -176,6 +176,7 @@ def test_a_request_whose_kernel_dies_gets_503_at_once_and_nothing_is_committed(s
     assert secured.get("/models/slow").json()["version"] == version
 
 
+@pytest.mark.xdist_group("stops")  # services of their own: beside the gateway tests
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_stop_signal_stops_everything_cleanly(tmp_path: Path, sig: signal.Signals) -> None:
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) and SIGTERM alike:
