@@ -1,5 +1,5 @@
 """What the gateway's memory bounds hold to, measured: queued large requests, stalled uploads and
-many connections, each against the body size and the worst case the README states.
+many connections, each against the body size and the worst case docs/security.md states.
 
 A fresh gradbook service for each load (``python -m service.launch`` with one kernel and
 ``GRADBOOK_MAX_PENDING_BYTES``, 128 MiB by default, over a fresh store: memory a process once
@@ -14,9 +14,10 @@ took is not given back, so one load would hide the next). Its gateway process's 
    is sent: 503 while the declared bytes fill the bound;
 3. **connections**: ``--connections`` connections each send 15 KiB of a request head and stop.
 
-It prints each growth, per request or connection, and as a share of the README's worst case
-(``service.capacity``: twice the pending bytes, 80 KiB per connection, twelve times the body
-being decoded). Nothing is asserted; ``tests/test_neighbours.py`` checks the bounds.
+It prints each growth, per request or connection, and as a share of the worst case that
+docs/security.md states (``service.capacity``: twice the pending bytes, 80 KiB per
+connection, twelve times the body being decoded). Nothing is asserted;
+``tests/test_neighbours.py`` checks the bounds.
 
     .venv/bin/python bench/bench_bounds.py [--queued 40] [--stalled 60] [--connections 4000]
 """
@@ -40,7 +41,7 @@ from bench_gateway import free_port, request, server
 from procs import listening_pid
 
 MiB = 2**20
-CONNECTION_BYTES = 80 * 1024  # the README's allowance per connection
+CONNECTION_BYTES = 80 * 1024  # docs/security.md's allowance per connection
 BODY = 4 * MiB
 
 
@@ -172,7 +173,7 @@ def main() -> None:
         allowance = args.connections * CONNECTION_BYTES
         print(f"\n3. {args.connections} connections with 15 KiB of request head each: "
               f"grew by {grown / MiB:.0f} MiB, {grown / args.connections / 1024:.1f} KiB "
-              f"each, {grown / allowance:.2f}x the README's 80 KiB per connection")
+              f"each, {grown / allowance:.2f}x the stated 80 KiB per connection")
 
 
 if __name__ == "__main__":

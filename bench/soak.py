@@ -66,7 +66,7 @@ both lives of the service); no process of the killed service outlived it by more
 ``ORPHAN_SECONDS`` (one could hold a lock, or commit after the restart); and the kernels'
 memory stayed bounded: no kernel's resident memory, sampled every half second, rose more than
 ``--memory-allowance`` (24 MiB) above the largest warmed-up kernel's at the start. The bound: a
-kernel keeps nothing of the requests it served (README), only its model cache, at most
+kernel keeps nothing of the requests it served (docs/engine.md), only its model cache, at most
 ``GRADBOOK_MODEL_CACHE`` (16) models; a model here is tiny, but its metadata holds up to 10 000
 loss-curve points and 100 run summaries, about 0.4 MB once loaded and 3 MB while loading, so
 the cache legitimately adds up to about 10 MiB (measured: +8 to +10 MiB in a 60-second run);

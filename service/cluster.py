@@ -71,6 +71,9 @@ DEFAULT_PG_PORT = 55432
 START_TIMEOUT = 300.0  # a replica's first start creates and trains the default models
 CHECK_INTERVAL_MS = 500
 RESTART_SECONDS = 5.0  # between two starts of one replica, or of PostgreSQL
+# The cluster's own settings, beside every GRADBOOK_* setting of a replica (service.settings)
+REPLICAS, PG_PORT, CLUSTER_DIR = "GRADBOOK_REPLICAS", "GRADBOOK_PG_PORT", "GRADBOOK_CLUSTER_DIR"
+CLUSTER_VARIABLES = (REPLICAS, PG_PORT, CLUSTER_DIR)
 
 # HAProxy's own answers, as the service words its errors
 HAPROXY_ERRORS = {
@@ -371,10 +374,10 @@ def main() -> int:
     try:
         settings = Settings()
         host, port = settings.host, settings.port
-        replicas_wanted = _int_env("GRADBOOK_REPLICAS", 2)
-        pg_port = _int_env("GRADBOOK_PG_PORT", DEFAULT_PG_PORT)
+        replicas_wanted = _int_env(REPLICAS, 2)
+        pg_port = _int_env(PG_PORT, DEFAULT_PG_PORT)
         if replicas_wanted < 1:
-            raise ClusterError("GRADBOOK_REPLICAS must be at least 1")
+            raise ClusterError(f"{REPLICAS} must be at least 1")
         if port + replicas_wanted > 65535:
             raise ClusterError(f"GRADBOOK_PORT {port} + {replicas_wanted} replicas exceeds 65535")
         store = os.environ.get("GRADBOOK_STORE", "")
@@ -393,7 +396,7 @@ def main() -> int:
         return 1
 
     os.umask(0o077)
-    state = Path(os.environ.get("GRADBOOK_CLUSTER_DIR") or STATE)
+    state = Path(os.environ.get(CLUSTER_DIR) or STATE)
     state.mkdir(parents=True, exist_ok=True)
     if own_postgres and os.geteuid() == 0:  # PostgreSQL runs as its own OS user, which must
         state.chmod(0o711)  # pass through to its data folder

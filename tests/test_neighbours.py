@@ -353,8 +353,8 @@ def rss(pid: int) -> int:
 
 
 def worst_case(pending: int, connections: int, max_body: int) -> int:
-    """The README's bound on what the gateway holds above its idle size: the pending bytes
-    (a request as text beside its body for a moment: twice), a request head and a read
+    """The bound docs/security.md states on what the gateway holds above its idle size: the
+    pending bytes (a request as text beside its body for a moment: twice), a request head and a read
     buffer per connection, and one body being decoded (about ten times its size)."""
     return 2 * pending + connections * (MAX_HEADER_BYTES + 64 * 1024) + 12 * max_body
 

@@ -1,4 +1,5 @@
-"""README claims about the service that no other test checked, each against the real service.
+"""Claims the documentation makes about the service that no other test checked, each against
+the real service.
 
 The destructive ones (a stopped kernel, a missing store) and the non-default settings share one
 service of their own, ``configured``; its kernels write IPython's history into a folder of the

@@ -5,7 +5,7 @@ the tests run against it). This reads those files (run it from the project root)
 module and per group (``gradbook/``; ``service/inputs.py`` + ``service/errors.py``), how many
 mutants there were and how many the fast tests killed, with mutmut's score: killed or timed out
 over all. The rest survived: a test is missing, or the mutant behaves as the original does (an
-*equivalent* mutant: README.md, "Mutation testing", lists those judged so).
+*equivalent* mutant: docs/tests.md, "Mutation testing", lists those judged so).
 
     python tests/mutation/summary.py [--survivors]
 
