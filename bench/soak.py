@@ -837,6 +837,9 @@ def check_versions(run: Run, answered: list[Outcome], finals: dict[str, int | No
             committed.setdefault(job["model"], []).append((job["version"], f"job {job['id']}"))
     uncertain = Counter(o.model for o in run.outcomes if unknown(o)
                         and (o.op in CHANGES or o.op == "job"))
+    # a create whose outcome is unknown may have skipped versions too (it starts above every
+    # deleted model's): it explains a whole run of consecutive missing versions
+    uncertain_creates = Counter(o.model for o in run.outcomes if unknown(o) and o.op == "create")
     gaps = 0
     for name, known in finals.items():
         first = run.initial.get(name, 0) + 1  # the first version committed during the run
@@ -856,7 +859,7 @@ def check_versions(run: Run, answered: list[Outcome], finals: dict[str, int | No
             report.fail(f"{name}: changes answered versions {outside}, outside {first}..{final}")
         missing = sorted(set(range(first, final + 1)) - set(seen) - skipped)
         gaps += len(missing)
-        if len(missing) > uncertain[name]:
+        if unexplained(missing, uncertain_creates[name], uncertain[name]):
             suspects = [suspect for version in missing for suspect in committed_by(
                 run, sorted(changes.get(name, []), key=lambda o: o.version or 0), version)]
             failed_jobs = [job["id"] for job in jobs if job["model"] == name
@@ -871,6 +874,21 @@ def check_versions(run: Run, answered: list[Outcome], finals: dict[str, int | No
     during = total + gaps
     return (f"{during} committed during the run over {len(finals)} models, {total} of them "
             f"answered, {gaps} by changes whose answers the crash cut")
+
+
+def unexplained(missing: list[int], creates: int, changes: int) -> bool:
+    """Whether changes of unknown outcome cannot account for the ``missing`` versions: each of
+    the ``creates`` among the ``changes`` for a run of consecutive versions (the ones it skipped
+    and its own), each other change for one version."""
+    runs: list[int] = []
+    for i, version in enumerate(missing):
+        if i and version == missing[i - 1] + 1:
+            runs[-1] += 1
+        else:
+            runs.append(1)
+    runs.sort(reverse=True)
+    covered = runs[:creates]
+    return sum(runs) - sum(covered) > changes - len(covered)
 
 
 def committed_by(run: Run, changes: list[Outcome], version: int) -> list[str]:
