@@ -10,6 +10,7 @@ body must match the documented schema.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -103,9 +104,9 @@ class Service:
         while self.process.poll() is None and time.monotonic() < deadline:
             try:
                 reply = self.request("GET", "/readyz", timeout=5, check=False)
-            except OSError:
-                time.sleep(0.2)
-                continue
+            except (OSError, http.client.HTTPException):  # not up yet, or not ours: a program
+                time.sleep(0.2)  # that took the free port first (a notebook's kernel) speaks
+                continue  # no HTTP, and the launcher stops on the busy port: a retry follows
             if reply.status == 200:
                 self._check_health(reply)
                 return True

@@ -19,6 +19,7 @@ database, then replica B) come last.
 
 from __future__ import annotations
 
+import http.client
 import http.server
 import itertools
 import json
@@ -562,5 +563,5 @@ def test_make_cluster_serves_restarts_a_dead_replica_and_stops_on_ctrl_c(
 def http_status(port: int, path: str) -> int | None:
     try:
         return http_request(port, "GET", path, None, {}, 5).status
-    except OSError:
+    except (OSError, http.client.HTTPException):  # not up, or another program on the port
         return None

@@ -9,6 +9,7 @@ its kernel exactly one execution (stock notebook-http uses two or three).
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -132,7 +133,7 @@ def serve_notebook(
 def _answers(port: int, path: str, headers: dict[str, str]) -> bool:
     try:
         return http_request(port, "GET", path, None, headers, 10).status == 200
-    except OSError:
+    except (OSError, http.client.HTTPException):  # not up, or another program on the port
         return False
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import http.client
 import json
 import os
 import signal
@@ -376,7 +377,7 @@ def launch_tight(workdir: Path) -> tuple[subprocess.Popen, int] | None:
             if http_request(port, "GET", "/readyz", None, {}, timeout=30).status == 200:
                 return process, port
             time.sleep(0.2)
-        except OSError:
+        except (OSError, http.client.HTTPException):  # not up, or another program on the port
             time.sleep(0.2)
     if process.poll() is None:
         stop(process)
