@@ -21,14 +21,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# ARGS: flags of `gradbook serve` (or `cluster`), e.g. make serve ARGS="--port 9000 --kernels 4"
+ARGS ?=
+
 serve: $(STAMP)
-	$(PY) -m service.launch
+	$(VENV)/bin/gradbook serve $(ARGS)
 
 # Several replicas behind HAProxy over one PostgreSQL store (service/cluster.py says how):
 # GRADBOOK_REPLICAS (2), GRADBOOK_PORT (8888: the balancer; replicas on the next ports),
 # GRADBOOK_PG_PORT (55432), and every other GRADBOOK_* setting, passed to each replica.
 cluster: $(STAMP) system-packages
-	$(PY) -m service.cluster
+	$(VENV)/bin/gradbook cluster $(ARGS)
 
 # Debian packages the tests and `make cluster` need (chromium, chromium-driver, postgresql,
 # haproxy): installed when missing and we are root, else named; silent when none is missing.

@@ -22,7 +22,7 @@ than the tersest JSON body under ``max_body_bytes`` can carry (``[0,1]`` rows, l
 
 All use biases (more work per step than without) and synthetic data from a fixed-seed numpy
 generator: inputs in [0, 1), targets in [0, 1] for half_sse, class labels for cross_entropy.
-Each request runs as the service runs it, ``service.training.train`` (``MLP.fit``, then the
+Each request runs as the service runs it, ``gradbook_service.training.train`` (``MLP.fit``, then the
 evaluation), in this process with plain numpy and its default BLAS threads. Any ``OPENBLAS_*``
 variables set on the machine are left as they are (tests and CI run under them too); the run
 prints them with the BLAS threads in use.
@@ -62,12 +62,12 @@ from itertools import pairwise
 from typing import Any
 
 import numpy as np
+from gradbook_service import limits
+from gradbook_service.settings import MAX_ELEMENTS, MAX_LAYERS, MAX_PARAMETERS, Settings
+from gradbook_service.training import TrainingData, train
 from threadpoolctl import threadpool_info
 
 from gradbook.network import MLP
-from service import limits
-from service.settings import MAX_ELEMENTS, MAX_LAYERS, MAX_PARAMETERS, Settings
-from service.training import TrainingData, train
 
 FILL = 0.99  # each shape is scaled until its estimate is this fraction of the budget
 SHORT_SECONDS = 1.0  # estimated seconds of each short run

@@ -5,7 +5,7 @@ benchmark says what that costs, by loading three servers of the same endpoint, s
 side on free loopback ports over one temporary model store (filled with the default models
 ``xor`` and ``digits`` by gradbook's first start), each with two workers:
 
-* **gradbook**, started as ``make serve`` starts it (``python -m service.launch``, 2 kernels);
+* **gradbook**, started as ``make serve`` starts it (``gradbook serve``, 2 kernels);
 * **stock KG**: the unmodified Kernel Gateway 3.0.1 in notebook-http mode with a pool of 2
   kernels, serving ``bench/stock_predict.ipynb``, whose predict cell runs the same
   ``ModelAPI.predict`` through ``respond``: what gradbook's personality costs or saves;
@@ -51,12 +51,12 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
+from gradbook_service.training import create_default_models
 from jupyter_client import KernelManager
 from procs import alive, descendants
 
 from gradbook.datasets import load
 from gradbook.store import ModelStore
-from service.training import create_default_models
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
@@ -151,7 +151,7 @@ def start(name: str, tmp: Path) -> AbstractContextManager[int]:
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))
     if name == "gradbook":
         env.update(GRADBOOK_PORT=str(port), GRADBOOK_KERNELS="2")
-        command, ready = [sys.executable, "-m", "service.launch"], "/readyz"
+        command, ready = [sys.executable, "-m", "gradbook_service.launch"], "/readyz"
     elif name == "stock":
         command = [sys.executable, "-m", "kernel_gateway",
                    "--KernelGatewayApp.api=kernel_gateway.notebook_http",

@@ -1,6 +1,6 @@
 """Latency and throughput of ``POST /models/xor/predict``, as ratios to baselines of the same run.
 
-Starts the service the way ``make serve`` does (``python -m service.launch``) on a free loopback
+Starts the service the way ``make serve`` does (``gradbook serve``) on a free loopback
 port with a temporary store and 2 kernels, then times a bounded number of requests:
 
 * the same endpoint called in-process (``serve(api.predict, REQUEST)``: JSON, store, forward
@@ -44,7 +44,7 @@ def start(workdir: Path) -> tuple[subprocess.Popen, int]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRADBOOK_")}
     env.update(GRADBOOK_PORT=str(port), GRADBOOK_STORE=str(workdir / "store"),
                GRADBOOK_KERNELS="2", JUPYTER_RUNTIME_DIR=str(workdir / "runtime"))
-    process = subprocess.Popen([sys.executable, "-m", "service.launch"], cwd=ROOT, env=env,
+    process = subprocess.Popen([sys.executable, "-m", "gradbook_service.launch"], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     deadline = time.monotonic() + 120
@@ -82,10 +82,11 @@ def timings(call: Callable[[], object], n: int) -> list[float]:
 
 def in_process(store: Path) -> tuple[list[float], list[float]]:
     """The predict endpoint and the forward pass alone, in this process."""
+    from gradbook_service.api import ModelAPI
+    from gradbook_service.http import serve
+    from gradbook_service.settings import Settings
+
     from gradbook.store import ModelStore
-    from service.api import ModelAPI
-    from service.http import serve
-    from service.settings import Settings
 
     api = ModelAPI(ModelStore(store), Settings())
     REQUEST = json.dumps({"body": {"x": [1, 0, 1]}, "path": {"name": "xor"},

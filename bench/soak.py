@@ -1,7 +1,7 @@
 """Soak and fault test: many clients change and use models while kernels and the whole service
 are killed under them; afterwards, nothing may be lost, damaged, stuck or out of order.
 
-One gradbook service (``python -m service.launch``, as ``make serve`` runs it, on a free loopback
+One gradbook service (``gradbook serve``, as ``make serve`` runs it, on a free loopback
 port over a fresh store, no token) is loaded by ``--clients`` threads for ``--seconds``, each
 sending one request after another over ``http.client`` (a new connection each): predictions,
 reads of a model, creates, synchronous trains, training jobs (submitted, polled, cancelled),
@@ -189,7 +189,8 @@ def free_port() -> int:
 
 def exchange_folder(kernels: list[int]) -> Path | None:
     """The folder where the gateway passes batches to ``kernels`` and they journal results
-    (``service.engine``: ``gradbook-results-*`` on /dev/shm, files named by kernel id), found by
+    (``gradbook_service.engine``: ``gradbook-results-*`` on /dev/shm, files named by kernel id),
+    found by
     the kernel ids in their command lines; None if none is found."""
     ids = [match.group(1).decode() for pid in kernels
            if (match := re.search(rb"kernel-([0-9a-f-]+)\.json", cmdline(pid)))]
@@ -223,7 +224,7 @@ def http_call(port: int, method: str, path: str, body: Any = None, timeout: floa
 
 
 class Service:
-    """The service under test: ``python -m service.launch`` in a session of its own (so that
+    """The service under test: ``gradbook serve`` in a session of its own (so that
     its process group is the launcher and the training worker), on ``port`` over ``store``."""
 
     def __init__(self, workdir: Path, config: Config) -> None:
@@ -264,7 +265,7 @@ class Service:
         self.log = self.workdir / f"service-{self.lives}.log"
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "service.launch"], cwd=ROOT, env=env, stdout=log,
+                [sys.executable, "-m", "gradbook_service.launch"], cwd=ROOT, env=env, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True)
         deadline = began + START_SECONDS
         while self.process.poll() is None and time.monotonic() < deadline:

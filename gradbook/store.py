@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from gradbook.pgstore import PostgresStore
 
 DELETED_VERSION = ".deleted-version"
-DEFAULT_ROOT = Path(__file__).resolve().parents[1] / ".gradbook" / "models"
+DEFAULT_ROOT = Path(".gradbook") / "models"  # in the folder the service is started from
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 PRIVATE = 0o700  # a folder of the store: its owner alone may enter it
 LOCK_POLL_SECONDS = 0.01

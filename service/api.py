@@ -12,18 +12,18 @@ from itertools import pairwise
 from typing import Any
 
 import numpy as np
+from gradbook_service import inputs, limits, training
+from gradbook_service.errors import ServiceError
+from gradbook_service.http import Request, Response, binary_response, json_response
+from gradbook_service.jobs import open_jobs
+from gradbook_service.openapi import openapi_spec
+from gradbook_service.plots import loss_curve_png
+from gradbook_service.settings import MAX_LAYERS, MAX_PARAMETERS, Settings
 
 from gradbook.datasets import DATASETS
 from gradbook.network import MLP, Callback
 from gradbook.store import ModelNotFoundError, Store, StoreError, check_name
 from gradbook.validation import brief
-from service import inputs, limits, training
-from service.errors import ServiceError
-from service.http import Request, Response, binary_response, json_response
-from service.jobs import open_jobs
-from service.openapi import openapi_spec
-from service.plots import loss_curve_png
-from service.settings import MAX_LAYERS, MAX_PARAMETERS, Settings
 
 HYPERPARAMETERS = tuple(training.DEFAULT_HYPERPARAMETERS)  # lr, epochs, batch_size
 

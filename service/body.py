@@ -23,11 +23,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from gradbook_service.errors import ServiceError
+from gradbook_service.http import is_json
+from gradbook_service.settings import MAX_JSON_DEPTH
 from kernel_gateway.notebook_http.request_utils import parse_args
-
-from service.errors import ServiceError
-from service.http import is_json
-from service.settings import MAX_JSON_DEPTH
 
 FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
 UTF8 = ("utf-8", "utf8")

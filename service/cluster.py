@@ -1,12 +1,12 @@
-"""``python -m service.cluster`` (``make cluster``): several replicas behind HAProxy, one store.
+"""``gradbook cluster`` (``make cluster``): several replicas behind HAProxy, one store.
 
 What it runs, in this order (and stops in the reverse one):
 
-1. PostgreSQL (``service.postgres.PostgresServer`` in ``.gradbook/postgres``, or in
+1. PostgreSQL (``gradbook_service.postgres.PostgresServer`` in ``.gradbook/postgres``, or in
    ``postgres`` under ``GRADBOOK_CLUSTER_DIR`` if that is set, as are the logs; port
    ``GRADBOOK_PG_PORT``, default 55432), unless ``GRADBOOK_STORE`` already is a
    ``postgresql://`` URL, which is then used as it is;
-2. ``GRADBOOK_REPLICAS`` (default 2) replicas, each ``python -m service.launch`` on 127.0.0.1,
+2. ``GRADBOOK_REPLICAS`` (default 2) replicas, each ``gradbook serve`` on 127.0.0.1,
    port ``GRADBOOK_PORT + i`` (i = 1 … N), with every other ``GRADBOOK_*`` setting of this
    environment (token, kernels, limits, ``GRADBOOK_TRAINING_WORKER`` …). The first is started
    alone and the others once it is ready: it creates the store's schema and default models;
@@ -62,11 +62,12 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType, TracebackType
 
-from gradbook.store import private_folder
-from service.processes import stop_process
+from gradbook_service.processes import stop_process
+from gradbook_service.settings import SettingError
 
-ROOT = Path(__file__).resolve().parents[1]
-STATE = ROOT / ".gradbook"  # GRADBOOK_CLUSTER_DIR, if set, instead
+from gradbook.store import private_folder
+
+STATE = Path(".gradbook")  # in the folder it is started from; GRADBOOK_CLUSTER_DIR, if set, instead
 DEFAULT_PG_PORT = 55432
 START_TIMEOUT = 300.0  # a replica's first start creates and trains the default models
 CHECK_INTERVAL_MS = 500
@@ -295,7 +296,7 @@ class Balancer:
 
 
 class Replica:
-    """One ``python -m service.launch`` of the cluster, in a process group of its own."""
+    """One ``python -m gradbook_service.launch`` of the cluster, in a process group of its own."""
 
     def __init__(self, index: int, port: int, env: dict[str, str], log: Path) -> None:
         self.index, self.port, self.log = index, port, log
@@ -307,7 +308,7 @@ class Replica:
     def start(self) -> None:
         with open(self.log, "ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "service.launch"], cwd=ROOT, env=self.env, stdout=out,
+                [sys.executable, "-m", "gradbook_service.launch"], env=self.env, stdout=out,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         self.started = time.monotonic()
 
@@ -349,19 +350,29 @@ class Replica:
         self.process.wait()
 
 
-def _int_env(name: str, default: int) -> int:
+def int_setting(name: str, default: int, low: int, high: int | None = None) -> int:
+    """The integer of variable ``name`` (``default`` when unset), or a ``SettingError``."""
     value = os.environ.get(name, "")
+    allowed = f"an integer from {low} to {high}" if high else f"an integer of at least {low}"
     try:
-        return int(value) if value else default
+        number = int(value) if value.strip() else default
     except ValueError:
-        raise ClusterError(f"{name} must be an integer; got {value!r}") from None
+        number = None
+    if number is None or number < low or (high is not None and number > high):
+        raise SettingError(name.removeprefix("GRADBOOK_").lower(), name, value, allowed)
+    return number
+
+
+def cluster_settings() -> tuple[int, int]:
+    """The cluster's own settings: replicas and PostgreSQL's port."""
+    return int_setting(REPLICAS, 2, 1), int_setting(PG_PORT, DEFAULT_PG_PORT, 1, 65535)
 
 
 def main() -> int:
-    from service.launch import refusal  # the same rules as a single service's
-    from service.origins import is_loopback
-    from service.postgres import PostgresError, PostgresServer, find_binaries
-    from service.settings import Settings
+    from gradbook_service.launch import USAGE_ERROR, port_problem, refusal  # a service's rules
+    from gradbook_service.origins import is_loopback
+    from gradbook_service.postgres import PostgresError, PostgresServer, find_binaries
+    from gradbook_service.settings import Settings
 
     stopping: list[int] = []
 
@@ -371,13 +382,11 @@ def main() -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
 
-    try:
+    try:  # what would stop the cluster later is one line now
         settings = Settings()
+        settings.check()
         host, port = settings.host, settings.port
-        replicas_wanted = _int_env(REPLICAS, 2)
-        pg_port = _int_env(PG_PORT, DEFAULT_PG_PORT)
-        if replicas_wanted < 1:
-            raise ClusterError(f"{REPLICAS} must be at least 1")
+        replicas_wanted, pg_port = cluster_settings()
         if port + replicas_wanted > 65535:
             raise ClusterError(f"GRADBOOK_PORT {port} + {replicas_wanted} replicas exceeds 65535")
         store = os.environ.get("GRADBOOK_STORE", "")
@@ -391,9 +400,12 @@ def main() -> int:
             probe = Settings(host="127.0.0.1", port=port + i, token="x")
             if (reason := refusal(probe)) is not None:
                 raise ClusterError(f"replica {i}: {reason}")
-    except (ClusterError, PostgresError, ValueError) as err:
+        if own_postgres and (reason := port_problem(
+                "127.0.0.1", pg_port, f"--pg-port or {PG_PORT}")) is not None:
+            raise ClusterError(f"PostgreSQL: {reason}")
+    except (ClusterError, PostgresError, SettingError) as err:
         print(f"gradbook cluster: {err}", file=sys.stderr)
-        return 1
+        return USAGE_ERROR
 
     os.umask(0o077)
     state = Path(os.environ.get(CLUSTER_DIR) or STATE)

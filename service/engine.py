@@ -5,7 +5,7 @@ Stock notebook-http lends a kernel to one request at a time and runs two or thre
 it (assign ``REQUEST``, run the cell, run the ``ResponseInfo`` cell), each a full kernel round
 trip. Here every request joins one FIFO queue. Whenever a kernel is free and requests wait, the
 kernel takes all of them (up to ``max_batch``) and runs them in a single execution through
-``service.runner``, which publishes each request's result as soon as it is known. So:
+``gradbook_service.runner``, which publishes each request's result as soon as it is known. So:
 
 * a lone request runs at once, in one round trip: there is no batching window to wait for;
 * under load, a batch holds whatever queued while the kernel was busy: its size follows the
@@ -31,13 +31,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from gradbook_service import runner
+from gradbook_service.errors import ServiceError
 from jupyter_client.session import Session
 from jupyter_core.utils import ensure_async
 from kernel_gateway.services.kernels.pool import KernelPool, ManagedKernelPool
 from tornado.log import app_log
-
-from service import runner
-from service.errors import ServiceError
 
 KERNEL_CHECK_SECONDS = 1.0  # how often a kernel's loop checks that its kernel is still alive
 INTERRUPT_GRACE_SECONDS = 5.0  # a kernel interrupted for a deadline that runs on is replaced
@@ -326,7 +325,8 @@ class BatchingKernelPool(ManagedKernelPool):
         for ``INTERRUPT_GRACE_SECONDS`` after it was interrupted for a request's deadline.
 
         A request running ``request_timeout`` seconds gets 504 and the kernel an interrupt: a
-        ``KeyboardInterrupt`` in the cell, which ends the batch (``service.runner``) and leaves
+        ``KeyboardInterrupt`` in the cell, which ends the batch
+        (``gradbook_service.runner``) and leaves
         the kernel's namespace as it was."""
         loop = asyncio.get_running_loop()
         while not execution.answered.done():
@@ -359,7 +359,8 @@ class BatchingKernelPool(ManagedKernelPool):
         """Swap the kernel ``kernel_id``, which stopped, for a new kernel seeded like the
         others; the new kernel's id.
 
-        Kernels are never restarted in place (see ``service.launch``): a restarted kernel would
+        Kernels are never restarted in place (see ``gradbook_service.launch``): a restarted kernel
+        would
         come back without the notebook's seed cells. The old kernel is let go only once the new
         one serves, so a failed start leaves things as they were, to try again next batch.
         """
@@ -440,7 +441,7 @@ class BatchingKernelPool(ManagedKernelPool):
             app_log.error("no IOPub message from kernel %s; using it anyway", kernel_id)
 
     async def _install_runner(self, kernel_id: str) -> None:
-        """Send ``service.runner`` and the notebook's endpoints to the kernel."""
+        """Send ``gradbook_service.runner`` and the notebook's endpoints to the kernel."""
         source = Path(runner.__file__).read_text(encoding="utf-8")
         code = INSTALL.format(name=RUNNER_MODULE, filename=runner.__file__, source=source,
                               endpoints=self.endpoints, inbox=str(self.inbox(kernel_id)),

@@ -10,6 +10,9 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
+from gradbook_service.jobs import JobNotFoundError, JobQueueFullError
+from gradbook_service.training import DivergedError
+
 from gradbook.store import (
     ModelBusyError,
     ModelExistsError,
@@ -18,8 +21,6 @@ from gradbook.store import (
     StoreFullError,
     StoreUnavailableError,
 )
-from service.jobs import JobNotFoundError, JobQueueFullError
-from service.training import DivergedError
 
 MAX_MESSAGE_CHARS = 500  # messages quote client input briefly (``brief``); this is the backstop
 

@@ -16,9 +16,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gradbook_service.errors import ServiceError, error_body, to_http
+from gradbook_service.jobs import QUEUE_RETRY_SECONDS
+
 from gradbook.validation import brief
-from service.errors import ServiceError, error_body, to_http
-from service.jobs import QUEUE_RETRY_SECONDS
 
 JSON = "application/json"
 RETRY_AFTER = {429: QUEUE_RETRY_SECONDS, 503: 1}  # seconds a client should wait, by status
@@ -45,7 +46,8 @@ class Request:
     def json(self) -> Any:
         """The body as the JSON value the client sent, ``None`` when there is none.
 
-        The gateway personality has already decoded a JSON body (``service.body``), checked and
+        The gateway personality has already decoded a JSON body
+        (``gradbook_service.body``), checked and
         bounded; any other media type (a form, which is curl's default, or text) is refused with
         415 rather than guessed at, an empty one too: an empty form is what a web page's form
         sends across sites. A JSON string stays a string: it is not decoded twice.

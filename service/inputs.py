@@ -16,9 +16,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+from gradbook_service.settings import MAX_NUMBER_CHARS
 
 from gradbook.validation import as_matrix, brief, positive_float, positive_int
-from service.settings import MAX_NUMBER_CHARS
 
 NUMBER_CHARS = frozenset("0123456789+-.eE")  # with them int/float spell only decimal numbers
 NUMBER_TYPES = frozenset({int, float})  # exact types: a bool (an int subclass) is not a number

@@ -1,11 +1,13 @@
-"""``python -m service.launch`` (``make serve``): serve ``notebooks/api.ipynb`` with the gateway.
+"""``gradbook serve`` (``make serve``, ``gradbook_service.cli``): serve ``notebooks/api.ipynb``
+with the gateway.
 
 On the first start (no store folder yet, or a database without gradbook's tables) the default
-models are created and trained. Then the
-gateway starts in notebook-http mode through ``service.personality`` with a pool of kernels,
-each seeded with the notebook's non-endpoint cells. All settings come from ``GRADBOOK_*``
-environment variables (``service.settings``). SIGTERM or Ctrl-C (SIGINT) stops the gateway, its
-kernels and the training worker, and removes the gateway's folder of kernel files.
+models are created and trained. Then the gateway starts in notebook-http mode through
+``gradbook_service.personality`` with a pool of kernels, each seeded with the notebook's
+non-endpoint cells. All settings come from ``GRADBOOK_*`` environment variables
+(``gradbook_service.settings``), which the command's flags set. SIGTERM or Ctrl-C (SIGINT)
+stops the gateway, its kernels and the training worker, and removes the gateway's folder of
+kernel files.
 
 Before anything starts it refuses what would go wrong later or quietly: a port that is taken,
 and an address reachable from other machines with no token (unless ``GRADBOOK_ALLOW_OPEN=1``).
@@ -26,28 +28,30 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gradbook_service import trainer
+from gradbook_service.jobs import open_jobs
+from gradbook_service.origins import is_loopback
+from gradbook_service.processes import stop_process
+from gradbook_service.settings import SettingError, Settings
+from gradbook_service.training import create_default_models
 from kernel_gateway.gatewayapp import KernelGatewayApp
 from tornado.ioloop import PeriodicCallback
 from tornado.log import app_log
 from traitlets.config import Config
 
 from gradbook.store import ModelStore, StoreError, open_store
-from service import trainer
-from service.jobs import open_jobs
-from service.origins import is_loopback
-from service.processes import stop_process
-from service.settings import Settings
-from service.training import create_default_models
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "api.ipynb"
-PAGE = "service.playground:page"  # the page the gateway serves at GET /
+# notebooks/api.ipynb, shipped inside the package (a link to it in a clone)
+NOTEBOOK = (Path(__file__).parent / "notebooks" / "api.ipynb").resolve()
+PAGE = "gradbook_service.playground:page"  # the page the gateway serves at GET /
+USAGE_ERROR = 2  # a setting the service cannot start with, as a bad command line
 PRIVATE_UMASK = 0o077  # files and folders the service makes: its user's alone
 
 
 def gateway_config(settings: Settings) -> Config:
     config = Config()
     app = config.KernelGatewayApp
-    app.api = "service.personality"
+    app.api = "gradbook_service.personality"
     app.seed_uri = str(NOTEBOOK)
     app.ip, app.port, app.port_retries = settings.host, settings.port, 0  # a busy port is an error
     app.prespawn_count = settings.kernels
@@ -65,25 +69,29 @@ def refusal(settings: Settings) -> str | None:
     if not (settings.token or settings.allow_open or is_loopback(settings.host)):
         return (
             f"refusing to listen on {settings.host} without a token: anyone who reaches it could "
-            f"change and delete models. Set {settings.env('token')}, or "
-            f"{settings.env('allow_open')}=1 to serve without one."
+            f"change and delete models. Set a token (--token-file, or {settings.env('token')}), or "
+            f"--allow-open ({settings.env('allow_open')}=1) to serve without one."
         )
+    return port_problem(settings.host, settings.port, f"--port or {settings.env('port')}")
+
+
+def port_problem(host: str, port: int, setting: str) -> str | None:
+    """Why nothing can listen on ``host:port`` (``setting`` chooses it), or ``None``."""
     try:
-        with socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET) as probe:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as tornado binds
-            probe.bind((settings.host, settings.port))
+            probe.bind((host, port))
     except OSError as err:
         if err.errno == errno.EADDRINUSE:
-            return (
-                f"port {settings.port} on {settings.host} is already in use (another gradbook "
-                f"service?); stop that program or choose another port with {settings.env('port')}"
-            )
-        return f"cannot listen on {settings.host}:{settings.port}: {err.strerror}"
+            return (f"port {port} on {host} is already in use (another gradbook service?); "
+                    f"stop that program or choose another port with {setting}")
+        return f"cannot listen on {host}:{port}: {err.strerror}"
     return None
 
 
 class TrainingWorker:
-    """The training worker (``service.trainer``) as the launcher runs it: started beside the
+    """The training worker (``gradbook_service.trainer``) as the launcher runs it: started beside
+    the
     gateway, started again if it stops, stopped with the service."""
 
     def __init__(self) -> None:
@@ -94,7 +102,7 @@ class TrainingWorker:
     def _start() -> subprocess.Popen:
         # one BLAS thread: a training run must not take every core from the serving kernels
         env = {**os.environ, **{variable: "1" for variable in THREAD_VARIABLES}}
-        return subprocess.Popen([sys.executable, "-m", "service.trainer"], env=env,
+        return subprocess.Popen([sys.executable, "-m", "gradbook_service.trainer"], env=env,
                                 preexec_fn=_as_worker)
 
     def _check(self) -> None:
@@ -127,8 +135,14 @@ def _as_worker() -> None:
 def main() -> None:
     os.umask(PRIVATE_UMASK)
     settings = Settings()
+    try:
+        settings.check()
+    except SettingError as err:
+        print(f"gradbook: {err}", file=sys.stderr)
+        sys.exit(USAGE_ERROR)
     if (reason := refusal(settings)) is not None:
-        sys.exit(f"gradbook: {reason}")
+        print(f"gradbook: {reason}", file=sys.stderr)
+        sys.exit(USAGE_ERROR)
     new_folder = not Path(settings.store).exists()
     store = open_store(settings.store)
     try:  # replicas starting together migrate a database's schema once; the first seeds it

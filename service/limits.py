@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import math
 
+from gradbook_service.settings import MAX_ELEMENTS, RESPONSE_FLOOR_BYTES
+
 from gradbook.network import MLP
-from service.settings import MAX_ELEMENTS, RESPONSE_FLOOR_BYTES
 
 STEP_SECONDS = 4e-6  # fixed cost of one gradient step
 LAYER_STEP_SECONDS = 14e-6  # per layer and step: a dozen numpy calls forward and back

@@ -21,19 +21,20 @@ from decimal import Decimal
 from importlib.metadata import version
 from typing import Any
 
-from gradbook.activations import ACTIVATIONS
-from gradbook.datasets import DATASETS
-from gradbook.losses import LOSSES
-from gradbook.store import NAME
-from service.inputs import MAX_RATE, MAX_SEED
-from service.jobs import JOB_ID, STATES
-from service.settings import (
+from gradbook_service.inputs import MAX_RATE, MAX_SEED
+from gradbook_service.jobs import JOB_ID, STATES
+from gradbook_service.settings import (
     MAX_ELEMENTS,
     MAX_JSON_DEPTH,
     MAX_NUMBER_CHARS,
     RESPONSE_FLOOR_BYTES,
     Settings,
 )
+
+from gradbook.activations import ACTIVATIONS
+from gradbook.datasets import DATASETS
+from gradbook.losses import LOSSES
+from gradbook.store import NAME
 
 Schema = dict[str, Any]
 

@@ -4,7 +4,8 @@ Stock notebook-http turns each ``# METHOD /path`` cell of the seed notebook into
 on a pooled kernel. This personality keeps that contract (the same ``REQUEST``, the same
 ``ResponseInfo`` cells, so any notebook-http notebook of a Python kernel runs unchanged) and adds:
 
-* the engine (``service.engine``, ``service.runner``): one kernel execution per request instead
+* the engine (``gradbook_service.engine``, ``gradbook_service.runner``): one kernel execution per
+  request instead
   of two or three, and under load one execution for a whole batch of queued requests; body and
   response info come back as separate fields of one message that no cell output can forge;
 * the gateway's token (``auth_token``, set from ``GRADBOOK_TOKEN``) guards every endpoint of the
@@ -13,18 +14,20 @@ on a pooled kernel. This personality keeps that contract (the same ``REQUEST``, 
   need none. The token stays in the gateway: kernels never see the ``Authorization`` header;
 * a request for a host the service does not know (``Host``) gets 403, and so does a request that
   changes state sent by a browser for a page of another site, unless it carries the token
-  (``service.origins``): web pages cannot use a service on loopback;
-* memory is bounded by design (``service.capacity``): connections, bytes of requests and answers
+  (``gradbook_service.origins``): web pages cannot use a service on loopback;
+* memory is bounded by design (``gradbook_service.capacity``): connections, bytes of requests
+  and answers
   held (503 past either), the size of a request's head;
 * ``GET /healthz`` (liveness) and ``GET /readyz`` (readiness) are answered by the gateway itself
   (``HealthHandler``), never queued behind kernels;
 * a body over ``GRADBOOK_MAX_BODY_BYTES``, or any body sent to a GET or DELETE, gets 413 before
   it reaches a kernel, and is dropped as it arrives rather than held (``EndpointHandler``);
-* the body is decoded and checked in the gateway (``service.body``): malformed or deeply nested
+* the body is decoded and checked in the gateway (``gradbook_service.body``): malformed or
+  deeply nested
   JSON never costs a kernel execution;
 * requests wait for a free kernel in a bounded queue (503 past ``GRADBOOK_MAX_QUEUE``), and one
   whose client disconnects while it waits leaves the queue without running; a JSON body waits
-  as its own text, not decoded (``service.body.request_json``);
+  as its own text, not decoded (``gradbook_service.body.request_json``);
 * every error is JSON ``{"error": {"status", "message"}}``; a failing cell gives a 500 whose
   details stay in the log; no response names the server software (no ``Server`` header);
 * kernels talk to the gateway over Unix sockets in a folder private to the service's user, not
@@ -52,6 +55,15 @@ import json
 import re
 from typing import Any
 
+from gradbook_service import body
+from gradbook_service.capacity import ByteBudget, limit_server
+from gradbook_service.engine import BatchingKernelPool, Result
+from gradbook_service.errors import ServiceError, error_body, to_http
+from gradbook_service.http import BODY_ENCODING, RETRY_AFTER
+from gradbook_service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gradbook_service.metrics import Metrics
+from gradbook_service.origins import HostPolicy, cross_site
+from gradbook_service.settings import Settings
 from jupyter_server.utils import url_path_join
 from kernel_gateway.base.handlers import NotFoundHandler
 from kernel_gateway.notebook_http import NotebookHTTPPersonality
@@ -66,15 +78,6 @@ from tornado.web import RequestHandler, stream_request_body
 from traitlets import Unicode
 
 from gradbook.store import ModelStore, Store, StoreError, open_store
-from service import body
-from service.capacity import ByteBudget, limit_server
-from service.engine import BatchingKernelPool, Result
-from service.errors import ServiceError, error_body, to_http
-from service.http import BODY_ENCODING, RETRY_AFTER
-from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from service.metrics import Metrics
-from service.origins import HostPolicy, cross_site
-from service.settings import Settings
 
 PAGE_PATH = "/"  # the page the gateway serves itself (GradbookPersonality.page)
 HEALTH_PATH = "/healthz"
@@ -117,7 +120,7 @@ class ServiceHandler:
         return super().prepare()  # type: ignore[misc]
 
     def host_refusal(self) -> ServiceError | None:
-        """A 403 for a ``Host`` the service does not answer to (``service.origins``)."""
+        """A 403 for a ``Host`` the service does not answer to (``gradbook_service.origins``)."""
         host = self.request.headers.get("Host")
         if self.hosts.allows(host):
             return None
@@ -175,7 +178,7 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
 
     What the request holds is counted in the gateway's ``ByteBudget`` (``held``): its declared
     body before a byte is read, then the request as the kernel gets it, then the answer until
-    it is written; a request that does not fit gets 503 (``service.capacity``).
+    it is written; a request that does not fit gets 503 (``gradbook_service.capacity``).
     """
 
     def initialize(self, endpoint: str, max_body_bytes: int, metrics: Metrics,

@@ -1,7 +1,8 @@
 """The kernel's half of the gateway engine: it runs a batch of notebook-http requests in one
 execution and sends each request's result back to the gateway on its own.
 
-``service.engine`` sends this module's source to each kernel of the pool once, after the seed
+``gradbook_service.engine`` sends this module's source to each kernel of the pool once, after the
+seed
 cells, with the notebook's endpoint cells; ``install`` compiles them once. From then on a batch
 of requests costs one ``execute_request`` of one short line, the same for every batch, while the
 requests themselves wait in an inbox file the gateway wrote: ``run`` reads them, takes every

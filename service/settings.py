@@ -12,6 +12,7 @@ launcher hands to the gateway and removes from the kernels' environment).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -61,17 +62,48 @@ class FromEnvironment(Configurable):
                 setattr(cls, f"_{name}_default", _reader(trait, env, fallback))
 
 
+class SettingError(ValueError):
+    """A setting's value that the service cannot use: which setting, what it got, what it
+    allows. ``str()`` names the environment variable; the ``gradbook`` command names its flag
+    instead when the value came from one."""
+
+    def __init__(self, name: str, env: str, value: str, allowed: str) -> None:
+        self.name, self.env, self.value, self.allowed = name, env, value, allowed
+        super().__init__(self.worded(env))
+
+    def worded(self, source: str) -> str:
+        return f"{source} must be {self.allowed}; got {self.value!r}"
+
+
+def allowed(trait: TraitType) -> str:
+    """What a trait accepts, in words: ``an integer from 1 to 65535``."""
+    kind = READERS[type(trait)][1]
+    low, high = getattr(trait, "min", None), getattr(trait, "max", None)
+    if high is not None and not math.isfinite(high):
+        high = None
+    if low is not None and high is not None:
+        return f"{kind} from {low} to {high}"
+    if low is not None:
+        return f"{kind} of at least {low}"
+    return kind
+
+
 def _reader(trait: TraitType, env: str, fallback: Any) -> Callable[[Configurable], Any]:
-    parse, kind = READERS[type(trait)]
+    parse = READERS[type(trait)][0]
 
     def read(self: Configurable) -> Any:
         value = os.getenv(env, "")
         if not value:
             return fallback
         try:
-            return parse(value)
+            parsed = parse(value.strip())
         except ValueError:
-            raise ValueError(f"{env} must be {kind}; got {value!r}") from None
+            parsed = None
+        low, high = getattr(trait, "min", None), getattr(trait, "max", None)
+        if parsed is None or (isinstance(parsed, float) and not math.isfinite(parsed)) \
+                or (low is not None and parsed < low) or (high is not None and parsed > high):
+            raise SettingError(trait.name, env, value, allowed(trait))
+        return parsed
 
     return read
 
@@ -111,7 +143,7 @@ class Settings(FromEnvironment):
         min=0.001,
         config=True,
         help="Most seconds one training request may take, as estimated before it starts by "
-        "service.limits (calibrated on a 2-core machine); longer runs get 400",
+        "gradbook_service.limits (calibrated on a 2-core machine); longer runs get 400",
     ).tag(env="GRADBOOK_MAX_TRAIN_SECONDS", fallback=60.0)
     max_response_bytes = Integer(
         min=1,
@@ -193,6 +225,12 @@ class Settings(FromEnvironment):
         min=0.1, config=True, help="Seconds a running job of a PostgreSQL store stays claimed "
         "unless its worker renews the claim (every third of it); then it is ended as failed",
     ).tag(env="GRADBOOK_JOB_LEASE", fallback=10.0)
+
+    def check(self) -> None:
+        """Read every setting now, so that a bad one is a ``SettingError`` at start-up, not
+        later in a kernel or a request."""
+        for name in self.trait_names(config=True):
+            getattr(self, name)
 
     @classmethod
     def env(cls, name: str) -> str:

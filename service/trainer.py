@@ -1,9 +1,12 @@
-"""``python -m service.trainer``: the training worker, which runs the service's training jobs.
+"""``python -m gradbook_service.trainer``: the training worker,
+ which runs the service's training jobs.
 
-Jobs (``service.jobs``) run here rather than in the pool's kernels, so a long run never takes a
+Jobs (``gradbook_service.jobs``) run here rather than in the pool's kernels, so a long run never
+takes a
 kernel from the requests: predictions keep their speed while models train. The launcher starts
 one worker beside the gateway, with numpy's BLAS held to one thread so that a run takes one core
-at most (see ``service.launch._as_worker`` for why not a lower priority too); it restarts the
+at most (see ``gradbook_service.launch._as_worker`` for why not a lower priority too); it restarts
+the
 worker if it stops, and stops it with the service. A worker whose parent is gone stops too.
 
 Jobs run one at a time, oldest first. Each epoch's loss is written to the job's record at most
@@ -29,12 +32,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from gradbook_service.api import ModelAPI, training_data
+from gradbook_service.errors import to_http
+from gradbook_service.jobs import Job, Jobs
+from gradbook_service.settings import Settings
+
 from gradbook.network import MLP
 from gradbook.store import Store, StoreError, StoreUnavailableError, open_store, timestamp
-from service.api import ModelAPI, training_data
-from service.errors import to_http
-from service.jobs import Job, Jobs
-from service.settings import Settings
 
 POLL_SECONDS = 0.2  # between looks for a queued job when there is none
 PROGRESS_SECONDS = 0.25  # between writes of a running job's losses

@@ -1,4 +1,5 @@
-"""The real gradbook service for tests: ``python -m service.launch`` (what ``make serve`` runs) on a
+"""The real gradbook service for tests: ``python -m gradbook_service.launch`` (what
+``make serve`` runs) on a
 free loopback port, with a temporary store and 2 kernels.
 
 Starting a gateway takes seconds, so the gateway tests share one per session (``service``) and
@@ -95,7 +96,7 @@ class Service:
         self.log = self.workdir / f"service-{self.port}.log"
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "service.launch"], cwd=ROOT, env=env, stdout=log,
+                [sys.executable, "-m", "gradbook_service.launch"], cwd=ROOT, env=env, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )
         if while_starting is not None:

@@ -26,10 +26,9 @@ from typing import Any
 
 import pytest
 from conftest import Reply, http_request
+from gradbook_service.engine import EXCHANGE_PREFIX, remove_orphans
 from prometheus_client.parser import text_string_to_metric_families
 from test_personality import DISPLAY_LOOKALIKES, FORGED, serve_notebook
-
-from service.engine import EXCHANGE_PREFIX, remove_orphans
 
 pytestmark = pytest.mark.xdist_group("gateway")
 

@@ -1,10 +1,11 @@
 """Several replicas over one PostgreSQL store, behind HAProxy (issue 13), against real processes.
 
 One module-wide cluster (starting replicas costs seconds): a PostgreSQL server of our own
-(``service.postgres.PostgresServer``, fsync off), replica A with no training worker
-(``GRADBOOK_TRAINING_WORKER=0``), replica B with one, both ``python -m service.launch`` as
+(``gradbook_service.postgres.PostgresServer``, fsync off), replica A with no training worker
+(``GRADBOOK_TRAINING_WORKER=0``), replica B with one, both ``python -m gradbook_service.launch`` as
 ``make serve`` starts it, and HAProxy in front of both as ``make cluster`` starts it
-(``service.cluster.Balancer``). The tests run in file order: the ones that break things (the
+(``gradbook_service.cluster.Balancer``). The tests run in file order: the ones that break things
+(the
 database, then replica B) come last.
 
 * a change answered by one replica is what the very next request to the other one sees;
@@ -41,10 +42,9 @@ from typing import Any, ClassVar
 
 import pytest
 from conftest import ROOT, Reply, Service, check_against_spec, free_port, gateway_env, http_request
+from gradbook_service.cluster import Balancer, ClusterError, find_haproxy
+from gradbook_service.postgres import PostgresError, PostgresServer, find_binaries
 from procs import alive, descendants, listening_pid, trainer_pids
-
-from service.cluster import Balancer, ClusterError, find_haproxy
-from service.postgres import PostgresError, PostgresServer, find_binaries
 
 pytestmark = pytest.mark.xdist_group("postgres")
 
@@ -505,7 +505,7 @@ def free_run(width: int) -> int:
 def test_make_cluster_serves_restarts_a_dead_replica_and_stops_on_ctrl_c(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    """``python -m service.cluster``, as ``make cluster`` runs it: PostgreSQL of its own, two
+    """``gradbook cluster``, as ``make cluster`` runs it: PostgreSQL of its own, two
     replicas, HAProxy in front; a replica killed is started again and served through; Ctrl-C
     stops everything it started."""
     state = Path(tempfile.mkdtemp(prefix="gradbook-cluster-"))
@@ -516,7 +516,8 @@ def test_make_cluster_serves_restarts_a_dead_replica_and_stops_on_ctrl_c(
            "GRADBOOK_PG_PORT": str(free_port()), "GRADBOOK_CLUSTER_DIR": str(state)}
     log = workdir / "cluster.log"
     with open(log, "wb") as out:
-        cluster = subprocess.Popen([sys.executable, "-m", "service.cluster"], cwd=ROOT, env=env,
+        cluster = subprocess.Popen([str(Path(sys.executable).with_name("gradbook")), "cluster"],
+                                   cwd=ROOT, env=env,
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     started: set[int] = set()
     try:

@@ -46,11 +46,10 @@ from typing import Any
 
 import pytest
 from conftest import Service, kernel_pids
+from gradbook_service import inputs
+from gradbook_service.openapi import openapi_spec
+from gradbook_service.settings import Settings
 from openapi_schema_validator import OAS30Validator
-
-from service import inputs
-from service.openapi import openapi_spec
-from service.settings import Settings
 
 pytestmark = pytest.mark.xdist_group("gateway")
 

@@ -417,14 +417,16 @@ def test_each_kernel_keeps_at_most_model_cache_models(small: Service) -> None:
 
 # -- 10. safe defaults of the launcher ---------------------------------------------------------
 def launch(workdir: Path, watch: int | None = None, **settings: str) -> tuple[int, str, bool]:
-    """Run ``python -m service.launch`` with ``settings`` until it exits (at most 30 s): its exit
+    """Run ``python -m gradbook_service.launch`` with ``settings`` until it exits (at most 30 s):
+    its exit
     code, its output, and whether 127.0.0.1:``watch`` accepted a connection meanwhile."""
     env = gateway_env(workdir)
     env.update(GRADBOOK_STORE=str(workdir / "store"), **settings)
     output = workdir / "launch.log"
     listened = False
     with open(output, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "service.launch"], cwd=ROOT, env=env,
+        process = subprocess.Popen([sys.executable, "-m", "gradbook_service.launch"], cwd=ROOT,
+                                   env=env,
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 30

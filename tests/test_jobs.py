@@ -18,14 +18,14 @@ from typing import Any
 
 import pytest
 from conftest import Reply, Service
+from gradbook_service.api import ModelAPI
+from gradbook_service.jobs import JobStore
+from gradbook_service.settings import Settings
+from gradbook_service.trainer import recover
+from gradbook_service.training import named_data, new_model
 from procs import trainer_pids
 
 from gradbook.store import ModelStore
-from service.api import ModelAPI
-from service.jobs import JobStore
-from service.settings import Settings
-from service.trainer import recover
-from service.training import named_data, new_model
 
 pytestmark = pytest.mark.xdist_group("gateway")
 
@@ -198,7 +198,8 @@ def test_a_worker_that_dies_is_replaced_and_its_job_shows_failed(service: Servic
 
 
 def test_recovery_tells_a_committed_job_from_one_cut_short(tmp_path: Path) -> None:
-    """``service.trainer.recover`` on two jobs left running: the one whose run the model holds
+    """``gradbook_service.trainer.recover`` on two jobs left running: the one whose run the model
+    holds
     succeeded with that version, the other failed."""
     store, jobs = ModelStore(tmp_path), JobStore(tmp_path)
     net = new_model([3, 1], "sigmoid", "half_sse", False, 0, {})

@@ -36,10 +36,9 @@ from typing import Any
 
 import pytest
 from conftest import Reply, Service, free_port, http_request
-
-from service.capacity import MAX_HEADER_BYTES
-from service.jobs import JOB_ID, JobStore
-from service.settings import RESPONSE_FLOOR_BYTES
+from gradbook_service.capacity import MAX_HEADER_BYTES
+from gradbook_service.jobs import JOB_ID, JobStore
+from gradbook_service.settings import RESPONSE_FLOOR_BYTES
 
 pytestmark = pytest.mark.xdist_group("gateway")  # the services' tests; the others say their own
 ON_THEIR_OWN = pytest.mark.xdist_group("postgres")  # no gateway: beside the gateway tests
@@ -141,7 +140,7 @@ def message(reply: Reply) -> str:
 
 
 def exchange_folder(service: Service) -> Path:
-    """The gateway's private folder of kernel files (``service.engine``)."""
+    """The gateway's private folder of kernel files (``gradbook_service.engine``)."""
     [folder] = Path("/dev/shm").glob(f"gradbook-results-{service.process.pid}-*") or \
         Path(tempfile.gettempdir()).glob(f"gradbook-results-{service.process.pid}-*")
     return folder
@@ -150,7 +149,7 @@ def exchange_folder(service: Service) -> Path:
 # -- 1. the cluster's PostgreSQL -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[Any]:
-    from service.postgres import PostgresError, PostgresServer, find_binaries
+    from gradbook_service.postgres import PostgresError, PostgresServer, find_binaries
 
     try:
         find_binaries()
@@ -218,8 +217,7 @@ def test_a_cluster_made_with_trust_gets_passwords_at_its_next_start() -> None:
     """A data folder made before passwords (``trust``, no password file) is given passwords the
     first time it starts, and keeps its data."""
     import psycopg
-
-    from service.postgres import PostgresError, PostgresServer, find_binaries
+    from gradbook_service.postgres import PostgresError, PostgresServer, find_binaries
 
     try:
         find_binaries()

@@ -1,5 +1,5 @@
 """The personality keeps the notebook-http contract: a plain notebook-http notebook, which knows
-nothing of gradbook, is served by ``service.personality`` as by the stock gateway, with the
+nothing of gradbook, is served by ``gradbook_service.personality`` as by the stock gateway, with the
 personality's JSON errors around it.
 
 On top of the stock contract the personality promises two things checked here: nothing a cell
@@ -110,7 +110,8 @@ def serve_notebook(
                                        "display_name": "Python 3"}
     nbformat.write(notebook, folder / "plain.ipynb")
     port = free_port()
-    command = [sys.executable, "-m", "kernel_gateway", "--KernelGatewayApp.api=service.personality",
+    command = [sys.executable, "-m", "kernel_gateway",
+               "--KernelGatewayApp.api=gradbook_service.personality",
                f"--KernelGatewayApp.seed_uri={folder / 'plain.ipynb'}", "--ip=127.0.0.1",
                f"--port={port}", "--port_retries=0", "--KernelGatewayApp.prespawn_count=1",
                *options]

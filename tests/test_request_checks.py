@@ -1,6 +1,7 @@
 """The checks every client byte goes through, as units: body decoding in the gateway
-(``service.body``), numbers sent as strings (``service.inputs``), quoting input in messages
-(``brief``), the training cost model (``service.limits``) and the store's bounds.
+(``gradbook_service.body``), numbers sent as strings (``gradbook_service.inputs``), quoting input
+in messages
+(``brief``), the training cost model (``gradbook_service.limits``) and the store's bounds.
 
 The time bounds are generous: they guard against quadratic work on hostile input (a 40,000-digit
 string took 44 s in a regular expression), not a speed target.
@@ -13,13 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
+from gradbook_service import body, inputs, limits
+from gradbook_service.errors import ServiceError
+from gradbook_service.settings import MAX_JSON_DEPTH, MAX_NUMBER_CHARS
 
 from gradbook.network import MLP
 from gradbook.store import ModelStore, StoreFullError
 from gradbook.validation import brief, positive_float
-from service import body, inputs, limits
-from service.errors import ServiceError
-from service.settings import MAX_JSON_DEPTH, MAX_NUMBER_CHARS
 
 JSON = "application/json"
 

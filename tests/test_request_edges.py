@@ -1,6 +1,7 @@
 """Edges of the service's request checks and error mapping, found by mutation testing.
 
-``service.inputs`` and ``service.errors`` called directly, without a gateway: each message
+``gradbook_service.inputs`` and ``gradbook_service.errors`` called directly, without a gateway:
+each message
 names the field and quotes the value, each bound is inclusive where the docs say so, and every
 exception reaches the client with the documented status.
 """
@@ -10,6 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import raises
+from gradbook_service import inputs
+from gradbook_service.errors import MAX_MESSAGE_CHARS, ServiceError, error_body, to_http
+from gradbook_service.settings import MAX_NUMBER_CHARS
 
 from gradbook.store import (
     ModelBusyError,
@@ -18,9 +22,6 @@ from gradbook.store import (
     StoreError,
     StoreFullError,
 )
-from service import inputs
-from service.errors import MAX_MESSAGE_CHARS, ServiceError, error_body, to_http
-from service.settings import MAX_NUMBER_CHARS
 
 
 # -- service.errors ----------------------------------------------------------------------------

@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import Service, kernel_pids
+from gradbook_service import training
 from test_service_contract import lock_held
-
-from service import training
 
 pytestmark = pytest.mark.xdist_group("gateway")
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 from conftest import Reply, Service, kernel_pids
+from gradbook_service import training
 
 from gradbook.network import MLP
 from gradbook.store import ModelStore
-from service import training
 
 pytestmark = pytest.mark.xdist_group("gateway")
 

@@ -104,7 +104,7 @@ def test_a_restart_keeps_every_model_and_version(secured) -> None:
 def test_requests_sent_while_the_service_starts_get_whole_answers(secured) -> None:
     """Requests that reach the gateway before its kernels are ready wait for them, and then none
     loses its body (the first executions on a new kernel are the ones at risk; see
-    ``service.personality.SubscribedKernelPool``)."""
+    ``gradbook_service.personality.SubscribedKernelPool``)."""
     names = {m["name"] for m in secured.get("/models").json()["models"]}
     replies: list = []
 

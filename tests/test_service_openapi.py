@@ -19,12 +19,11 @@ from typing import Any
 import nbformat
 import pytest
 from conftest import METHODS, Reply, check_against_spec
+from gradbook_service.openapi import openapi_spec
+from gradbook_service.settings import Settings
 from jsonschema.exceptions import ValidationError
 from kernel_gateway.notebook_http.cell.parser import APICellParser
 from openapi_spec_validator import validate
-
-from service.openapi import openapi_spec
-from service.settings import Settings
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "api.ipynb"
 SPEC = openapi_spec(Settings())

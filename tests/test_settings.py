@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from gradbook_service.settings import Settings
 
 from gradbook.store import DEFAULT_ROOT
-from service.settings import Settings
 
 
 @pytest.fixture(autouse=True)
@@ -65,7 +65,8 @@ def test_an_empty_variable_means_the_default(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_a_bad_number_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GRADBOOK_KERNELS", "two")
-    with pytest.raises(ValueError, match="GRADBOOK_KERNELS must be an integer; got 'two'"):
+    message = "GRADBOOK_KERNELS must be an integer of at least 1; got 'two'"
+    with pytest.raises(ValueError, match=message):
         Settings().kernels  # noqa: B018
 
 
