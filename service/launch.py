@@ -32,7 +32,7 @@ from gradbook_service import trainer
 from gradbook_service.jobs import open_jobs
 from gradbook_service.origins import is_loopback
 from gradbook_service.processes import stop_process
-from gradbook_service.settings import SettingError, Settings
+from gradbook_service.settings import TOKEN_REQUIRED, SettingError, Settings
 from gradbook_service.training import create_default_models
 from kernel_gateway.gatewayapp import KernelGatewayApp
 from tornado.ioloop import PeriodicCallback
@@ -165,6 +165,7 @@ def main() -> None:
     os.environ[settings.env("store")] = (
         str(store.root.resolve()) if isinstance(store, ModelStore) else store.url)
     os.environ.pop(settings.env("token"), None)
+    os.environ[TOKEN_REQUIRED] = "1" if settings.token else "0"
     app = KernelGatewayApp(config=config)
     app.initialize(argv=[])
     # Ctrl-C stops as SIGTERM does: kernels shut down, the gateway's folder removed. (The

@@ -21,6 +21,7 @@ from decimal import Decimal
 from importlib.metadata import version
 from typing import Any
 
+from gradbook_service import apidocs
 from gradbook_service.inputs import MAX_RATE, MAX_SEED
 from gradbook_service.jobs import JOB_ID, STATES
 from gradbook_service.settings import (
@@ -520,6 +521,22 @@ def openapi_spec(settings: Settings) -> Schema:
                                                            "schema": {"type": "string"}}},
                    "content": {"text/html": {"schema": {"type": "string"}}}}},
             {}, public=True, get=True, queued=False)},
+        "/docs": {"get": operation(
+            "This description, rendered by Swagger UI to read and try. Sent by the gateway "
+            "itself from the swagger-ui-bundle package (nothing loaded from another site): no "
+            "kernel, no place in the queue, no token",
+            {200: {"description": "One HTML document that loads /docs/swagger-ui-bundle.js and "
+                   "/docs/swagger-ui.css; it asks for the token when /openapi.json needs one.",
+                   "headers": {"Content-Security-Policy": {"required": True,
+                                                           "schema": {"type": "string"}}},
+                   "content": {"text/html": {"schema": {"type": "string"}}}}},
+            {}, public=True, get=True, queued=False)},
+        **{f"/docs/{asset}": {"get": operation(
+            f"Swagger UI's {asset}, for /docs", {200: {
+                "description": f"The file as swagger-ui-bundle ships it ({kind.split(';')[0]}).",
+                "content": {kind.split(";")[0]: {"schema": {"type": "string"}}}}},
+            {}, public=True, get=True, queued=False)}
+           for asset, kind in apidocs.ASSETS.items()},
         "/jobs": {"get": operation("Every training job kept, oldest first, without losses",
                                    ok("JobList", "The jobs."), listing, get=True)},
         "/jobs/{id}": {
@@ -603,7 +620,9 @@ def openapi_spec(settings: Settings) -> Schema:
         "Every status the service answers is documented: an operation lists its statuses, and "
         "its `default` response stands for 500 only, an unexpected fault. A method a path does "
         "not list is answered as the path's `x-other-methods` say (405 with an Allow header "
-        "naming the methods it takes, or 401 first where the path needs the token); a path "
+        "naming the methods it takes"
+        f"{', or 401 first where the path needs the token' if settings.token_required else ''}"
+        "); a path "
         "that matches no template as the document's `x-unknown-paths` say (404; 405 without "
         "Allow for a method the service implements nowhere). OPTIONS "
         "(a CORS preflight) is answered on every endpoint path. A GET answered with 200 carries "
@@ -612,10 +631,10 @@ def openapi_spec(settings: Settings) -> Schema:
         f"a connection made while {settings.max_connections} are open, GRADBOOK_MAX_CONNECTIONS, "
         "gets 503 with Retry-After before its request is read, and is closed.)"
     )
-    token = {"type": "apiKey", "in": "header", "name": "Authorization",
-             "description": "'token <value>' or 'Bearer <value>', when the service runs with "
-             "GRADBOOK_TOKEN."}
-    return {
+    token = {"type": "http", "scheme": "bearer",
+             "description": "The service's token (GRADBOOK_TOKEN), sent as 'Authorization: "
+             "Bearer <value>' or, as Jupyter also takes it, 'Authorization: token <value>'."}
+    spec: Schema = {
         "openapi": "3.0.3",
         "info": {"title": "gradbook", "version": version("gradbook"), "description": description,
                  "x-limits": limits},
@@ -626,3 +645,19 @@ def openapi_spec(settings: Settings) -> Schema:
         "x-unknown-paths": {"403": shared("Forbidden"), "404": shared("NoSuchPath"),
                             "405": shared("NoSuchMethod")},
     }
+    return spec if settings.token_required else without_token(spec)
+
+
+def without_token(spec: Schema) -> Schema:
+    """``spec`` as a service without a token answers: no security requirement and no 401."""
+    spec = {key: value for key, value in spec.items() if key != "security"}
+    spec["components"] = {key: value for key, value in spec["components"].items()
+                          if key != "securitySchemes"}
+    del spec["components"]["responses"]["Unauthorized"]
+    for item in spec["paths"].values():
+        for key, part in item.items():
+            if isinstance(part, dict):
+                part.pop("security", None)
+                responses = part.get("responses", part) if key != "parameters" else {}
+                responses.pop("401", None)
+    return spec

@@ -55,7 +55,7 @@ import json
 import re
 from typing import Any
 
-from gradbook_service import body
+from gradbook_service import apidocs, body
 from gradbook_service.capacity import ByteBudget, limit_server
 from gradbook_service.engine import BatchingKernelPool, Result
 from gradbook_service.errors import ServiceError, error_body, to_http
@@ -80,6 +80,7 @@ from traitlets import Unicode
 from gradbook.store import ModelStore, Store, StoreError, open_store
 
 PAGE_PATH = "/"  # the page the gateway serves itself (GradbookPersonality.page)
+DOCS_PATH = "/docs"  # Swagger UI on the description (gradbook_service.apidocs)
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
 OPENAPI_PATH = "/openapi.json"
@@ -93,6 +94,7 @@ TOKEN_SCHEMES = ("token", "bearer")  # Authorization: <scheme> <the token>
 CHALLENGE = 'Bearer realm="gradbook"'  # the WWW-Authenticate of a 401
 # The page's policy: its own inline script and style (by hash), requests to this service only,
 # never inside another site's frame.
+HTML = "text/html; charset=utf-8"
 PAGE_POLICY = ("default-src 'none'; script-src {script}; style-src {style}; connect-src 'self'; "
                "img-src 'self' data:; base-uri 'none'; form-action 'none'; "
                "frame-ancestors 'none'")
@@ -423,11 +425,12 @@ class HealthHandler(EndpointHandler):
 
 
 class PageHandler(EndpointHandler):
-    """``GET /``: the personality's ``page``, sent by the gateway itself, so that no request for
-    it, with the token or without, takes a kernel or a place in the queue. As an endpoint it
-    refuses other methods and any body the same way; it needs no token (the page asks its user
-    for it). Its Content-Security-Policy lets it run its own inline script and style only
-    (``page_policy``), talk to this service only, and be framed by no other site."""
+    """``GET /`` (the personality's ``page``), ``GET /docs`` and Swagger UI's files: sent by the
+    gateway itself, so that no request for them, with the token or without, takes a kernel or a
+    place in the queue. As an endpoint it refuses other methods and any body the same way; it
+    needs no token (the pages ask their user for it). A page's Content-Security-Policy lets it
+    run its own inline script and style and this service's files only (``page_policy``), talk to
+    this service only, and be framed by no other site."""
 
     def initialize(self, page: Page, **kwargs: Any) -> None:
         super().initialize(**kwargs)
@@ -437,20 +440,24 @@ class PageHandler(EndpointHandler):
         return self.page.etag  # the page does not change: hashed once, not per request
 
     async def _answer(self) -> None:
-        self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.set_header("Content-Security-Policy", self.page.policy)
-        self.set_header("X-Frame-Options", "DENY")
-        self.set_header("Referrer-Policy", "no-referrer")
+        self.set_header("Content-Type", self.page.content_type)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        if self.page.policy:
+            self.set_header("Content-Security-Policy", self.page.policy)
+            self.set_header("X-Frame-Options", "DENY")
+            self.set_header("Referrer-Policy", "no-referrer")
         self.finish(self.page.body)
 
 
 class Page:
-    """An HTML page as the gateway sends it: its bytes, ETag and policy, made once."""
+    """A page (or a file it loads) as the gateway sends it: its bytes, ETag and, for HTML, its
+    policy, made once."""
 
-    def __init__(self, html: str) -> None:
-        self.body = html.encode()
+    def __init__(self, body: str | bytes, content_type: str = HTML) -> None:
+        self.body = body.encode() if isinstance(body, str) else body
+        self.content_type = content_type
         self.etag = f'"{hashlib.sha1(self.body).hexdigest()}"'
-        self.policy = page_policy(html)
+        self.policy = page_policy(self.body.decode()) if content_type == HTML else ""
 
 
 def page_policy(html: str) -> str:
@@ -460,9 +467,14 @@ def page_policy(html: str) -> str:
         found = re.findall(rf"<{tag}(?:\s[^>]*)?>(.*?)</{tag}>", html, flags=re.S | re.I)
         digests = (base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
                    for text in found)
-        return " ".join(f"'sha256-{digest}'" for digest in digests) or "'none'"
+        return " ".join(f"'sha256-{digest}'" for digest in digests)
 
-    return PAGE_POLICY.format(script=hashes("script"), style=hashes("style"))
+    def sources(tag: str, linked: str) -> str:  # the inline ones, and 'self' if it links any
+        own = "'self'" if re.search(linked, html, flags=re.I) else ""
+        return " ".join(filter(None, [own, hashes(tag)])) or "'none'"
+
+    return PAGE_POLICY.format(script=sources("script", r"<script\s[^>]*\bsrc="),
+                              style=sources("style", r"<link\s[^>]*\brel=.stylesheet"))
 
 
 class CellError(Exception):
@@ -574,6 +586,16 @@ class GradbookPersonality(NotebookHTTPPersonality):
             page = Page(getattr(importlib.import_module(module), function)())
             handlers.append((route_of(PAGE_PATH), PageHandler,
                              {**gateway, "endpoint": PAGE_PATH, "page": page}))
+        if route_of(DOCS_PATH) in annotated:
+            raise ValueError(f"the notebook has an endpoint at {DOCS_PATH}, where the gateway "
+                             "serves the description's page: keep one of them")
+        handlers.append((route_of(DOCS_PATH), PageHandler,
+                         {**gateway, "endpoint": DOCS_PATH, "page": Page(apidocs.page())}))
+        for name, content_type in apidocs.ASSETS.items():
+            path = f"{DOCS_PATH}/{name}"
+            handlers.append((route_of(path), PageHandler, {
+                **gateway, "endpoint": path,
+                "page": Page(apidocs.asset(name), content_type)}))
         for route in super().create_request_handlers():
             pattern, handler = route[0], route[1]
             if handler is NotebookAPIHandler:

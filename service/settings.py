@@ -29,6 +29,9 @@ MAX_ELEMENTS = 10_000_000  # examples × widest layer (about 80 MB per layer's o
 MAX_JSON_DEPTH = 32  # nesting of a request body; ours need 4, Python's recursion limit is ~1000
 MAX_NUMBER_CHARS = 64  # a number sent as a string; float64 needs at most 24
 RESPONSE_FLOOR_BYTES = 2**20  # any request may get an answer this large, whatever its own size
+# "1" in the kernels' environment when the gateway asks for a token: the kernels never see the
+# token itself, but the description they serve must say whether one is needed.
+TOKEN_REQUIRED = "GRADBOOK_TOKEN_REQUIRED"
 
 def flag(value: str) -> bool:
     """``"1"`` or ``"0"``, as an on/off environment variable is spelled."""
@@ -225,6 +228,11 @@ class Settings(FromEnvironment):
         min=0.1, config=True, help="Seconds a running job of a PostgreSQL store stays claimed "
         "unless its worker renews the claim (every third of it); then it is ended as failed",
     ).tag(env="GRADBOOK_JOB_LEASE", fallback=10.0)
+
+    @property
+    def token_required(self) -> bool:
+        """Whether requests need the token (known to the kernels too, which lack the token)."""
+        return bool(self.token) or os.getenv(TOKEN_REQUIRED) == "1"
 
     def check(self) -> None:
         """Read every setting now, so that a bad one is a ``SettingError`` at start-up, not
