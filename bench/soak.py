@@ -496,7 +496,7 @@ def send_requests(run: Run, index: int) -> None:
         elif op == "job-get":
             outcome = request(run, index, op, "GET", f"/jobs/{rng.choice(own_jobs)}")
         elif op == "job-cancel":
-            outcome = request(run, index, op, "DELETE", f"/jobs/{rng.choice(own_jobs)}")
+            outcome = request(run, index, op, "POST", f"/jobs/{rng.choice(own_jobs)}/cancel")
         elif op == "put":
             body = {"lr": rng.choice((0.1, 0.5, 1.0)), "epochs": rng.randrange(10, 200)}
             outcome = request(run, index, op, "PUT", f"/models/{name}", body, name)

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 from gradbook_service import inputs, limits, training
-from gradbook_service.errors import ServiceError
 from gradbook_service.http import Request, Response, binary_response, json_response
 from gradbook_service.jobs import open_jobs
 from gradbook_service.openapi import openapi_spec
@@ -27,6 +26,9 @@ from gradbook.validation import brief
 
 HYPERPARAMETERS = tuple(training.DEFAULT_HYPERPARAMETERS)  # lr, epochs, batch_size
 
+
+# What a cancel adds to a record: the state "cancelled", a finish time, cancel_requested true
+CANCEL_GROWTH_BYTES = 64
 
 class ModelAPI:
     """Endpoint functions over one model store, with the limits of ``settings``."""
@@ -248,14 +250,15 @@ class ModelAPI:
         return self._json(self.jobs.get(request.path.get("id", "")))
 
     def cancel_job(self, request: Request) -> Response:
-        """200 when the job is cancelled now (it was queued, or already cancelled), 202 when it
-        runs (the worker stops it after the epoch it is in and commits nothing), 409 when it
-        has finished otherwise."""
-        job = self.jobs.cancel(request.path.get("id", ""))
-        if job["state"] in ("succeeded", "failed"):
-            raise ServiceError(409, f"job {job['id']} has {job['state']} already; nothing to "
-                                    "cancel")
-        return self._json(job, 202 if job["state"] == "running" else 200)
+        """200 when the job is cancelled now (it was queued), 202 when it runs (the worker stops
+        it after the epoch it is in and commits nothing), 409 when it has ended already
+        (succeeded, failed, or cancelled before)."""
+        job_id = request.path.get("id", "")
+        # the answer is the record: refused for its size before anything changes, not after
+        record = len(json_response(self.jobs.get(job_id)).body) + CANCEL_GROWTH_BYTES
+        limits.check_response(record, self.settings.max_response_bytes, "less")
+        job = self.jobs.cancel(job_id)
+        return json_response(job, 202 if job["state"] == "running" else 200)
 
     def gradients(self, request: Request) -> Response:
         """The loss at ``X``, ``Y`` and ``MLP.gradients``: ∂L/∂W_k = l_{k-1}ᵀ · Δl_k (eq. 8.2),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
-from gradbook_service.jobs import JobNotFoundError, JobQueueFullError
+from gradbook_service.jobs import JobEndedError, JobNotFoundError, JobQueueFullError
 from gradbook_service.training import DivergedError
 
 from gradbook.store import (
@@ -50,7 +50,7 @@ def to_http(err: BaseException) -> ServiceError:
         return err
     if isinstance(err, (ModelNotFoundError, JobNotFoundError)):
         return ServiceError(404, str(err))
-    if isinstance(err, (ModelExistsError, ModelBusyError, StoreFullError)):
+    if isinstance(err, (ModelExistsError, ModelBusyError, StoreFullError, JobEndedError)):
         return ServiceError(409, str(err))
     if isinstance(err, JobQueueFullError):  # the client may retry once jobs have run
         return ServiceError(429, str(err))

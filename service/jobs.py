@@ -9,7 +9,7 @@ trains, and commits the model's next version when the run ends. Its life:
 
     queued ──> running ──> succeeded   (committed: ``version``)
       │           ├──────> failed      (``error``: what went wrong; nothing committed)
-      │           └──────> cancelled   (``DELETE /jobs/:id``; nothing committed)
+      │           └──────> cancelled   (``POST /jobs/:id/cancel``; nothing committed)
       └──> cancelled, or failed when the service stopped before it ran
 
 Each record is ``.jobs/<id>.json`` (the training data it was sent, which can be large, apart in
@@ -70,6 +70,10 @@ Job = dict[str, Any]
 
 class JobNotFoundError(StoreError, LookupError):
     pass
+
+
+class JobEndedError(StoreError):
+    """A job that has ended (succeeded, failed or cancelled) cannot be cancelled."""
 
 
 class JobQueueFullError(StoreError):
@@ -156,8 +160,11 @@ class Jobs(ABC):
 
     def cancel(self, job_id: str) -> Job:
         """A queued job is cancelled at once; a running one is asked to stop (the worker stops
-        it after the epoch it is in); a finished one is left as it is."""
+        it after the epoch it is in); one that has ended is left as it is (``JobEndedError``)."""
         def ask(job: Job) -> None:
+            if job["state"] in FINISHED:
+                raise JobEndedError(f"job {job['id']} has {job['state']} already; nothing to "
+                                    "cancel")
             if job["state"] == "queued":
                 job.update(state="cancelled", finished=timestamp(), cancel_requested=True)
             elif job["state"] == "running":

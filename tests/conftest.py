@@ -251,6 +251,8 @@ def documented_responses(
             if method.lower() in METHODS and method.lower() in item:
                 operation = item[method.lower()]
                 return f"{method.upper()} {template}", operation, operation["responses"]
+            if method.upper() == "OPTIONS" and "x-options" in item:  # the CORS preflight
+                return f"OPTIONS {template}", None, item["x-options"]["responses"]
             return f"OTHER {template}", None, item.get("x-other-methods", {})
     return "UNKNOWN", None, spec.get("x-unknown-paths", {})
 

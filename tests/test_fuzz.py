@@ -130,18 +130,6 @@ parameters = {{ "body.name" = {{ dictionary = "disposable", probability = 0.5 }}
 
 # Refusals of schema-valid requests that are right: see VALID_BUT_REFUSED in test_fuzz.py.
 {REFUSALS}
-
-# The gateway answers a CORS preflight for the path, whether or not the model exists: a 200 to
-# OPTIONS after DELETE is not the deleted model still being served (use_after_free).
-[[operations]]
-include-method = "OPTIONS"
-checks.use_after_free.enabled = false
-
-# DELETE /jobs/{{id}} cancels a training job, whose record stays to be read (state "cancelled"):
-# a 200 to GET after it is the record, not a deleted job still being served.
-[[operations]]
-include-name = "GET /jobs/{{id}}"
-checks.use_after_free.enabled = false
 """
 
 

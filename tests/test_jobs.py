@@ -70,7 +70,7 @@ def version(service: Service, name: str) -> int:
 def cancel_everything(service: Service) -> None:
     for job in service.get("/jobs").json()["jobs"]:
         if job["state"] in ("queued", "running"):
-            service.delete(f"/jobs/{job['id']}")
+            service.post(f"/jobs/{job['id']}/cancel")
             wait_for(service, job["id"], finished)
 
 
@@ -103,22 +103,23 @@ def test_a_running_job_shows_its_progress_and_cancelling_commits_nothing(
     # predictions and reads are served meanwhile
     assert service.post("/models/digits/predict", {"x": [0] * 64}).status == 200
     assert service.get("/jobs/" + job["id"]).json()["state"] == "running"
-    cancelled = service.delete(f"/jobs/{job['id']}")
+    cancelled = service.post(f"/jobs/{job['id']}/cancel")
     assert cancelled.status == 202 and cancelled.json()["cancel_requested"] is True
     done = wait_for(service, job["id"], finished)
     assert done["state"] == "cancelled" and done["version"] is None, done
     assert version(service, "digits") == before
-    again = service.delete(f"/jobs/{job['id']}")  # cancelling twice changes nothing
-    assert again.status == 200 and again.json()["state"] == "cancelled"
+    again = service.post(f"/jobs/{job['id']}/cancel")  # it has ended: nothing to cancel
+    assert again.status == 409 and "cancelled already" in again.json()["error"]["message"]
+    assert service.delete(f"/jobs/{job['id']}").status == 405  # cancelling is not deleting
 
 
 def test_a_queued_job_is_cancelled_at_once(service: Service) -> None:
     first = submit(service, "digits", LONG)
     second = submit(service, "xor", {"data": "xor", "epochs": 10})
     wait_for(service, first["id"], lambda j: j["state"] == "running")
-    reply = service.delete(f"/jobs/{second['id']}")
+    reply = service.post(f"/jobs/{second['id']}/cancel")
     assert reply.status == 200 and reply.json()["state"] == "cancelled"
-    service.delete(f"/jobs/{first['id']}")
+    service.post(f"/jobs/{first['id']}/cancel")
     assert wait_for(service, first["id"], finished)["state"] == "cancelled"
     assert service.get(f"/jobs/{second['id']}").json()["epoch"] == 0  # it never ran
 
@@ -149,10 +150,10 @@ def test_a_job_is_checked_before_it_is_queued(service: Service) -> None:
 def test_unknown_and_finished_jobs(service: Service) -> None:
     assert service.get("/jobs/" + "0" * 32).status == 404
     assert service.get("/jobs/not-a-job").status == 404
-    assert service.delete("/jobs/" + "f" * 32).status == 404
+    assert service.post("/jobs/" + "f" * 32 + "/cancel").status == 404
     done = wait_for(service, submit(service, "xor", {"data": "xor", "epochs": 5})["id"],
                     finished)
-    reply = service.delete(f"/jobs/{done['id']}")
+    reply = service.post(f"/jobs/{done['id']}/cancel")
     assert reply.status == 409 and "succeeded" in reply.json()["error"]["message"]
     assert service.get("/jobs", token="").status == 401
     assert service.get(f"/jobs/{done['id']}", token="").status == 401

@@ -85,6 +85,9 @@ def form(method: str, path: str) -> Case:
 # which the gateway answers before the body reaches a kernel).
 OPERATIONS = {
     "GET /": ("/", None),
+    "GET /docs": ("/docs", None),
+    "GET /docs/swagger-ui.css": ("/docs/swagger-ui.css", None),
+    "GET /docs/swagger-ui-bundle.js": ("/docs/swagger-ui-bundle.js", None),
     "GET /healthz": ("/healthz", None),
     "GET /readyz": ("/readyz", None),
     "GET /diagnostics": ("/diagnostics", None),
@@ -101,14 +104,19 @@ OPERATIONS = {
     "GET /models/{name}/loss.png": ("/models/xor/loss.png", None),
     "GET /jobs": ("/jobs", None),
     "GET /jobs/{id}": ("/jobs/{done}", None),
-    "DELETE /jobs/{id}": ("/jobs/{done}", None),
+    "POST /jobs/{id}/cancel": ("/jobs/{done}/cancel", None),
 }
 # A path's {done} stands for a job that has finished (succeeded on the contract service; made
 # cancelled on the tight one): its id is known only once the service runs.
 JOB_IDS: dict[str, str] = {}
-PUBLIC = {"GET /", "GET /healthz", "GET /readyz"}  # answered without the token
+PUBLIC = {"GET /", "GET /healthz", "GET /readyz", "GET /docs", "GET /docs/swagger-ui.css",
+          "GET /docs/swagger-ui-bundle.js"}  # answered without the token
+PAGES = ("/", "/docs", "/docs/swagger-ui.css", "/docs/swagger-ui-bundle.js")  # no kernel's
 PATHS = {  # every path the service answers: a path of it, and a method it lacks
     "/": ("/", "POST"),
+    "/docs": ("/docs", "PUT"),
+    "/docs/swagger-ui.css": ("/docs/swagger-ui.css", "POST"),
+    "/docs/swagger-ui-bundle.js": ("/docs/swagger-ui-bundle.js", "DELETE"),
     "/healthz": ("/healthz", "HEAD"),
     "/readyz": ("/readyz", "POST"),
     "/diagnostics": ("/diagnostics", "POST"),
@@ -121,7 +129,8 @@ PATHS = {  # every path the service answers: a path of it, and a method it lacks
     "/models/{name}/gradients": ("/models/xor/gradients", "GET"),
     "/models/{name}/loss.png": ("/models/xor/loss.png", "POST"),
     "/jobs": ("/jobs", "POST"),
-    "/jobs/{id}": ("/jobs/{done}", "PUT"),
+    "/jobs/{id}": ("/jobs/{done}", "DELETE"),
+    "/jobs/{id}/cancel": ("/jobs/{done}/cancel", "GET"),
     "/_api/spec/swagger.json": ("/_api/spec/swagger.json", "POST"),
     "/metrics": ("/metrics", "POST"),
 }
@@ -147,6 +156,9 @@ def each_operation(make: Callable[[str, str, Any], Case], status: int,
 # Answered on the contract service as it is, in this order (later requests use c-model).
 PLAIN: dict[str, Case] = {
     "GET / 200": Case("GET", "/", token=""),
+    "GET /docs 200": Case("GET", "/docs", token=""),
+    "GET /docs/swagger-ui.css 200": Case("GET", "/docs/swagger-ui.css", token=""),
+    "GET /docs/swagger-ui-bundle.js 200": Case("GET", "/docs/swagger-ui-bundle.js", token=""),
     "GET /healthz 200": Case("GET", "/healthz", token=""),
     "GET /readyz 200": Case("GET", "/readyz", token=""),
     "GET /diagnostics 200": Case("GET", "/diagnostics"),
@@ -192,8 +204,8 @@ PLAIN: dict[str, Case] = {
     "GET /jobs 200": Case("GET", "/jobs"),
     "GET /jobs/{id} 200": Case("GET", "/jobs/{done}"),
     "GET /jobs/{id} 404": Case("GET", "/jobs/" + "0" * 32),
-    "DELETE /jobs/{id} 404": Case("DELETE", "/jobs/" + "0" * 32),
-    "DELETE /jobs/{id} 409": Case("DELETE", "/jobs/{done}"),  # it succeeded
+    "POST /jobs/{id}/cancel 404": Case("POST", "/jobs/" + "0" * 32 + "/cancel"),
+    "POST /jobs/{id}/cancel 409": Case("POST", "/jobs/{done}/cancel"),  # it succeeded
     "DELETE /models/{name} 200": Case("DELETE", "/models/c-model"),
     "DELETE /models/{name} 400": Case("DELETE", "/models/no.such"),
     "DELETE /models/{name} 404": Case("DELETE", "/models/c-model"),  # deleted just before
@@ -216,7 +228,7 @@ PLAIN: dict[str, Case] = {
     **{f"OTHER {template} 405": Case(method, path) for template, (path, method) in PATHS.items()},
     **{f"OTHER {template} 401": Case(method, path, token="")
        for template, (path, method) in PATHS.items()
-       if template not in ("/", "/healthz", "/readyz", *GATEWAY_PATHS)},
+       if template not in (*PAGES, "/healthz", "/readyz", *GATEWAY_PATHS)},
     "GET /_api/spec/swagger.json 301": Case("GET", "/_api/spec/swagger.json", token=""),
     "GET /metrics 200": Case("GET", "/metrics"),
     "GET /metrics 401": Case("GET", "/metrics", token=""),
@@ -245,11 +257,11 @@ HELD = [
 ]
 # Sent while both kernels wait for that lock: no kernel is free and no request may wait (and
 # so the service is not ready); liveness does not depend on busy kernels.
-BUSY = each_operation(Case, 503, skip={"GET /healthz", "GET /"})  # the page is no kernel's
+BUSY = each_operation(Case, 503, skip={"GET /healthz", *(f"GET {page}" for page in PAGES)})
 # On the tight service: every response over the 1-byte limit (health is no kernel's response).
 TIGHT = {**{f"{key} 400": Case("GET", path) for key, (path, body) in OPERATIONS.items()
             if key.startswith("GET ") and "{name}" not in key and key not in PUBLIC},
-         "DELETE /jobs/{id} 400": Case("DELETE", "/jobs/{done}")}  # it was cancelled
+         "POST /jobs/{id}/cancel 400": Case("POST", "/jobs/{done}/cancel")}  # it was cancelled
 # Sent while the store's folder is moved away.
 NO_STORE = {"GET /healthz 503": Case("GET", "/healthz", token="")}
 # To c-relu, a relu classifier: inputs this large make its loss infinite.
@@ -257,8 +269,8 @@ DIVERGING = {"POST /models/{name}/train 422": Case(
     "POST", "/models/c-relu/train",
     {"data": {"X": [[1e300, 1e300, -1e300], [1, 2, 3]], "Y": [1, 0]}, "epochs": 2, "lr": 1000})}
 # While the test holds c-jobs's lock: the first job runs (waiting for the lock), the second waits.
-CANCELLING = {"DELETE /jobs/{id} 202": Case("DELETE", "/jobs/{running}"),
-              "DELETE /jobs/{id} 200": Case("DELETE", "/jobs/{queued}")}
+CANCELLING = {"POST /jobs/{id}/cancel 202": Case("POST", "/jobs/{running}/cancel"),
+              "POST /jobs/{id}/cancel 200": Case("POST", "/jobs/{queued}/cancel")}
 # On the slow service (a deadline of 1 s): a run of many seconds.
 SLOW = {"POST /models/{name}/train 504": Case(
     "POST", "/models/digits/train", {"data": "digits", "epochs": 2000, "batch_size": 8})}
@@ -272,6 +284,8 @@ def documented_statuses(spec: dict[str, Any]) -> set[str]:
     keys = {f"UNKNOWN {status}" for status in spec["x-unknown-paths"]}
     for template, item in spec["paths"].items():
         keys |= {f"OTHER {template} {status}" for status in item.get("x-other-methods", {})}
+        keys |= {f"OPTIONS {template} {status}"
+                 for status in item.get("x-options", {}).get("responses", {})}
         for method in METHODS:
             statuses = item.get(method, {}).get("responses", {})
             keys |= {f"{method.upper()} {template} {s}" for s in statuses if s != "default"}

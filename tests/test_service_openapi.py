@@ -26,7 +26,7 @@ from kernel_gateway.notebook_http.cell.parser import APICellParser
 from openapi_spec_validator import validate
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "api.ipynb"
-SPEC = openapi_spec(Settings())
+SPEC = openapi_spec(Settings(token="t"))  # as a service with a token describes itself
 JSON = "application/json"
 REFUSED = (AssertionError, ValidationError)  # what check_against_spec raises when it fails
 
@@ -45,6 +45,20 @@ def notebook_operations() -> set[tuple[str, str]]:
 
 def test_the_spec_is_valid_openapi() -> None:
     validate(openapi_spec(Settings()))
+    validate(SPEC)
+
+
+def test_the_token_is_declared_exactly_when_the_service_asks_for_one() -> None:
+    """Without a token nothing needs one: no security requirement, no 401 anywhere. With one,
+    every operation but the public ones needs it, as a bearer token, and may get 401."""
+    open_spec = json.dumps(openapi_spec(Settings()))
+    assert '"401"' not in open_spec and "security" not in open_spec
+    assert SPEC["security"] == [{"token": []}]
+    assert SPEC["components"]["securitySchemes"]["token"]["scheme"] == "bearer"
+    for path, item in SPEC["paths"].items():
+        for method in set(item) & set(METHODS):
+            public = item[method].get("security") == []
+            assert public != ("401" in item[method]["responses"]), (method, path)
 
 
 def test_the_spec_describes_exactly_the_notebook_endpoints_and_the_gateways_answers() -> None:
@@ -53,17 +67,18 @@ def test_the_spec_describes_exactly_the_notebook_endpoints_and_the_gateways_answ
     metrics = paths.pop("/metrics")  # the gateway's too
     assert set(redirect) == set(metrics) == {"get", "x-other-methods"}
     for health in ("/healthz", "/readyz"):  # the gateway's, with the endpoints' refusals
-        assert set(paths.pop(health)) == {"get", "options", "x-other-methods"}
-    page = paths.pop("/")  # the gateway's page, an endpoint to clients
-    assert set(page) == {"get", "options", "x-other-methods"} and "503" not in page["get"][
-        "responses"]
+        assert set(paths.pop(health)) == {"get", "x-options", "x-other-methods"}
+    for page in ("/", "/docs", "/docs/swagger-ui.css", "/docs/swagger-ui-bundle.js"):
+        item = paths.pop(page)  # the gateway's pages and files, endpoints to clients
+        assert set(item) == {"get", "x-options", "x-other-methods"}, page
+        assert "503" not in item["get"]["responses"] and item["get"]["security"] == []
     described = {(method, path) for path, item in paths.items() for method in item
-                 if method in METHODS and method != "options"}
+                 if method in METHODS}
     assert described == notebook_operations()
     for path, item in paths.items():
-        assert set(item["options"]["responses"]) == {"200", "403"}, path  # the CORS preflight
+        assert set(item["x-options"]["responses"]) == {"200", "403"}, path  # CORS preflight
         assert "405" in item["x-other-methods"], path
-        for method in set(item) & set(METHODS) - {"options"}:
+        for method in set(item) & set(METHODS):
             assert item[method]["responses"]["default"]["$ref"].endswith("/Fault")
 
 
