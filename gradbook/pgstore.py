@@ -215,7 +215,7 @@ class PostgresStore:
                                (name,)).fetchone()
         if row is None:
             self._cache.drop(name)
-            raise ModelNotFoundError(f"no model named {name!r}")
+            raise ModelNotFoundError(name, self.names)
         net = _read(name, row[0])
         self._cache.put(name, (generation, net.metadata["version"]), net)
         return net
@@ -226,7 +226,7 @@ class PostgresStore:
             row = conn.execute("SELECT header FROM models WHERE name = %s AND model IS NOT NULL",
                                (name,)).fetchone()
         if row is None:
-            raise ModelNotFoundError(f"no model named {name!r}")
+            raise ModelNotFoundError(name, self.names)
         header = json.loads(row[0])
         return header["config"], header["metadata"]
 
@@ -329,7 +329,7 @@ class PostgresStore:
             except errors.LockNotAvailable:
                 raise busy(name) from None
             if row is None:
-                raise ModelNotFoundError(f"no model named {name!r}")
+                raise ModelNotFoundError(name, self.names)
             yield conn, row[0]
 
     @contextmanager

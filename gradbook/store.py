@@ -37,6 +37,7 @@ could hold.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fcntl
 import json
 import os
@@ -70,7 +71,32 @@ class StoreError(Exception):
 
 
 class ModelNotFoundError(StoreError, LookupError):
-    pass
+    """No model of that name. Given the store's ``names`` (a function: it is called only when
+    the message is read, after the store has let go of its connection or folder), the message
+    names the closest ones, for a typo such as ``digts`` or ``XOR``."""
+
+    def __init__(self, name: str, names: Callable[[], list[str]] | None = None) -> None:
+        super().__init__(name)
+        self.name, self._names, self._message = name, names, ""
+
+    def __str__(self) -> str:
+        if not self._message:
+            try:
+                known = self._names() if self._names is not None else []
+            except StoreError:  # the store went away: no suggestion
+                known = []
+            close = closest(self.name, [other for other in known if other != self.name])
+            hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+            self._message = f"no model named {self.name!r}{hint}"
+        return self._message
+
+
+def closest(name: str, names: list[str], most: int = 3) -> list[str]:
+    """The names most like ``name``, letter case aside, best first (``difflib``'s ratio of at
+    least 0.6)."""
+    lowered = {known.lower(): known for known in names}
+    return [lowered[match] for match in
+            difflib.get_close_matches(name.lower(), list(lowered), n=most, cutoff=0.6)]
 
 
 class ModelExistsError(StoreError):
@@ -240,7 +266,7 @@ class ModelStore:
             st = os.stat(path)
         except FileNotFoundError:
             self._cache.drop(name)
-            raise ModelNotFoundError(f"no model named {name!r}") from None
+            raise ModelNotFoundError(name, self.names) from None
         key = (st.st_ino, st.st_mtime_ns, st.st_size)
         cached = self._cache.get(name)
         if cached is not None and cached[0] == key:
@@ -258,7 +284,7 @@ class ModelStore:
             with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
                 header = json.loads(str(data["header"]))
         except FileNotFoundError:
-            raise ModelNotFoundError(f"no model named {name!r}") from None
+            raise ModelNotFoundError(name, self.names) from None
         except Exception as err:
             raise StoreError(f"model {name!r} could not be read ({type(err).__name__})") from err
         return header["config"], header["metadata"]
@@ -267,7 +293,7 @@ class ModelStore:
         try:
             return MLP.load(path)
         except FileNotFoundError:
-            raise ModelNotFoundError(f"no model named {name!r}") from None
+            raise ModelNotFoundError(name, self.names) from None
         except Exception as err:  # a damaged file must not pass for a client mistake
             raise StoreError(f"model {name!r} could not be read ({type(err).__name__})") from err
 
@@ -328,10 +354,10 @@ class ModelStore:
         """
         path = self.path(name)
         if not path.exists():  # before taking a lock: no lock file for unknown names
-            raise ModelNotFoundError(f"no model named {name!r}")
+            raise ModelNotFoundError(name, self.names)
         with self.lock(name):
             if not path.exists():
-                raise ModelNotFoundError(f"no model named {name!r}")
+                raise ModelNotFoundError(name, self.names)
             net = self._load(name, path)
             change(net)
             self._commit(name, net, version=net.metadata["version"] + 1)
@@ -341,7 +367,7 @@ class ModelStore:
         """Remove ``name`` and its lock file; returns the version it had (0 if its file was
         damaged)."""
         if not self.path(name).exists():  # before taking a lock: no lock file for unknown names
-            raise ModelNotFoundError(f"no model named {name!r}")
+            raise ModelNotFoundError(name, self.names)
         with self._store_lock(), self.lock(name):
             try:
                 version = self.get(name).metadata["version"]

@@ -357,3 +357,12 @@ def test_recovery_ends_only_lapsed_jobs_and_an_ended_job_stays_ended(url: str) -
         assert (ended["state"], ended["error"]["message"]) == ("failed", "lost while running")
         mine.finish(lapsed["id"], "succeeded", version=7)  # the first worker, too late
         assert mine.get(lapsed["id"]) == ended
+
+
+def test_a_missing_model_is_named_with_the_closest_ones(url: str) -> None:
+    with PostgresStore(url) as store:
+        store.create("digits", MLP([3, 1], seed=0))
+        with pytest.raises(ModelNotFoundError, match=r"did you mean 'digits'\?$"):
+            store.get("Digts")
+        with pytest.raises(ModelNotFoundError, match=r"^no model named 'zzz'$"):
+            store.update("zzz", lambda net: None)

@@ -343,3 +343,20 @@ def test_a_damaged_zip_is_a_store_error_and_leaves_no_file_open(tmp_path: Path) 
         store.get("cut")
     with pytest.raises(StoreError, match="could not be read"):
         store.header("cut")
+
+
+def test_a_missing_model_is_named_with_the_closest_ones(tmp_path: Path) -> None:
+    """A typo gets the names it was probably meant to be (letter case aside); a name like none
+    gets none, and so does an empty store."""
+    store = ModelStore(tmp_path)
+    with pytest.raises(ModelNotFoundError, match=r"^no model named 'xor'$"):
+        store.get("xor")
+    for name in ("xor", "digits", "digits-2"):
+        store.create(name, new_net())
+    with pytest.raises(ModelNotFoundError, match=r"^no model named 'digts'; did you mean "
+                                                 r"'digits' or 'digits-2'\?$"):
+        store.get("digts")
+    with pytest.raises(ModelNotFoundError, match=r"did you mean 'xor'\?$"):
+        store.update("XOR", lambda net: None)
+    with pytest.raises(ModelNotFoundError, match=r"^no model named 'mnist'$"):
+        store.header("mnist")
