@@ -628,7 +628,8 @@ def openapi_spec(settings: Settings) -> Schema:
         "Allow for a method the service implements nowhere). OPTIONS (a CORS preflight) is "
         "answered on every endpoint path as its `x-options` say. A GET answered with 200 "
         "carries an ETag: sent back in If-None-Match, it gets 304 without a body. (A request "
-        "that is not HTTP at all, a malformed header say, gets the HTTP server's bare 400 and is closed; "
+        "that is not HTTP at all, a malformed header say, gets the HTTP server's bare 400 and "
+        "is closed; "
         f"a connection made while {settings.max_connections} are open, GRADBOOK_MAX_CONNECTIONS, "
         "gets 503 with Retry-After before its request is read, and is closed.)"
     )
