@@ -30,7 +30,8 @@ serve: $(STAMP)
 # Several replicas behind HAProxy over one PostgreSQL store (service/cluster.py says how):
 # GRADBOOK_REPLICAS (2), GRADBOOK_PORT (8888: the balancer; replicas on the next ports),
 # GRADBOOK_PG_PORT (55432), and every other GRADBOOK_* setting, passed to each replica.
-cluster: $(STAMP) system-packages
+cluster: $(STAMP)
+	@bash tools/system-packages.sh postgresql haproxy
 	$(VENV)/bin/gradbook cluster $(ARGS)
 
 # Debian packages the tests and `make cluster` need (chromium, chromium-driver, postgresql,

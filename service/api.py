@@ -39,6 +39,13 @@ class ModelAPI:
         self.jobs = open_jobs(store, settings.job_lease, settings.max_queued_jobs,
                               settings.max_job_bytes)
 
+    @staticmethod
+    def load_data() -> None:
+        """Load every named data set (``gradbook.datasets``) into this process now: a kernel
+        does it while it is seeded, so no request waits for scikit-learn's digits."""
+        for name in DATASETS:
+            training.named_data(name)
+
     # -- service -----------------------------------------------------------------------------
     def diagnostics(self, request: Request) -> Response:
         """What an operator looks at: this kernel, the store and the limits in force."""
@@ -66,6 +73,7 @@ class ModelAPI:
                     "pid": os.getpid(),
                     "cached_models": self.store.cached,
                     "cache_size": self.store.cache_size,
+                    "data_sets": training.loaded_data(),
                 },
                 "store": {"path": self.store.location, "models": len(self.store.names())},
                 "limits": limits,

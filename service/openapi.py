@@ -380,8 +380,10 @@ def schemas(settings: Settings) -> Schema:
         "Diagnostics": obj({
             "kernel": obj({"pid": {"type": "integer"},
                            "cached_models": {"type": "integer", "minimum": 0},
-                           "cache_size": {"type": "integer", "minimum": 1}},
-                          ["pid", "cached_models", "cache_size"]),
+                           "cache_size": {"type": "integer", "minimum": 1},
+                           "data_sets": array({"type": "string"}, description="The named "
+                                              "data sets loaded (at seed time, when served).")},
+                          ["pid", "cached_models", "cache_size", "data_sets"]),
             "store": obj({"path": {"type": "string"}, "models": {"type": "integer"}},
                          ["path", "models"]),
             "limits": {"type": "object", "additionalProperties": {"type": "number"}},

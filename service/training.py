@@ -20,12 +20,11 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-from gradbook.datasets import DATASETS, Dataset, load
+from gradbook.datasets import Dataset, load
 from gradbook.network import MLP, Callback
 from gradbook.store import Store
 
@@ -50,9 +49,18 @@ class TrainingData:
     evaluated_on: str  # "held_out" or "training": names the accuracy in the metrics
 
 
-@lru_cache(maxsize=len(DATASETS))
+_LOADED: dict[str, Dataset] = {}  # each named data set, once loaded in this process
+
+
 def _dataset(name: str) -> Dataset:
-    return load(name)
+    if name not in _LOADED:
+        _LOADED[name] = load(name)
+    return _LOADED[name]
+
+
+def loaded_data() -> list[str]:
+    """The named data sets this process has loaded, by name."""
+    return sorted(_LOADED)
 
 
 def named_data(name: str) -> TrainingData:

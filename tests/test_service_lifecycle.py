@@ -197,3 +197,22 @@ def test_a_stop_signal_stops_everything_cleanly(tmp_path: Path, sig: signal.Sign
     while (living := [pid for pid in processes if alive(pid)]) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not living
+
+
+@pytest.mark.xdist_group("stops")
+def test_every_kernel_loads_the_data_sets_while_it_is_seeded(tmp_path: Path) -> None:
+    """The digits data (scikit-learn's, seconds to load) is in each kernel before the service
+    is ready, not loaded by the first request that names it: asked before any such request,
+    each kernel already holds every named data set."""
+    service = Service(tmp_path)
+    try:
+        seen: dict[int, list[str]] = {}
+        for _ in range(50):  # until both kernels have answered
+            kernel = service.get("/diagnostics").json()["kernel"]
+            seen[kernel["pid"]] = kernel["data_sets"]
+            if len(seen) == 2:
+                break
+        assert sorted(seen) == sorted(service.kernel_pids), seen
+        assert all(names == ["digits", "xor"] for names in seen.values()), seen
+    finally:
+        service.stop()

@@ -4,21 +4,29 @@
 #   postgresql                 the PostgreSQL model store and tests/test_cluster.py
 #   haproxy                    the load balancer of `make cluster` and tests/test_cluster.py
 #   wrk                        the load of tests/test_neighbours.py's flood and of the benchmarks
+# Given package names (`make cluster` gives postgresql haproxy), only those are looked at.
 # As root (CI, containers) it runs apt-get for what is missing; as anyone else it prints what
 # is missing and how to install it, and goes on (the tests that need it then skip or fail
 # saying so). Nothing missing: it prints nothing and costs a few stat calls.
 set -euo pipefail
 
+wanted=("$@")
+[ ${#wanted[@]} -eq 0 ] && wanted=(chromium chromium-driver haproxy wrk postgresql)
+
 missing=()
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "$2" ]; }
-have chromium /usr/bin/chromium || missing+=(chromium)
-have chromedriver /usr/bin/chromedriver || missing+=(chromium-driver)
-have haproxy /usr/sbin/haproxy || missing+=(haproxy)
-have wrk /usr/bin/wrk || missing+=(wrk)
-# Debian puts the server programs in /usr/lib/postgresql/<version>/bin, not on PATH
-if ! command -v postgres >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
-    missing+=(postgresql)
-fi
+for package in "${wanted[@]}"; do
+    case "$package" in
+        chromium) have chromium /usr/bin/chromium || missing+=(chromium) ;;
+        chromium-driver) have chromedriver /usr/bin/chromedriver || missing+=(chromium-driver) ;;
+        haproxy) have haproxy /usr/sbin/haproxy || missing+=(haproxy) ;;
+        wrk) have wrk /usr/bin/wrk || missing+=(wrk) ;;
+        # Debian puts the server programs in /usr/lib/postgresql/<version>/bin, not on PATH
+        postgresql) command -v postgres >/dev/null 2>&1 \
+            || ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql) ;;
+        *) echo "tools/system-packages.sh: no check for package $package" >&2; exit 2 ;;
+    esac
+done
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 
