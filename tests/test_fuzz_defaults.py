@@ -1,10 +1,11 @@
 """Schemathesis as a new user runs it: ``schemathesis run http://…/openapi.json`` with its
-default options (no configuration file, no token, no headers) against a service started as
-``make serve`` starts it, without a token.
+default options (no configuration file) against a service started as ``make serve`` starts it:
+without a token, and with one (then the one option is the header that carries it).
 
-The description must match that service: it declares no security requirement and no 401 (the
-service asks for no token), and every other status, header and body as the service answers
-them. The only failures allowed are schema-valid requests refused for a reason no JSON Schema
+The description must match that service: without a token it declares no security requirement
+and no 401; with one, the bearer token and the 401 of every guarded operation (Schemathesis'
+ignored_auth check sends requests without it, and with a wrong one). Every other status,
+header and body as the service answers them. The only failures allowed are schema-valid requests refused for a reason no JSON Schema
 can state (``VALID_BUT_REFUSED`` of ``test_fuzz``: an ``X`` as wide as the model, the parameter
 cap of a new model's sizes…), and only with the statuses listed there. ``test_fuzz`` runs the
 thorough, configured run against a service with a token.
@@ -20,6 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import Service
 from test_fuzz import RUN_TIMEOUT, VALID_BUT_REFUSED, checks_run, console_failures, failures
 
@@ -32,18 +34,20 @@ def allowed(failure: str) -> bool:
     return check.startswith(POSITIVE) and status in VALID_BUT_REFUSED.get(operation, [])
 
 
+@pytest.mark.parametrize("token", ["", "f-token"], ids=["no token", "token"])
 def test_schemathesis_with_its_defaults_finds_only_what_no_schema_can_state(
-        tmp_path: Path) -> None:
-    service = Service(tmp_path)
+        tmp_path: Path, token: str) -> None:
+    service = Service(tmp_path, token=token or None)
+    header = ["--header", f"Authorization: Bearer {token}"] if token else []
     try:
         spec = service.spec or {}
-        assert "security" not in spec and "securitySchemes" not in spec["components"]
+        assert ("security" in spec) == ("securitySchemes" in spec["components"]) == bool(token)
         reports = tmp_path / "reports"
         env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEMATHESIS_")}
         env["PYTHONIOENCODING"] = "utf-8"
         done = subprocess.run(
             [sys.executable, "-m", "schemathesis.cli", "run",
-             f"http://127.0.0.1:{service.port}/openapi.json",
+             f"http://127.0.0.1:{service.port}/openapi.json", *header,
              "--report", "json,ndjson", "--report-dir", str(reports)],  # what it writes, only
             cwd=tmp_path, env=env, capture_output=True, encoding="utf-8", errors="replace",
             timeout=RUN_TIMEOUT, check=False)
@@ -57,7 +61,8 @@ def test_schemathesis_with_its_defaults_finds_only_what_no_schema_can_state(
     assert report.get("complete"), f"the run did not complete:\n{output[-5000:]}"
     assert not report.get("errors"), f"schemathesis met errors:\n{output[-10000:]}"
     assert {"not_a_server_error", "response_schema_conformance", "status_code_conformance",
-            POSITIVE, "negative_data_rejection"} <= checks_run(events)
+            POSITIVE, "negative_data_rejection", *(["ignored_auth"] if token else [])} \
+        <= checks_run(events)
     found = [failure for failure in failures(events) if not allowed(failure)]
     assert not found, ("schemathesis with its defaults found (operation · check (title) · "
                        "status: cases):\n\n" + "\n".join(found) + "\n\nIts report:\n"
