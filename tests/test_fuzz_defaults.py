@@ -5,12 +5,13 @@ without a token, and with one (then the one option is the header that carries it
 The description must match that service: without a token it declares no security requirement
 and no 401; with one, the bearer token and the 401 of every guarded operation (Schemathesis'
 ignored_auth check sends requests without it, and with a wrong one). Every other status,
-header and body as the service answers them. The only failures allowed are schema-valid requests refused for a reason no JSON Schema
-can state (``VALID_BUT_REFUSED`` of ``test_fuzz``: an ``X`` as wide as the model, the parameter
-cap of a new model's sizes…), and only with the statuses listed there. ``test_fuzz`` runs the
+header and body as the service answers them. The only failures allowed are schema-valid
+requests refused for a reason no JSON Schema can state (``VALID_BUT_REFUSED`` of ``test_fuzz``:
+an ``X`` as wide as the model, the parameter cap of a new model's sizes…), and only with the
+statuses listed there. ``test_fuzz`` runs the
 thorough, configured run against a service with a token.
 
-Alone: ``.venv/bin/python -m pytest tests/test_fuzz_defaults.py`` (about a minute).
+Alone: ``.venv/bin/python -m pytest tests/test_fuzz_defaults.py`` (about a minute each).
 """
 
 from __future__ import annotations
