@@ -555,10 +555,55 @@ def test_make_cluster_serves_restarts_a_dead_replica_and_stops_on_ctrl_c(
                 os.killpg(cluster.pid, signal.SIGKILL)
             shutil.rmtree(state, ignore_errors=True)
     assert status == 0, log.read_text()[-3000:]
+    stopped_cleanly(log, started)
+
+
+def stopped_cleanly(log: Path, started: set[int]) -> None:
+    """Every process the cluster started is gone, with its gateways' folders, and no traceback
+    was printed on the way."""
     deadline = time.monotonic() + 10
     while (left := [pid for pid in started if alive(pid)]) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not left, f"processes outlived the cluster: {left}"
+    text = log.read_text()
+    for trouble in ("Traceback", "KeyboardInterrupt", "Exception ignored"):
+        assert trouble not in text, text[-3000:]
+    assert "stopping the cluster" in text
+    leftovers = [path for pid in started
+                 for path in Path("/dev/shm").glob(f"gradbook-results-{pid}-*")]
+    assert not leftovers, leftovers
+
+
+def test_sigterm_stops_a_cluster_as_ctrl_c_does(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """SIGTERM (a service manager's stop), to the cluster alone: everything it started stops,
+    exit status 0, no traceback."""
+    state = Path(tempfile.mkdtemp(prefix="gradbook-cluster-"))
+    state.chmod(0o711)
+    port = free_run(2)
+    workdir = tmp_path_factory.mktemp("sigterm-cluster")
+    env = {**gateway_env(workdir), "GRADBOOK_PORT": str(port), "GRADBOOK_KERNELS": "1",
+           "GRADBOOK_CLUSTER_DIR": str(state)}
+    log = workdir / "cluster.log"
+    with open(log, "wb") as out:
+        cluster = subprocess.Popen(
+            [str(Path(sys.executable).with_name("gradbook")), "cluster", "--replicas", "1",
+             "--pg-port", str(free_port())], env=env, cwd=workdir, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while b"gradbook cluster listening" not in log.read_bytes():
+            assert cluster.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        started = set(descendants(cluster.pid))
+        assert http_status(port, "/readyz") == 200
+        cluster.send_signal(signal.SIGTERM)
+        assert cluster.wait(timeout=120) == 0, log.read_text()[-3000:]
+    finally:
+        if cluster.poll() is None:
+            os.killpg(cluster.pid, signal.SIGKILL)
+        shutil.rmtree(state, ignore_errors=True)
+    stopped_cleanly(log, started)
 
 
 def http_status(port: int, path: str) -> int | None:
