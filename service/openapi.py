@@ -78,6 +78,14 @@ SHARED = {
     "Fault": (500, "Stands for 500 only: an unexpected fault of the service (details in its "
               "log, never in the response)."),
 }
+# The groups of operations, in the order /docs lists them, and the paths each one holds.
+TAGS = [{"name": "models", "description": "Create, read, change and delete models; predict, "
+         "train, reset, gradients, training curve"},
+        {"name": "jobs", "description": "Training jobs (a train request with \"wait\": false)"},
+        {"name": "service", "description": "Health, metrics, diagnostics, this description, "
+         "the pages"}]
+TAG_PREFIXES = [("models", "/models"), ("jobs", "/jobs")]
+
 PREFLIGHT = {
     "summary": "CORS preflight, answered by the gateway: no token, no kernel, no body",
     "responses": {"200": {"description": "No body; the Access-Control-* headers the gateway is "
@@ -638,6 +646,11 @@ def openapi_spec(settings: Settings) -> Schema:
     token = {"type": "http", "scheme": "bearer",
              "description": "The service's token (GRADBOOK_TOKEN), sent as 'Authorization: "
              "Bearer <value>' or, as Jupyter also takes it, 'Authorization: token <value>'."}
+    for path, item in paths.items():  # grouped as /docs shows them
+        tag = next((tag for tag, prefix in TAG_PREFIXES if path.startswith(prefix)), "service")
+        for key, part in item.items():
+            if key in ("get", "put", "post", "delete", "patch"):
+                part["tags"] = [tag]
     spec: Schema = {
         "openapi": "3.0.3",
         "info": {"title": "gradbook", "version": version("gradbook"), "description": description,
@@ -645,6 +658,7 @@ def openapi_spec(settings: Settings) -> Schema:
         "components": {"schemas": schemas(settings), "responses": shared_responses(),
                        "securitySchemes": {"token": token}},
         "security": [{"token": []}],
+        "tags": TAGS,
         "paths": paths,
         "x-unknown-paths": {"403": shared("Forbidden"), "404": shared("NoSuchPath"),
                             "405": shared("NoSuchMethod")},
