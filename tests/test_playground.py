@@ -9,9 +9,18 @@ Covered: the page loads with no errors in the browser's console; pointer strokes
 pen) on the canvas give an 8×8 input and a prediction; 20 held-out digits of the data set, drawn
 onto the canvas at canvas scale, are classified as labelled (at least 18: the page's
 preprocessing must match the data set's); models are created, reset and deleted from the page;
-training from the page grows the loss curve while it runs and shows the committed version; bad
-values show the service's own error message and the page keeps working; without the token the
-page says so, and with it everything works; labels, keyboard and phone width. Screenshots go to
+training from the page grows the loss curve while it runs and shows the committed version, and
+Cancel stops a running job (``POST /jobs/{id}/cancel``) with nothing committed; a form's bad
+value (Train with lr = -1 or a data set the model does not take, Create with sizes "3, x", a
+small model's input "zero") shows the service's own message beside the field it names, in the
+same form and on the screen where the user is, the field marked (aria-invalid, aria-describedby
+naming the message), not in the banner at the top; editing the field, or the next request that
+works, takes mark and message away; the token bar shows when a token is kept or the service
+answers 401, and stays hidden for a service without a token; without the token the page says
+so, and with it everything works; labels and keyboard; at 1400, 1024 and 390 px wide no sideways
+scrolling, the prediction and "100.0 %" on one line, and no empty stretch beside or under a card
+(Digits and Small models stacked or of even height); links to the API's page ``docs`` (Swagger
+UI, relative) and ``openapi.json``, and a pointer to the notebooks. Screenshots go to
 ``build/``.
 """
 
@@ -54,6 +63,7 @@ from gradbook.datasets import load  # noqa: E402
 TOKEN = "playground-secret"
 TOKEN_KEY = "gradbook-token"  # the page's sessionStorage key
 WAIT = 20.0  # seconds for anything the page does after one request or two
+ENDED = ("succeeded", "failed", "cancelled")  # a training job's last states
 SCREENSHOTS = ROOT / "build"
 HELD_OUT = 20  # digits drawn onto the canvas ...
 AT_LEAST = 18  # ... how many of them must be classified as labelled ...
@@ -196,6 +206,55 @@ def fill(driver: WebDriver, css: str, text: str) -> None:
     field.send_keys(text)
 
 
+# -- a form's error beside its field -------------------------------------------------------------
+
+FIELD_ERRORS = '[data-testid="field-error"]'
+
+# The message a field's aria-describedby names, with where it and the field are on the screen
+# (CSS pixels, relative to the viewport), or null when the field is not marked.
+FIELD_ERROR = """
+const field = document.querySelector(arguments[0]);
+const ids = (field.getAttribute('aria-describedby') || '').split(/\\s+/).filter(Boolean);
+const message = ids.map((id) => document.getElementById(id))
+  .find((el) => el && el.dataset.testid === 'field-error');
+if (!message) return null;
+const box = (el) => { const r = el.getBoundingClientRect();
+                      return {top: r.top, bottom: r.bottom, left: r.left, right: r.right}; };
+return {text: message.textContent, invalid: field.getAttribute('aria-invalid'),
+        sameForm: Boolean(field.form) && field.form.contains(message),
+        field: box(field), message: box(message), visible: message.checkVisibility(),
+        viewport: innerHeight, scrolled: scrollY};
+"""
+
+
+def field_error(driver: WebDriver, css: str) -> dict[str, Any] | None:
+    """The message beside the field ``css`` (see FIELD_ERROR), or None."""
+    return driver.execute_script(FIELD_ERROR, css)
+
+
+def wait_for_field_error(driver: WebDriver, css: str, said: str) -> dict[str, Any]:
+    """Once the service's message ``said`` is shown beside the field ``css``: that message.
+    The field is marked invalid and described by it, and the message is in the same form,
+    close under or beside the field, and on the screen as it is (not scrolled to the top)."""
+    def messages() -> str:
+        shown = [e.text for e in driver.find_elements(By.CSS_SELECTOR, FIELD_ERRORS)]
+        return f"messages shown: {shown}"
+
+    shown = wait(driver, lambda d: (e := field_error(d, css)) and said in e["text"] and e,
+                 f"the service's message {said!r} beside {css}", details=messages)
+    assert shown["invalid"] == "true", shown
+    assert shown["sameForm"] and shown["visible"], shown
+    field, message = shown["field"], shown["message"]
+    height = field["bottom"] - field["top"]
+    # Under the field's row of the form (or beside it): no further than about two fields away.
+    assert -height <= message["top"] - field["bottom"] <= 2.5 * height, shown
+    assert 0 <= message["top"] and message["bottom"] <= shown["viewport"], (
+        f"the message is off the screen: {shown}")
+    assert not error_box(driver).is_displayed(), (
+        f"a form's error went to the banner at the top: {error_text(driver)}")
+    return shown
+
+
 # -- the digits canvas ----------------------------------------------------------------------------
 
 
@@ -295,7 +354,7 @@ def test_models_are_created_reset_and_deleted(page: WebDriver, app: Service) -> 
     page.find_element(By.CSS_SELECTOR, "#create-form button[type=submit]").click()
     said = service_error(app, "POST", "/models", {"name": "made-here", "sizes": [3, "four", 1],
                          "activation": "sigmoid", "loss": "half_sse", "bias": False, "seed": 0})
-    wait(page, lambda d: said in error_text(d), f"the service's message {said!r}")
+    wait_for_field_error(page, "#create-form [name=sizes]", said)
 
     fill(page, "#create-form [name=sizes]", "3, 5, 1")  # the page keeps working
     page.find_element(By.CSS_SELECTOR, "#create-form button[type=submit]").click()
@@ -303,6 +362,7 @@ def test_models_are_created_reset_and_deleted(page: WebDriver, app: Service) -> 
     made = app.get("/models/made-here").json()
     wait(page, lambda d: listed(d).get("made-here") == made["version"], "its version listed")
     assert not error_box(page).is_displayed(), "the error outlived a request that worked"
+    assert not page.find_elements(By.CSS_SELECTOR, FIELD_ERRORS), "a message outlived its cause"
     assert made["sizes"] == [3, 5, 1]
 
     row_button(page, "made-here", "Reset").click()
@@ -334,7 +394,7 @@ def test_training_from_the_page(page: WebDriver, app: Service) -> None:
     by_testid(page, "train-button").click()
     said = service_error(app, "POST", "/models/trainee/train",
                          {"data": "digits", "epochs": 20000, "wait": False})
-    wait(page, lambda d: said in error_text(d), f"the service's message {said!r}")
+    wait_for_field_error(page, "#train-epochs", said)
 
     fill(page, "#train-epochs", str(epochs))
     fill(page, "#train-lr", "0.01")
@@ -349,8 +409,8 @@ def test_training_from_the_page(page: WebDriver, app: Service) -> None:
                 f"page says {page.find_element(By.ID, 'train-status').text!r}; the service's "
                 f"jobs: {jobs}")
 
-    wait(page, lambda d: chart.get_attribute("data-state") in ("succeeded", "failed", "cancelled"),
-         "the job to end", timeout=120, details=progress)
+    wait(page, lambda d: chart.get_attribute("data-state") in ENDED, "the job to end",
+         timeout=120, details=progress)
     assert chart.get_attribute("data-state") == "succeeded", f"{error_text(page)}; {progress()}"
     assert int(chart.get_attribute("data-points")) == epochs, progress()
     seen = page.execute_script("return window.chartSeen")
@@ -364,6 +424,48 @@ def test_training_from_the_page(page: WebDriver, app: Service) -> None:
     showcase(page)
 
 
+def test_training_is_cancelled_from_the_page(page: WebDriver, app: Service) -> None:
+    version = app.post("/models", {"name": "long", "sizes": [64, 32, 10], "activation": "tanh",
+                                   "loss": "cross_entropy"}).json()["version"]
+    page.refresh()
+    wait_for_models(page, {"long"})
+    Select(page.find_element(By.ID, "train-model")).select_by_value("long")
+    Select(page.find_element(By.ID, "train-data")).select_by_value("digits")
+    # About half a minute of epochs: far longer than the test waits, and below the minute above
+    # which the service refuses a run.
+    fill(page, "#train-epochs", "600")
+    fill(page, "#train-lr", "0.01")
+    fill(page, "#train-batch", "1")
+    by_testid(page, "train-button").click()
+    chart = by_testid(page, "loss-chart")
+
+    def said() -> str:
+        messages = [e.text for e in page.find_elements(By.CSS_SELECTOR, FIELD_ERRORS)]
+        return f"{page.find_element(By.ID, 'train-status').text!r}; messages {messages}"
+
+    wait(page, lambda d: chart.get_attribute("data-state") == "running"
+         and int(chart.get_attribute("data-points")) >= 1, "the job to run its first epoch",
+         timeout=60, details=said)
+    job = chart.get_attribute("data-job")
+    try:
+        page.find_element(By.ID, "train-cancel").click()
+        wait(page, lambda d: chart.get_attribute("data-state") in ENDED, "the job to end",
+             timeout=60, details=said)
+        assert chart.get_attribute("data-state") == "cancelled"
+        status = page.find_element(By.ID, "train-status").text
+        assert "cancelled" in status and "nothing committed" in status, status
+        assert not page.find_elements(By.CSS_SELECTOR, FIELD_ERRORS)
+        assert not error_box(page).is_displayed(), error_text(page)
+        assert app.get(f"/jobs/{job}").json()["state"] == "cancelled"
+        assert app.get("/models/long").json()["version"] == version, "a cancelled job committed"
+        wait(page, lambda d: not by_testid(d, "train-button").get_attribute("disabled"),
+             "training to be possible again")
+    finally:  # never leave the kernel busy with it, whichever way cancelling works
+        if app.get(f"/jobs/{job}").json()["state"] in ("queued", "running"):
+            app.post(f"/jobs/{job}/cancel", check=False)
+            app.delete(f"/jobs/{job}", check=False)
+
+
 def showcase(driver: WebDriver) -> None:
     """Save ``build/playground.png``: a trained curve, a drawn digit and xor's gradients."""
     digit = np.rint(load("digits").X_test[0] * 16).astype(int).tolist()
@@ -372,7 +474,7 @@ def showcase(driver: WebDriver) -> None:
     driver.find_element(By.CSS_SELECTOR, "#gradients-form button[type=submit]").click()
     wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#gradients-maps figure"),
          "the gradients")
-    screenshot(driver, 1280, "playground.png")
+    screenshot(driver, 1400, "playground.png")
 
 
 def screenshot(driver: WebDriver, width: int, name: str) -> None:
@@ -402,7 +504,11 @@ def test_small_model_and_its_gradients(page: WebDriver, app: Service) -> None:
     fill(page, "#small-inputs [name=x2]", "zero")  # a bad value, in the service's words
     page.find_element(By.CSS_SELECTOR, "#small-form button[type=submit]").click()
     said = service_error(app, "POST", "/models/xor/predict", {"x": [1, "zero", 1]})
-    wait(page, lambda d: said in error_text(d), f"the service's message {said!r}")
+    wait_for_field_error(page, "#small-inputs [name=x2]", said)  # the input holding "zero"
+    assert page.find_element(By.CSS_SELECTOR, "#small-inputs [name=x1]").get_attribute(
+        "aria-invalid") is None, "a good input marked"
+    fill(page, "#small-inputs [name=x2]", "0")  # editing it takes the mark away
+    wait(page, lambda d: field_error(d, "#small-inputs [name=x2]") is None, "the mark to go")
 
     Select(page.find_element(By.ID, "gradients-model")).select_by_value("xor")
     page.find_element(By.CSS_SELECTOR, "#gradients-form button[type=submit]").click()
@@ -420,6 +526,76 @@ def test_small_model_and_its_gradients(page: WebDriver, app: Service) -> None:
     assert not error_box(page).is_displayed(), error_text(page)
 
 
+# -- a form's errors beside their fields -----------------------------------------------------------
+
+
+def submit(driver: WebDriver, button: WebElement) -> None:
+    """Click ``button`` scrolled to the middle of the window, as a user at the form would."""
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", button)
+    button.click()
+
+
+def test_form_errors_are_shown_beside_their_fields(page: WebDriver, app: Service) -> None:
+    app.post("/models", {"name": "wide-in", "sizes": [64, 10], "activation": "tanh",
+                         "loss": "cross_entropy"})
+    page.set_window_size(1280, 700)  # the forms are well below the top of the page
+    page.refresh()
+    wait_for_models(page, {"xor", "wide-in"})
+    train = page.find_element(By.ID, "train-form")
+    Select(page.find_element(By.ID, "train-model")).select_by_value("xor")
+    Select(page.find_element(By.ID, "train-data")).select_by_value("xor")
+
+    fill(page, "#train-lr", "-1")
+    submit(page, by_testid(page, "train-button"))
+    said = service_error(app, "POST", "/models/xor/train", {"data": "xor", "lr": -1, "wait": False})
+    assert said.startswith("lr "), said
+    shown = wait_for_field_error(page, "#train-lr", said)
+    assert shown["scrolled"] > 0, f"the page went back to its top: {shown}"
+    assert len(train.find_elements(By.CSS_SELECTOR, FIELD_ERRORS)) == 1
+
+    lr = page.find_element(By.ID, "train-lr")  # editing the field takes mark and message away
+    lr.send_keys(Keys.BACK_SPACE, Keys.BACK_SPACE)
+    wait(page, lambda d: field_error(d, "#train-lr") is None, "the mark on lr to go")
+    assert lr.get_attribute("aria-invalid") is None and not lr.get_attribute("aria-describedby")
+    assert not train.find_elements(By.CSS_SELECTOR, FIELD_ERRORS), "the message stayed"
+
+    # A message about the data set goes beside the data set, and the next request that works
+    # (another model, the data set untouched) takes it away.
+    Select(page.find_element(By.ID, "train-data")).select_by_value("digits")
+    submit(page, by_testid(page, "train-button"))
+    said = service_error(app, "POST", "/models/xor/train", {"data": "digits", "wait": False})
+    wait_for_field_error(page, "#train-data", said)
+    Select(page.find_element(By.ID, "train-model")).select_by_value("wide-in")
+    wait(page, lambda d: d.find_element(By.ID, "train-data").get_attribute("value") == "digits",
+         "the data set for wide-in")
+    fill(page, "#train-epochs", "1")
+    submit(page, by_testid(page, "train-button"))
+    chart = by_testid(page, "loss-chart")
+    wait(page, lambda d: chart.get_attribute("data-state") == "succeeded", "the job to succeed",
+         timeout=60)
+    assert field_error(page, "#train-data") is None, "the mark outlived a request that worked"
+    assert page.find_element(By.ID, "train-data").get_attribute("aria-invalid") is None
+    assert not train.find_elements(By.CSS_SELECTOR, FIELD_ERRORS), "the message stayed"
+
+    page.find_element(By.CSS_SELECTOR, "#create summary").click()
+    fill(page, "#create-form [name=name]", "bad-sizes")
+    fill(page, "#create-form [name=sizes]", "3, x")
+    submit(page, page.find_element(By.CSS_SELECTOR, "#create-form button[type=submit]"))
+    said = service_error(app, "POST", "/models", {"name": "bad-sizes", "sizes": [3, "x"],
+                         "activation": "sigmoid", "loss": "half_sse", "bias": False, "seed": 0})
+    assert said.startswith("sizes "), said
+    wait_for_field_error(page, "#create-form [name=sizes]", said)
+    sizes = page.find_element(By.CSS_SELECTOR, "#create-form [name=sizes]")
+    assert "sizes-hint" in sizes.get_attribute("aria-describedby").split(), "the hint was lost"
+    assert page.find_element(By.CSS_SELECTOR, "#create-form [name=name]").get_attribute(
+        "aria-invalid") is None, "a good field marked"
+    sizes.send_keys(Keys.BACK_SPACE)
+    wait(page, lambda d: field_error(d, "#create-form [name=sizes]") is None, "the mark to go")
+    assert sizes.get_attribute("aria-describedby") == "sizes-hint"
+    assert not page.find_elements(By.CSS_SELECTOR, FIELD_ERRORS), "a message stayed"
+    assert app.get("/models/bad-sizes", check=False).status == 404
+
+
 # -- the token ------------------------------------------------------------------------------------
 
 
@@ -429,6 +605,7 @@ def test_without_the_token_the_page_says_so(browser: WebDriver, app: Service) ->
         browser.get(url(app))
         wait(browser, lambda d: error_box(d).is_displayed(), "a message about the token")
         assert "token" in error_text(browser) and "401" in error_text(browser), error_text(browser)
+        assert token_bar(browser).is_displayed(), "the service asked for a token: no bar for it"
         assert listed(browser) == {}
 
         fill(browser, "#token", "not-the-token")
@@ -449,7 +626,34 @@ def test_without_the_token_the_page_says_so(browser: WebDriver, app: Service) ->
                                TOKEN_KEY, TOKEN)
 
 
-# -- usable: labels, keyboard, phone width --------------------------------------------------------
+@pytest.fixture(scope="module")
+def open_app(start_service: Callable[..., Service]) -> Service:
+    """Another service, without a token."""
+    return start_service()
+
+
+def token_bar(driver: WebDriver) -> WebElement:
+    return by_testid(driver, "token-bar")
+
+
+def test_the_token_bar_is_shown_when_a_token_is_kept(page: WebDriver) -> None:
+    assert token_bar(page).is_displayed(), "a token is kept, yet its bar is hidden"
+    assert page.find_element(By.ID, "token").get_attribute("value") == TOKEN
+
+
+def test_the_token_bar_is_hidden_when_no_token_is_asked(browser: WebDriver,
+                                                        open_app: Service) -> None:
+    browser.get(url(open_app))  # another origin (port): nothing in its sessionStorage ...
+    browser.execute_script("sessionStorage.clear()")  # ... and surely nothing
+    browser.refresh()
+    wait_for_models(browser, {"xor", "digits"})
+    assert not token_bar(browser).is_displayed(), "the token bar shows, and no token is asked"
+    assert token_bar(browser).get_attribute("hidden") is not None
+    assert not error_box(browser).is_displayed(), error_text(browser)
+    assert browser.execute_script("return sessionStorage.length") == 0
+
+
+# -- usable: labels, keyboard, layout at three widths ---------------------------------------------
 
 UNLABELLED = """
 return [...document.querySelectorAll('input, select, button, textarea')].filter((el) =>
@@ -487,3 +691,111 @@ def test_usable_with_keyboard_and_at_phone_width(page: WebDriver) -> None:
     shown, values, _ = current_prediction(page)
     assert shown is not None and sum(values) >= 32, values
     screenshot(page, 390, "playground-phone.png")
+
+
+# Where the cards are (page coordinates), and whether the prediction and the probabilities'
+# values keep to one line, also with the widest value there is ("100.0 %", bold).
+LAYOUT = """
+const box = (el) => { const r = el.getBoundingClientRect();
+  return {top: r.top + scrollY, bottom: r.bottom + scrollY, left: r.left, right: r.right}; };
+const lines = (el) => {  // how many lines the element's text takes
+  const range = document.createRange();
+  range.selectNodeContents(el);
+  return new Set([...range.getClientRects()].filter((r) => r.width > 0)
+    .map((r) => Math.round(r.top))).size;
+};
+const oneLine = (el) => lines(el) <= 1 && el.scrollWidth <= el.clientWidth;
+const prediction = document.querySelector('[data-testid="prediction"]');
+const values = [...document.querySelectorAll('[data-testid="probabilities"] .value')];
+const widest = document.querySelector('[data-testid="probabilities"] li.best .value');
+const before = widest.textContent;
+widest.textContent = '100.0 %';
+const widestOneLine = oneLine(widest);
+widest.textContent = before;
+const lineHeight = parseFloat(getComputedStyle(prediction).lineHeight);
+return {
+  cards: Object.fromEntries([...document.querySelectorAll('main section')]
+    .map((section) => [section.id, box(section)])),
+  overflow: document.documentElement.scrollWidth - innerWidth,
+  width: innerWidth,
+  prediction: {text: prediction.textContent, lines: lines(prediction),
+               height: prediction.offsetHeight, lineHeight},
+  valuesOneLine: values.every(oneLine), values: values.map((v) => v.textContent),
+  widestOneLine,
+};
+"""
+GAP = 40  # CSS px: cards one under the other are at most this far apart (the grid's gap is 16)
+UNEVEN = 0.25  # side by side, two cards' (or columns') bottoms differ by less than this share
+
+
+def holes(cards: dict[str, dict[str, float]]) -> list[str]:
+    """The empty stretches under a card: from its bottom to the next card below it that shares
+    some of its width, more than GAP."""
+    found = []
+    for name, card in cards.items():
+        below = [other["top"] for other in cards.values()
+                 if other["top"] >= card["bottom"] - 1
+                 and other["left"] < card["right"] and card["left"] < other["right"]]
+        if below and min(below) - card["bottom"] > GAP:
+            found.append(f"{min(below) - card['bottom']:.0f} px empty under {name}")
+    return found
+
+
+def side_by_side(a: dict[str, float], b: dict[str, float]) -> bool:
+    return a["top"] < b["bottom"] and b["top"] < a["bottom"] and (
+        a["right"] <= b["left"] or b["right"] <= a["left"])
+
+
+def test_layout_at_desktop_laptop_and_phone_widths(page: WebDriver) -> None:
+    page.find_element(By.CSS_SELECTOR, "#create summary").click()  # the longest form open
+    page.execute_script(DRAW_DIGIT, np.rint(load("digits").X_test[0] * 16).astype(int).tolist())
+    current_prediction(page)
+    for width in (1400, 1024, 390):
+        page.set_window_size(width, 900)
+        wait(page, lambda d, width=width: d.execute_script("return innerWidth") == width,
+             f"a window {width} px wide")
+        layout = page.execute_script(LAYOUT)
+        where = f"at {layout['width']} px: {layout}"
+        assert layout["overflow"] <= 0, f"the page scrolls sideways by {layout['overflow']} {where}"
+        prediction = layout["prediction"]
+        assert prediction["lines"] == 1, f"the prediction wraps {where}"
+        assert prediction["height"] <= 1.5 * prediction["lineHeight"], where
+        assert layout["valuesOneLine"], f"a probability wraps or spills {where}"
+        assert layout["widestOneLine"], f"'100.0 %' wraps or spills {where}"
+        cards = layout["cards"]
+        assert not holes(cards), f"{holes(cards)} {where}"
+        digits, small = cards["digits"], cards["small"]
+        if side_by_side(digits, small):  # else stacked: holes() saw no gap between them
+            taller = max(c["bottom"] - c["top"] for c in (digits, small))
+            assert abs(digits["bottom"] - small["bottom"]) < UNEVEN * taller, (
+                f"Small models and Digits side by side leave an empty column {where}")
+        columns: dict[float, float] = {}  # each column's left edge: its lowest bottom
+        for name, card in cards.items():
+            if name != "models":
+                columns[card["left"]] = max(columns.get(card["left"], 0), card["bottom"])
+        if len(columns) > 1:
+            top = min(c["top"] for name, c in cards.items() if name != "models")
+            ends = sorted(columns.values())
+            assert ends[-1] - ends[0] < UNEVEN * (ends[-1] - top), (
+                f"one column ends far above the other {where}")
+
+
+# -- links: the API's description and the derivations ----------------------------------------------
+
+
+def test_links_to_the_api_description(page: WebDriver, app: Service) -> None:
+    docs, description = by_testid(page, "docs-link"), by_testid(page, "openapi-link")
+    # relative links: the page works under a base URL (a proxy's /gradbook/, say)
+    assert page.execute_script(
+        "return [arguments[0].getAttribute('href'), arguments[1].getAttribute('href')]",
+        docs, description) == ["docs", "openapi.json"]
+    assert docs.get_property("href") == url(app) + "docs"
+    assert description.get_property("href") == url(app) + "openapi.json"
+    assert app.get("/openapi.json").json()["info"]["title"]
+    nav = page.find_element(By.CSS_SELECTOR, "nav.links").text
+    assert "notebooks/" in nav and "make docs" in nav, nav
+
+    docs.click()  # Swagger UI, which finds the token this tab keeps
+    wait(page, lambda d: "gradbook API" in d.title, "the API's page")
+    wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock"), "its operations",
+         details=lambda: page.find_element(By.TAG_NAME, "body").text[:500])

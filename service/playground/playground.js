@@ -44,6 +44,7 @@
     } catch (err) {
       throw new ServiceError(0, `the service did not answer (${err.message})`);
     }
+    if (response.status === 401) showTokenBar();
     const text = await response.text();
     let payload = null;
     try {
@@ -89,6 +90,175 @@
     delete box.dataset.status;
   }
 
+  // ---- messages beside a form's fields -------------------------------------------------------
+  // A form's request that the service refuses (400, 404, 409, 413, …) gets the service's message
+  // beside the field it names, that field marked (aria-invalid, aria-describedby); a message
+  // that names none goes under the form's buttons. The service names the request's fields
+  // (lr, sizes, epochs, X, …) as they are sent, usually first: the earliest one mentioned
+  // wins. Not being reached (0), the token (401, 403), a full queue (429) or the service's
+  // own trouble (5xx) are about no form and go to the banner at the top.
+
+  /** Each form's fields: the words naming them in the service's messages, their controls, and
+   *  the element the message goes after. */
+  const FORM_FIELDS = {
+    'create-form': [
+      { words: ['name', 'named'], name: 'name' },
+      { words: ['sizes'], name: 'sizes' },
+      { words: ['activation'], name: 'activation' },
+      { words: ['loss'], name: 'loss' },
+      { words: ['bias'], name: 'bias' },
+      { words: ['seed'], name: 'seed' },
+      { words: ['lr', 'learning rate'], name: 'lr' },
+      { words: ['epochs'], name: 'epochs' },
+      { words: ['batch_size', 'batch size'], name: 'batch_size' },
+    ],
+    'train-form': [
+      { words: ['data', 'data set'], name: 'data' },
+      { words: ['epochs'], name: 'epochs' },
+      { words: ['lr', 'learning rate'], name: 'lr' },
+      { words: ['batch_size', 'batch size'], name: 'batch_size' },
+      { words: ['model'], name: 'model' },
+    ],
+    'small-form': [
+      { words: ['x'], group: 'small-inputs' },
+      { words: ['model'], id: 'small-model' },
+    ],
+    'gradients-form': [
+      { words: ['X'], group: 'gradients-x' },
+      { words: ['Y'], group: 'gradients-y' },
+      { words: ['model'], id: 'gradients-model' },
+    ],
+  };
+
+  /** Errors that concern the page or the service rather than what a form holds. */
+  const forTheBanner = (err) =>
+    !err.status || err.status === 401 || err.status === 403 || err.status === 429 ||
+    err.status >= 500;
+
+  const escapeRegExp = (text) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+  /** Where in ``message`` the field is first named (case matters: x and X are two fields), or
+   *  Infinity. */
+  function mention(message, words) {
+    let first = Infinity;
+    for (const word of words) {
+      const found = new RegExp(`(^|[^\\w])${escapeRegExp(word)}(?![\\w])`).exec(message);
+      if (found) first = Math.min(first, found.index + found[1].length);
+    }
+    return first;
+  }
+
+  /** The controls of ``field`` in ``form`` (a group's inputs, or one control) and the element
+   *  its message goes after. */
+  function fieldControls(form, field) {
+    if (field.group) {
+      const container = byId(field.group);
+      return { controls: [...container.querySelectorAll('input')],
+               anchor: container.closest('fieldset') || container };
+    }
+    const control = field.id ? byId(field.id) : form.elements[field.name];
+    if (!control) return { controls: [], anchor: null };
+    return { controls: [control], anchor: control.closest('label') || control };
+  }
+
+  /** The field ``message`` is about, as {controls, anchor}, or null for none. */
+  function fieldOf(form, message) {
+    let best = null, at = Infinity;
+    for (const field of FORM_FIELDS[form.id] || []) {
+      const where = mention(message, field.words);
+      if (where < at) {
+        const found = fieldControls(form, field);
+        if (found.anchor && found.controls.length) {
+          best = found;
+          at = where;
+        }
+      }
+    }
+    if (!best) return null;
+    // In a group of number fields, the one holding the value the message quotes ("got 'zero'").
+    const quoted = /got '([^']*)'/.exec(message);
+    if (quoted && best.controls.length > 1) {
+      const holding = best.controls.filter((input) => input.value.trim() === quoted[1]);
+      if (holding.length) best.controls = holding;
+    }
+    return best;
+  }
+
+  /** The service's refusal of ``form``'s request: beside the field it names, else under the
+   *  form's buttons; the banner for errors no field can fix (see forTheBanner). With ``follow``
+   *  (the user has just sent the form) the field gets the focus and the message is scrolled
+   *  into view; a job that fails later moves neither. */
+  function showFormError(form, action, err, { follow = true } = {}) {
+    clearFormErrors(form);
+    if (forTheBanner(err)) {
+      showError(action, err);
+      return;
+    }
+    const field = fieldOf(form, err.message);
+    const message = document.createElement('p');
+    message.className = 'field-error';
+    message.id = `${form.id}-error`;
+    message.dataset.testid = 'field-error';
+    message.setAttribute('role', 'alert');
+    const status = err.status ? ` (HTTP ${err.status})` : '';
+    message.textContent = field ? err.message : `${action} failed${status}: ${err.message}`;
+    if (field) {
+      field.anchor.after(message);
+      for (const control of field.controls) {
+        control.setAttribute('aria-invalid', 'true');
+        describedBy(control, message.id, true);
+        control.dataset.error = message.id;
+      }
+      if (follow) field.controls[0].focus({ preventScroll: true });
+    } else {
+      const submit = form.querySelector('button[type="submit"]');
+      const buttons = submit.closest('.buttons') || submit;
+      buttons.after(message);
+      describedBy(submit, message.id, true);
+      submit.dataset.error = message.id;
+    }
+    if (follow) message.scrollIntoView({ block: 'nearest' });
+  }
+
+  /** Add ``id`` to (or take it from) ``element``'s aria-describedby. */
+  function describedBy(element, id, add) {
+    const ids = (element.getAttribute('aria-describedby') || '').split(/\s+/)
+      .filter((each) => each && each !== id);
+    if (add) ids.push(id);
+    if (ids.length) element.setAttribute('aria-describedby', ids.join(' '));
+    else element.removeAttribute('aria-describedby');
+  }
+
+  /** Take the message ``id`` off the page and the marks off its field. */
+  function clearFieldError(id) {
+    for (const element of document.querySelectorAll(`[data-error="${id}"]`)) {
+      element.removeAttribute('aria-invalid');
+      describedBy(element, id, false);
+      delete element.dataset.error;
+    }
+    const message = byId(id);
+    if (message) message.remove();
+  }
+
+  const clearFormErrors = (form) => clearFieldError(`${form.id}-error`);
+
+  /** Editing a marked field takes its mark and message away (a message under the buttons
+   *  stays until the form is sent again). */
+  function initFormErrors() {
+    for (const id of Object.keys(FORM_FIELDS)) {
+      const form = byId(id);
+      const edited = (event) => {
+        const target = event.target;
+        if (target.getAttribute && target.getAttribute('aria-invalid') === 'true' &&
+            target.dataset.error) {
+          clearFieldError(target.dataset.error);
+        }
+      };
+      form.addEventListener('input', edited);
+      form.addEventListener('change', edited);
+    }
+  }
+
   function say(id, text) {
     byId(id).textContent = text;
   }
@@ -118,9 +288,16 @@
 
   // ---- the token -----------------------------------------------------------------------------
 
+  /** The token bar is for services that ask for a token: shown once one answers 401, or when
+   *  this tab holds a token already. */
+  function showTokenBar() {
+    byId('token-form').hidden = false;
+  }
+
   function initToken() {
     const input = byId('token');
     input.value = sessionStorage.getItem(TOKEN_KEY) || '';
+    if (input.value) showTokenBar();
     byId('token-form').addEventListener('submit', (event) => {
       event.preventDefault();
       const token = input.value.trim();
@@ -282,15 +459,18 @@
         epochs: fieldValue(field('epochs')),
         batch_size: fieldValue(field('batch_size'), { nullWords: ['full', 'null'] }),
       });
+      let model;
       try {
-        const model = await api('POST', 'models', body);
-        say('models-status', `Created ${model.name} (version ${model.version}, untrained).`);
-        await refreshModels();
-        byId('train-model').value = model.name;
-        onTrainModelChange();
+        model = await api('POST', 'models', body);
       } catch (err) {
-        showError('Creating the model', err);
+        showFormError(form, 'Creating the model', err);
+        return;
       }
+      clearFormErrors(form);
+      say('models-status', `Created ${model.name} (version ${model.version}, untrained).`);
+      await refreshModels();
+      byId('train-model').value = model.name;
+      onTrainModelChange();
     });
   }
 
@@ -577,7 +757,7 @@
       track.append(fill);
       const value = document.createElement('span');
       value.className = 'value';
-      value.textContent = outputs ? `${(100 * p).toFixed(1)} %` : '';
+      value.textContent = outputs ? `${(100 * p).toFixed(1)}\u00a0%` : '';
       item.append(label, track, value);
       item.setAttribute('aria-label', `${k}: ${(100 * p).toFixed(1)} percent`);
       list.append(item);
@@ -619,10 +799,12 @@
       }
       numberFields(container, 'x', model.sizes[0]);
       byId('small-output').textContent = '–';
+      clearFormErrors(byId('small-form'));
     });
     byId('small-form').addEventListener('submit', async (event) => {
       event.preventDefault();
       clearError();
+      const form = event.currentTarget;
       const name = select.value;
       if (!name) return;
       byId('small-output').textContent = '…';
@@ -632,9 +814,10 @@
         const values = result.output.map(fmt).join(', ');
         byId('small-output').textContent =
           'class' in result ? `class ${result.class} · [${values}]` : `[${values}]`;
+        clearFormErrors(form);
       } catch (err) {
         byId('small-output').textContent = '–';
-        showError(`Predicting with ${name}`, err);
+        showFormError(form, `Predicting with ${name}`, err);
       }
     });
   }
@@ -697,8 +880,10 @@
       wait: false,
     });
     setTraining(true);
+    const form = byId('train-form');
     try {
       const job = await api('POST', modelPath(name, '/train'), body);
+      clearFormErrors(form);
       state.job = job;
       say('train-status', `Job ${job.id.slice(0, 8)}… ${job.state}.`);
       drawLossChart(job);
@@ -706,7 +891,7 @@
     } catch (err) {
       setTraining(false);
       say('train-status', '');
-      showError(`Training ${name}`, err);
+      showFormError(form, `Training ${name}`, err);
     }
   }
 
@@ -746,7 +931,8 @@
         `${fmt(last)}; committed as version ${job.version}.`);
     } else if (job.state === 'failed') {
       const error = job.error || { status: 0, message: 'no reason given' };
-      showError(`Training ${job.model}`, new ServiceError(error.status, error.message));
+      showFormError(byId('train-form'), `Training ${job.model}`,
+        new ServiceError(error.status, error.message), { follow: false });
     } else {
       say('train-status', `${job.model}: cancelled after epoch ${job.epoch}; nothing committed.`);
     }
@@ -760,10 +946,12 @@
     const job = state.job;
     if (!job) return;
     try {
-      await api('DELETE', `jobs/${encodeURIComponent(job.id)}`);
-      say('train-status', 'Cancelling…');
+      // 200: it was queued and is cancelled now; 202: it runs and stops after this epoch (the
+      // polling sees it end); 409: it has ended already (the polling sees how).
+      const answer = await api('POST', `jobs/${encodeURIComponent(job.id)}/cancel`);
+      say('train-status', answer && answer.state === 'cancelled' ? 'Cancelled.' : 'Cancelling…');
     } catch (err) {
-      showError('Cancelling the training', err);
+      showFormError(byId('train-form'), 'Cancelling the training', err);
     }
   }
 
@@ -848,10 +1036,12 @@
         byId('gradients-y-legend').textContent = 'Target y';
         numberFields(ys, 'y', out, out === 1 ? [1] : []);
       }
+      clearFormErrors(byId('gradients-form'));
     });
     byId('gradients-form').addEventListener('submit', async (event) => {
       event.preventDefault();
       clearError();
+      const form = event.currentTarget;
       const model = findModel(select.value);
       if (!model) return;
       const x = numbersOf(byId('gradients-x'));
@@ -861,10 +1051,11 @@
         const result = await api('POST', modelPath(model.name, '/gradients'), { X: [x], Y });
         say('gradients-status', `${model.name}, version ${result.version}: loss ${fmt(result.loss)}`);
         renderGradients(result.gradients);
+        clearFormErrors(form);
       } catch (err) {
         byId('gradients-maps').replaceChildren();
         say('gradients-status', '');
-        showError(`Gradients of ${model.name}`, err);
+        showFormError(form, `Gradients of ${model.name}`, err);
       }
     });
   }
@@ -929,6 +1120,7 @@
   // ---- start -----------------------------------------------------------------------------------
 
   initToken();
+  initFormErrors();
   initSelects();
   initCreateForm();
   initDrawing();
