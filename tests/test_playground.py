@@ -799,3 +799,35 @@ def test_links_to_the_api_description(page: WebDriver, app: Service) -> None:
     wait(page, lambda d: "gradbook API" in d.title, "the API's page")
     wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock"), "its operations",
          details=lambda: page.find_element(By.TAG_NAME, "body").text[:500])
+
+
+def test_the_api_page_asks_for_the_token_then_renders_and_tries_the_api(
+        browser: WebDriver, app: Service) -> None:
+    """/docs without a token in the tab: /openapi.json answers 401, so the page asks for the
+    token instead of failing; given it, Swagger UI renders every tagged group, and "Try it
+    out" sends the token with the request."""
+    browser.get(url(app) + "docs")
+    browser.execute_script("sessionStorage.removeItem(arguments[0])", TOKEN_KEY)
+    browser.refresh()
+    form = wait(browser, lambda d: d.find_element(By.ID, "token-form").is_displayed()
+                and d.find_element(By.ID, "token-form"), "the token form")
+    assert not browser.find_elements(By.CSS_SELECTOR, ".opblock")
+    form.find_element(By.ID, "token").send_keys(TOKEN + Keys.ENTER)
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock"), "its operations")
+    assert not browser.find_element(By.ID, "token-form").is_displayed()
+    tags = {element.text.split("\n")[0] for element in
+            browser.find_elements(By.CSS_SELECTOR, ".opblock-tag")}
+    assert {"models", "jobs", "service"} <= tags, tags
+    # Try GET /models from the page: the answer is the service's list, not a 401
+    listing = next(block for block in browser.find_elements(By.CSS_SELECTOR, ".opblock-get")
+                   if block.find_element(By.CSS_SELECTOR, ".opblock-summary-path").text
+                   == "/models")
+    listing.find_element(By.CSS_SELECTOR, ".opblock-summary").click()
+    wait(browser, lambda d: listing.find_elements(By.CSS_SELECTOR, ".try-out__btn"), "Try it out")
+    listing.find_element(By.CSS_SELECTOR, ".try-out__btn").click()
+    listing.find_element(By.CSS_SELECTOR, ".execute").click()
+    wait(browser, lambda d: "Server response" in listing.text, "the answer")
+    answer = " ".join(listing.text.split())
+    assert "Authorization: Bearer " + TOKEN in answer, answer[:1000]
+    assert "Server response Code Details 200" in answer and '"models"' in answer, answer[:1000]
+    browser.execute_script("sessionStorage.setItem(arguments[0], arguments[1])", TOKEN_KEY, TOKEN)
