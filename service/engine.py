@@ -67,12 +67,14 @@ CONTENT_READ = {runner.RESULT, "error", "status"}  # the messages whose content 
 @dataclass
 class Result:
     """What the kernel sent back for one request: the endpoint cell's output and the
-    ``ResponseInfo`` cell's output, or the error one of them raised."""
+    ``ResponseInfo`` cell's output, or the error one of them raised; and how many requests the
+    execution that ran it held (for the access log)."""
 
     kernel_id: str
     body: str = ""
     info: str | None = None
     error: dict[str, str] | None = None
+    batch: int = 1
 
 
 @dataclass
@@ -93,6 +95,7 @@ class Execution:
         self.kernel_id = kernel_id
         self.waiting = dict(enumerate(jobs))
         self.batch = bool(jobs)
+        self.size = len(jobs)
         self.failure: dict[str, Any] = {}  # an error raised outside any request
         # every request answered, or the kernel idle again: the kernel may take more work
         self.answered = asyncio.get_running_loop().create_future()
@@ -112,7 +115,7 @@ class Execution:
                                                            "another that ran out of time; retry"))
             else:
                 fields = {key: content.get(key) for key in ("body", "info", "error")}
-                job.future.set_result(Result(self.kernel_id, **fields))
+                job.future.set_result(Result(self.kernel_id, **fields, batch=self.size))
         elif kind == "error":
             self.failure.update(content)
         elif kind == "status" and content["execution_state"] == "idle":

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import sys
-import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -136,10 +136,25 @@ def serve(endpoint: Callable[[Request], Response], REQUEST: str | Mapping[str, A
     except Exception as err:
         error = to_http(err)
         if error.status >= 500:  # the service's fault: keep the details in the service log
-            traceback.print_exc(file=sys.__stderr__)
+            fault_log().exception("%s failed", getattr(endpoint, "__name__", "an endpoint"))
         retry = {"Retry-After": str(RETRY_AFTER[error.status])} if error.status in RETRY_AFTER \
             else {}
         return json_response(error_body(error), error.status, retry)
+
+
+def fault_log() -> logging.Logger:
+    """The log of a kernel's faults: the service's log (the gateway's standard error, which
+    kernels share), in its format (``GRADBOOK_LOG_FORMAT``), never the cell's output."""
+    log = logging.getLogger("gradbook.kernel")
+    if not log.handlers:
+        from gradbook_service import logs
+        from gradbook_service.settings import Settings
+
+        handler = logging.StreamHandler(sys.__stderr__)
+        handler.setFormatter(logs.formatter(Settings().log_format))
+        log.addHandler(handler)
+        log.propagate = False  # ipykernel's own handlers would print it again
+    return log
 
 
 def respond(endpoint: Callable[[Request], Response], REQUEST: str | Mapping[str, Any]) -> str:

@@ -15,6 +15,10 @@ and an address reachable from other machines with no token (unless ``GRADBOOK_AL
 Everything the service writes (the store, job records, kernels' files, logs it opens) is
 private to the user running it: the launcher sets the file mode mask to 077 for itself and
 every process it starts.
+
+Once the settings are known to be usable, everything the launcher, the gateway and tornado log
+goes to standard error in one format, ``GRADBOOK_LOG_FORMAT`` (``gradbook_service.logs``); a
+setting it cannot start with is still one plain line, as the ``gradbook`` command's own errors.
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gradbook_service import trainer
+from gradbook_service import logs, trainer
 from gradbook_service.jobs import open_jobs
 from gradbook_service.origins import is_loopback
+from gradbook_service.personality import log_request
 from gradbook_service.processes import stop_process
 from gradbook_service.settings import TOKEN_REQUIRED, SettingError, Settings
 from gradbook_service.training import create_default_models
@@ -57,6 +62,7 @@ def gateway_config(settings: Settings) -> Config:
     app.prespawn_count = settings.kernels
     app.auth_token = settings.token
     app.answer_yes = True  # Ctrl-C stops at once instead of asking
+    app.logging_config = logs.app_logging(KernelGatewayApp.__name__)  # one handler, one format
     config.GradbookPersonality.page = PAGE
     # A kernel restarted in place would come back without the notebook's seed cells and fail
     # every request; instead the personality replaces a stopped kernel with a newly seeded one.
@@ -143,22 +149,25 @@ def main() -> None:
     if (reason := refusal(settings)) is not None:
         print(f"gradbook: {reason}", file=sys.stderr)
         sys.exit(USAGE_ERROR)
+    logs.configure(settings.log_format)
+    log = logs.log
     new_folder = not Path(settings.store).exists()
     store = open_store(settings.store)
     try:  # replicas starting together migrate a database's schema once; the first seeds it
         first_start = new_folder if isinstance(store, ModelStore) else store.migrate() == 0
     except StoreError as err:
-        sys.exit(f"gradbook: {err}")
+        log.critical("cannot start: %s", err)
+        sys.exit(1)
     if first_start:
-        print(f"first start: training {', '.join(create_default_models(store))} in "
-              f"{store.location}")
+        log.info("first start: training %s in %s", ", ".join(create_default_models(store)),
+                 store.location)
     jobs = open_jobs(store, settings.job_lease, settings.max_queued_jobs, settings.max_job_bytes)
     if not jobs.shared:  # shared jobs belong to every replica; stranded ones end by lease
         stranded = trainer.recover(
             store, jobs, [job for job in jobs.all() if job["state"] in ("queued", "running")],
             "the service stopped while the job was {state}; nothing was saved")
         if stranded:
-            print(f"{stranded} training job(s) the last run left unfinished are ended")
+            log.warning("%d training job(s) the last run left unfinished are ended", stranded)
         jobs.rebuild_index()
     config = gateway_config(settings)
     # Kernels inherit this environment: they must use the same store, and never see the token.
@@ -168,16 +177,16 @@ def main() -> None:
     os.environ[TOKEN_REQUIRED] = "1" if settings.token else "0"
     app = KernelGatewayApp(config=config)
     app.initialize(argv=[])
+    # The personality installs its access log once the loop runs; a probe sent sooner (the
+    # server listens already) would be logged by tornado's own, in another form.
+    app.web_app.settings["log_function"] = log_request
     # Ctrl-C stops as SIGTERM does: kernels shut down, the gateway's folder removed. (The
     # gateway asks first at a terminal, and elsewhere lets KeyboardInterrupt end its loop
     # before anything is shut down.)
     signal.signal(signal.SIGINT, app._signal_stop)
-    print(
-        f"gradbook service listening on http://{app.ip}:{app.port} "
-        f"({settings.kernels} kernels, store {store.location}, "
-        f"token {'required' if app.auth_token else 'off'})",
-        flush=True,
-    )
+    log.info("gradbook service listening on http://%s:%s (%d kernels, store %s, token %s)",
+             app.ip, app.port, settings.kernels, store.location,
+             "required" if app.auth_token else "off")
     worker = TrainingWorker() if settings.training_worker else None
     if worker is not None:
         worker.watch.start()
@@ -186,7 +195,7 @@ def main() -> None:
     finally:
         if worker is not None:
             worker.stop()
-    print("gradbook service stopped", flush=True)
+    log.info("gradbook service stopped")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from traitlets import Bool, Float, Integer, TraitType, Unicode
+from traitlets import Bool, Enum, Float, Integer, TraitType, Unicode
 from traitlets.config import Configurable
 
 from gradbook.store import DEFAULT_ROOT
@@ -46,6 +46,7 @@ READERS: dict[type, tuple[Callable[[str], Any], str]] = {
     Integer: (int, "an integer"),
     Float: (float, "a number"),
     Bool: (flag, "0 or 1"),
+    Enum: (str, "one of its values"),  # allowed() names the values
 }
 
 
@@ -79,7 +80,10 @@ class SettingError(ValueError):
 
 
 def allowed(trait: TraitType) -> str:
-    """What a trait accepts, in words: ``an integer from 1 to 65535``."""
+    """What a trait accepts, in words: ``an integer from 1 to 65535``, ``text or json``."""
+    if isinstance(trait, Enum):
+        *others, last = map(str, trait.values)
+        return f"{', '.join(others)} or {last}" if others else last
     kind = READERS[type(trait)][1]
     low, high = getattr(trait, "min", None), getattr(trait, "max", None)
     if high is not None and not math.isfinite(high):
@@ -104,7 +108,8 @@ def _reader(trait: TraitType, env: str, fallback: Any) -> Callable[[Configurable
             parsed = None
         low, high = getattr(trait, "min", None), getattr(trait, "max", None)
         if parsed is None or (isinstance(parsed, float) and not math.isfinite(parsed)) \
-                or (low is not None and parsed < low) or (high is not None and parsed > high):
+                or (low is not None and parsed < low) or (high is not None and parsed > high) \
+                or (isinstance(trait, Enum) and parsed not in trait.values):
             raise SettingError(trait.name, env, value, allowed(trait))
         return parsed
 
@@ -134,6 +139,11 @@ class Settings(FromEnvironment):
         help="1: listen on an address other than loopback without GRADBOOK_TOKEN (0: refuse to "
         "start)",
     ).tag(env="GRADBOOK_ALLOW_OPEN", fallback=False)
+    log_format = Enum(
+        ("text", "json"), config=True,
+        help="How the log is written: 'text', one line per record ('[I 2026-12-07 "
+        "13:06:25.482 gradbook] …'), or 'json', one JSON object per line for a log pipeline",
+    ).tag(env="GRADBOOK_LOG_FORMAT", fallback="text")
 
     # the limits of one request
     max_body_bytes = Integer(

@@ -17,21 +17,25 @@ holds for a quiet machine, and a busy one can take several times as long, so a r
 training then is stopped after its epoch, commits nothing and fails with 504.
 A run commits through ``ModelAPI.run_training``, the code that synchronous training runs: one
 implementation, the same limits and the same version rules.
+
+What goes wrong here is logged in the service's format (``GRADBOOK_LOG_FORMAT``,
+``gradbook_service.logs``) on the standard error the worker shares with the launcher.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from gradbook_service import logs
 from gradbook_service.api import ModelAPI, training_data
 from gradbook_service.errors import to_http
 from gradbook_service.jobs import Job, Jobs
@@ -44,6 +48,8 @@ POLL_SECONDS = 0.2  # between looks for a queued job when there is none
 PROGRESS_SECONDS = 0.25  # between writes of a running job's losses
 CANCEL_CHECK_SECONDS = 0.1  # between reads of a running job's record for a cancellation
 LOCK_WAIT_SECONDS = 300.0  # a job waits this long for another change of its model to finish
+
+log = logging.getLogger("gradbook.trainer")
 
 
 class JobCancelledError(Exception):
@@ -148,7 +154,7 @@ def _run(api: ModelAPI, jobs: Jobs, job: Job, progress: Progress) -> None:
     except Exception as err:  # every failure ends the job, with what the client would be told
         error = to_http(err)
         if error.status >= 500:
-            traceback.print_exc(file=sys.stderr)
+            log.exception("training job %s failed", job["id"])
         record_end(jobs, progress, job["id"], "failed",
             error={"status": error.status, "message": error.message})
     else:
@@ -162,7 +168,8 @@ def record_end(jobs: Jobs, progress: Progress, job_id: str, state: str, **fields
         progress.write()
         jobs.finish(job_id, state, **fields)
     except StoreError:
-        traceback.print_exc(file=sys.stderr)
+        log.exception("training job %s ended %s, and its record could not say so", job_id,
+                      state)
 
 
 def recover(store: Store, jobs: Jobs, stranded: list[Job], why: str) -> int:
@@ -202,6 +209,7 @@ LAPSED = ("the training worker that ran the job stopped renewing its claim (its 
 
 def main() -> None:
     settings = Settings()
+    logs.configure(settings.log_format)
     lock_wait = min(LOCK_WAIT_SECONDS, settings.max_job_seconds)
     store = open_store(settings.store, lock_wait, settings.model_cache)
     api = ModelAPI(store, settings)
@@ -223,7 +231,7 @@ def main() -> None:
                 run(api, jobs, job)
                 jobs.prune()
         except StoreError:  # the database is away: look again later
-            traceback.print_exc(file=sys.stderr)
+            log.exception("the training jobs' records could not be read; trying again")
             job = None
         if job is None:
             time.sleep(POLL_SECONDS)

@@ -38,7 +38,7 @@ def test_every_setting_reads_its_variable(monkeypatch: pytest.MonkeyPatch) -> No
               "TRAINING_WORKER": "0", "JOB_LEASE": "2.5", "MAX_RESPONSE_RATIO": "8",
               "MAX_PENDING_BYTES": "65536", "MAX_CONNECTIONS": "10",
               "ALLOWED_HOSTS": "a.test,b.test", "MAX_QUEUED_JOBS": "4", "MAX_JOB_BYTES": "999",
-              "MAX_JOB_SECONDS": "9.5"}
+              "MAX_JOB_SECONDS": "9.5", "LOG_FORMAT": "json"}
     for name, value in values.items():
         monkeypatch.setenv(f"GRADBOOK_{name}", value)
     settings = Settings()
@@ -53,7 +53,7 @@ def test_every_setting_reads_its_variable(monkeypatch: pytest.MonkeyPatch) -> No
     assert (settings.max_response_ratio, settings.max_pending_bytes) == (8.0, 65536)
     assert (settings.max_connections, settings.allowed_hosts) == (10, "a.test,b.test")
     assert (settings.max_queued_jobs, settings.max_job_bytes) == (4, 999)
-    assert settings.max_job_seconds == 9.5
+    assert (settings.max_job_seconds, settings.log_format) == (9.5, "json")
     assert len(values) == len(Settings.class_trait_names(config=True))  # every setting is here
 
 
