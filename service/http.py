@@ -59,7 +59,8 @@ class Request:
             media_type = str(content_type).split(";")[0].strip() or "no Content-Type"
             raise ServiceError(415, f"send the body as JSON with 'Content-Type: {JSON}', not "
                                f"{brief(media_type)}")
-        return None if self.body == "" else self.body
+        # no body at all, not a body that is the JSON string "" (which decodes to "" too)
+        return None if self.body == "" and self.size == 0 else self.body
 
     def header(self, name: str) -> str:
         """The value of header ``name`` (any case), '' when absent."""

@@ -31,6 +31,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import FrameType
 
 from gradbook_service import logs, trainer
 from gradbook_service.jobs import open_jobs
@@ -49,6 +50,7 @@ from gradbook.store import ModelStore, StoreError, open_store
 # notebooks/api.ipynb, shipped inside the package (a link to it in a clone)
 NOTEBOOK = (Path(__file__).parent / "notebooks" / "api.ipynb").resolve()
 PAGE = "gradbook_service.playground:page"  # the page the gateway serves at GET /
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 USAGE_ERROR = 2  # a setting the service cannot start with, as a bad command line
 PRIVATE_UMASK = 0o077  # files and folders the service makes: its user's alone
 
@@ -183,7 +185,13 @@ def main() -> None:
     # Ctrl-C stops as SIGTERM does: kernels shut down, the gateway's folder removed. (The
     # gateway asks first at a terminal, and elsewhere lets KeyboardInterrupt end its loop
     # before anything is shut down.)
-    signal.signal(signal.SIGINT, app._signal_stop)
+    def stop_once(signum: int, frame: FrameType | None) -> None:
+        for each in STOP_SIGNALS:  # a second signal (Ctrl-C twice, or a supervisor's and the
+            signal.signal(each, signal.SIG_IGN)  # terminal's) must not stop everything again
+        app._signal_stop(signum, frame)
+
+    for each in STOP_SIGNALS:
+        signal.signal(each, stop_once)
     log.info("gradbook service listening on http://%s:%s (%d kernels, store %s, token %s)",
              app.ip, app.port, settings.kernels, store.location,
              "required" if app.auth_token else "off")
