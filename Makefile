@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve cluster test lint system-packages notebook docs bench soak mutation clean distclean
+.PHONY: serve cluster test lint system-packages notebook docs bench soak mutation mutation-engine clean distclean
 
 # The Python the project needs; a .venv made by another (or broken) is made again, saying so.
 PYTHON_OK := import sys; sys.exit(sys.version_info < (3, 10))
@@ -93,10 +93,15 @@ bench: $(BENCH_STAMP)
 soak: $(STAMP)
 	$(PY) bench/soak.py
 
-# Mutation testing, not part of `make test` nor CI (2-4 minutes on 2 cores): mutmut mutates
-# gradbook/, service/inputs.py and service/errors.py ([tool.mutmut] in pyproject.toml), runs the
-# fast tests that call each mutated function, and the summary prints the share killed per module.
-# Each run starts afresh: mutmut's cache would keep survivors that new or changed tests now kill.
+# Mutation testing, not part of `make test` nor CI, in two parts:
+# - mutmut (about 7 minutes on 2 cores) mutates gradbook/, service/inputs.py, service/errors.py
+#   ([tool.mutmut] in pyproject.toml), runs the fast tests that call each mutated function, and the
+#   summary prints the share killed per module. Each run starts afresh: mutmut's cache would keep
+#   survivors that new or changed tests now kill.
+# - the engine (service/engine.py, service/runner.py) runs in the gateway and its kernels, which
+#   mutmut's mutants never reach: tests/mutation/engine_mutants.py plants its bugs one at a time,
+#   each in a copy of the tree, and runs the engine's tests against each (10-15 minutes on 2
+#   cores); `make mutation-engine` runs this part alone. ARGS: its options, e.g. ARGS="--list".
 MUTMUT_STAMP := $(VENV)/.mutmut-installed
 
 $(MUTMUT_STAMP): $(STAMP)
@@ -107,7 +112,11 @@ mutation: $(MUTMUT_STAMP)
 	rm -rf mutants
 	$(VENV)/bin/mutmut run
 	@echo
-	$(PY) tests/mutation/summary.py
+	$(PY) tests/mutation/summary.py; status=$$?; echo; \
+	  $(PY) tests/mutation/engine_mutants.py $(ARGS) && exit $$status
+
+mutation-engine: $(STAMP)
+	$(PY) tests/mutation/engine_mutants.py $(ARGS)
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache mutants
