@@ -521,11 +521,7 @@ def test_make_cluster_serves_restarts_a_dead_replica_and_stops_on_ctrl_c(
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     started: set[int] = set()
     try:
-        deadline = time.monotonic() + 240
-        while b"gradbook cluster listening" not in log.read_bytes():
-            assert cluster.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.5)
+        wait_until_listening(cluster, log)
         started = set(descendants(cluster.pid))
         body = json.dumps({"x": [1, 0, 1]}).encode()
         headers = {"Content-Type": "application/json"}
@@ -556,6 +552,15 @@ def test_make_cluster_serves_restarts_a_dead_replica_and_stops_on_ctrl_c(
             shutil.rmtree(state, ignore_errors=True)
     assert status == 0, log.read_text()[-3000:]
     stopped_cleanly(log, started)
+
+
+def wait_until_listening(cluster: subprocess.Popen, log: Path, timeout: float = 240) -> None:
+    """Until the cluster says its balancer listens (it first starts PostgreSQL and replicas)."""
+    deadline = time.monotonic() + timeout
+    while b"gradbook cluster listening" not in log.read_bytes():
+        assert cluster.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.5)
 
 
 def stopped_cleanly(log: Path, started: set[int]) -> None:
@@ -590,11 +595,7 @@ def test_sigterm_stops_a_cluster_as_ctrl_c_does(tmp_path_factory: pytest.TempPat
              "--pg-port", str(free_port())], env=env, cwd=workdir, stdout=out,
             stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 240
-        while b"gradbook cluster listening" not in log.read_bytes():
-            assert cluster.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.5)
+        wait_until_listening(cluster, log)
         started = set(descendants(cluster.pid))
         assert http_status(port, "/readyz") == 200
         cluster.send_signal(signal.SIGTERM)
