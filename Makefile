@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve cluster test lint system-packages notebook docs bench soak mutation mutation-engine clean distclean
+.PHONY: serve cluster test test-long lint system-packages notebook docs bench soak mutation mutation-engine clean distclean
 
 # The Python the project needs; a .venv made by another (or broken) is made again, saying so.
 PYTHON_OK := import sys; sys.exit(sys.version_info < (3, 10))
@@ -43,7 +43,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 test: lint system-packages
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest -n 2 --dist loadgroup -m "not long"
+
+# The tests marked `long` (minutes each): Schemathesis with its default options, unconfigured,
+# against a service without a token and one with a token (tests/test_fuzz_defaults.py).
+test-long: $(STAMP) system-packages
+	$(PY) -m pytest -n 2 --dist loadgroup -m long
 
 # JUPYTER_PORT: 8889 by default, so it runs beside `make serve` (8888).
 JUPYTER_PORT ?= 8889

@@ -11,7 +11,7 @@ an ``X`` as wide as the model, the parameter cap of a new model's sizes…), and
 statuses listed there. ``test_fuzz`` runs the
 thorough, configured run against a service with a token.
 
-Alone: ``.venv/bin/python -m pytest tests/test_fuzz_defaults.py`` (about a minute each).
+Marked ``long`` (a minute or two each): ``make test-long`` runs it, ``make test`` does not.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from pathlib import Path
 import pytest
 from conftest import Service
 from test_fuzz import RUN_TIMEOUT, VALID_BUT_REFUSED, checks_run, console_failures, failures
+
+pytestmark = pytest.mark.long
 
 POSITIVE = "positive_data_acceptance"
 
