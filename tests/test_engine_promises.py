@@ -23,25 +23,22 @@ kernels. None is shared with another module: the group ``engine`` runs beside ``
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nbformat
 import pytest
-from conftest import ROOT, Reply, free_port, gateway_env, http_request
+from conftest import Reply, http_request
 from procs import alive
 from test_batching import Metrics, Sent, delta, error_of, metrics, post
+from test_personality import serve_notebook
 
 pytestmark = pytest.mark.xdist_group("engine")
 
@@ -141,40 +138,11 @@ CELLS = [
 
 @contextmanager
 def serve(folder: Path, kernels: int, **env: str) -> Iterator[int]:
-    """The personality serving ``CELLS`` on ``kernels`` kernels, with the settings ``env``, as
-    ``serve_notebook`` (tests/test_personality.py) starts it with one; yields its port."""
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS])
-    notebook.metadata["kernelspec"] = {"name": "python3", "language": "python",
-                                       "display_name": "Python 3"}
-    nbformat.write(notebook, folder / "promises.ipynb")
-    port = free_port()
-    command = [sys.executable, "-m", "kernel_gateway",
-               "--KernelGatewayApp.api=gradbook_service.personality",
-               f"--KernelGatewayApp.seed_uri={folder / 'promises.ipynb'}", "--ip=127.0.0.1",
-               f"--port={port}", "--port_retries=0",
-               f"--KernelGatewayApp.prespawn_count={kernels}"]
-    log = folder / "gateway.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, cwd=ROOT, env={**gateway_env(folder), **env},
-                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not answers_200(port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the gateway did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
+    """The personality serving ``CELLS`` on ``kernels`` kernels, with the settings ``env``
+    (``serve_notebook`` of tests/test_personality.py); yields its port once ``GET /pid``
+    answers."""
+    with serve_notebook(folder, CELLS, probe="/pid", env=env, kernels=kernels) as port:
         yield port
-    finally:
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-
-
-def answers_200(port: int) -> bool:
-    try:
-        return http_request(port, "GET", "/pid", None, {}, 10).status == 200
-    except (OSError, http.client.HTTPException):  # not up yet
-        return False
 
 
 @pytest.fixture(scope="module")

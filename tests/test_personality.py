@@ -9,6 +9,7 @@ its kernel exactly one execution (stock notebook-http uses two or three).
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -100,11 +101,12 @@ CELLS = [
 def serve_notebook(
     folder: Path, cells: list[str], *options: str, probe: str,
     headers: dict[str, str] | None = None, env: dict[str, str] | None = None,
+    kernels: int = 1,
 ) -> Iterator[int]:
     """The stock gateway command with ``KernelGatewayApp.api`` set to the personality, serving a
-    notebook of ``cells`` (written to ``folder``) on one kernel, with more gateway ``options``
-    and environment variables ``env``; yields its port once ``GET probe`` (sent with
-    ``headers``) answers 200."""
+    notebook of ``cells`` (written to ``folder``) on ``kernels`` kernels, with more gateway
+    ``options`` and environment variables ``env``; yields its port once ``GET probe`` (sent
+    with ``headers``) answers 200."""
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
     notebook.metadata["kernelspec"] = {"name": "python3", "language": "python",
                                        "display_name": "Python 3"}
@@ -113,8 +115,8 @@ def serve_notebook(
     command = [sys.executable, "-m", "kernel_gateway",
                "--KernelGatewayApp.api=gradbook_service.personality",
                f"--KernelGatewayApp.seed_uri={folder / 'plain.ipynb'}", "--ip=127.0.0.1",
-               f"--port={port}", "--port_retries=0", "--KernelGatewayApp.prespawn_count=1",
-               *options]
+               f"--port={port}", "--port_retries=0",
+               f"--KernelGatewayApp.prespawn_count={kernels}", *options]
     log = folder / "gateway.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(command, cwd=ROOT, env={**gateway_env(folder), **(env or {})},
@@ -127,7 +129,8 @@ def serve_notebook(
             time.sleep(0.2)
         yield port
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # a test may have stopped it
+            os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
 
 
