@@ -105,6 +105,9 @@ class TrainingWorker:
     def __init__(self) -> None:
         self.process = self._start()
         self.watch = PeriodicCallback(self._check, 1000)
+        # Set by the stop signal: a signal sent to the whole process group (Ctrl-C at a
+        # terminal, a supervisor's killpg) ends the worker too, and it must not be replaced.
+        self.stopping = False
 
     @staticmethod
     def _start() -> subprocess.Popen:
@@ -114,12 +117,13 @@ class TrainingWorker:
                                 preexec_fn=_as_worker)
 
     def _check(self) -> None:
-        if (status := self.process.poll()) is not None:
+        if not self.stopping and (status := self.process.poll()) is not None:
             app_log.error("the training worker stopped (exit status %s); starting another",
                           status)
             self.process = self._start()
 
     def stop(self) -> None:
+        self.stopping = True
         self.watch.stop()
         stop_process(self.process)
 
@@ -182,19 +186,22 @@ def main() -> None:
     # The personality installs its access log once the loop runs; a probe sent sooner (the
     # server listens already) would be logged by tornado's own, in another form.
     app.web_app.settings["log_function"] = log_request
+    log.info("gradbook service listening on http://%s:%s (%d kernels, store %s, token %s)",
+             app.ip, app.port, settings.kernels, store.location,
+             "required" if app.auth_token else "off")
+    worker: TrainingWorker | None = None
     # Ctrl-C stops as SIGTERM does: kernels shut down, the gateway's folder removed. (The
     # gateway asks first at a terminal, and elsewhere lets KeyboardInterrupt end its loop
     # before anything is shut down.)
     def stop_once(signum: int, frame: FrameType | None) -> None:
         for each in STOP_SIGNALS:  # a second signal (Ctrl-C twice, or a supervisor's and the
             signal.signal(each, signal.SIG_IGN)  # terminal's) must not stop everything again
+        if worker is not None:
+            worker.stopping = True
         app._signal_stop(signum, frame)
 
     for each in STOP_SIGNALS:
         signal.signal(each, stop_once)
-    log.info("gradbook service listening on http://%s:%s (%d kernels, store %s, token %s)",
-             app.ip, app.port, settings.kernels, store.location,
-             "required" if app.auth_token else "off")
     worker = TrainingWorker() if settings.training_worker else None
     if worker is not None:
         worker.watch.start()
