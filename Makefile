@@ -24,10 +24,11 @@ $(STAMP): pyproject.toml
 # ARGS: flags of `gradbook serve` (or `cluster`), e.g. make serve ARGS="--port 9000 --kernels 4"
 ARGS ?=
 
+# A development command: the API notebook is reloaded when it is saved (--reload).
 serve: $(STAMP)
-	$(VENV)/bin/gradbook serve $(ARGS)
+	$(VENV)/bin/gradbook serve --reload $(ARGS)
 
-# Several replicas behind HAProxy over one PostgreSQL store (service/cluster.py says how):
+# Several replicas behind HAProxy over one PostgreSQL store (service/app/cluster.py says how):
 # GRADBOOK_REPLICAS (2), GRADBOOK_PORT (8888: the balancer; replicas on the next ports),
 # GRADBOOK_PG_PORT (55432), and every other GRADBOOK_* setting, passed to each replica.
 cluster: $(STAMP)
@@ -99,11 +100,11 @@ soak: $(STAMP)
 	$(PY) bench/soak.py
 
 # Mutation testing, not part of `make test` nor CI, in two parts:
-# - mutmut (about 7 minutes on 2 cores) mutates gradbook/, service/inputs.py, service/errors.py
+# - mutmut (about 7 minutes on 2 cores) mutates gradbook/, service/app/inputs.py, service/gateway/errors.py
 #   ([tool.mutmut] in pyproject.toml), runs the fast tests that call each mutated function, and the
 #   summary prints the share killed per module. Each run starts afresh: mutmut's cache would keep
 #   survivors that new or changed tests now kill.
-# - the engine (service/engine.py, service/runner.py) runs in the gateway and its kernels, which
+# - the engine (service/gateway/engine.py, service/gateway/runner.py) runs in the gateway and its kernels, which
 #   mutmut's mutants never reach: tests/mutation/engine_mutants.py plants its bugs one at a time,
 #   each in a copy of the tree, and runs the engine's tests against each (10-15 minutes on 2
 #   cores); `make mutation-engine` runs this part alone. ARGS: its options, e.g. ARGS="--list".

@@ -1,6 +1,6 @@
 """How long the slowest training request the service admits really takes, against its estimate.
 
-``service/limits.py`` admits a training request when ``training_seconds`` (a cost model of
+``service/app/limits.py`` admits a training request when ``training_seconds`` (a cost model of
 ``MLP.fit``) estimates it under ``max_train_seconds`` (60 s by default), and the estimate is meant
 to be an upper bound on a 2-core machine. This benchmark builds the worst requests those limits
 let through and times them, to say how long a kernel can really be held by one request and how
@@ -22,7 +22,8 @@ than the tersest JSON body under ``max_body_bytes`` can carry (``[0,1]`` rows, l
 
 All use biases (more work per step than without) and synthetic data from a fixed-seed numpy
 generator: inputs in [0, 1), targets in [0, 1] for half_sse, class labels for cross_entropy.
-Each request runs as the service runs it, ``gradbook_service.training.train`` (``MLP.fit``, then the
+Each request runs as the service runs it, ``gradbook_service.app.training.train`` (``MLP.fit``,
+then the
 evaluation), in this process with plain numpy and its default BLAS threads. Any ``OPENBLAS_*``
 variables set on the machine are left as they are (tests and CI run under them too); the run
 prints them with the BLAS threads in use.
@@ -62,9 +63,9 @@ from itertools import pairwise
 from typing import Any
 
 import numpy as np
-from gradbook_service import limits
-from gradbook_service.settings import MAX_ELEMENTS, MAX_LAYERS, MAX_PARAMETERS, Settings
-from gradbook_service.training import TrainingData, train
+from gradbook_service.app import limits
+from gradbook_service.app.settings import MAX_ELEMENTS, MAX_LAYERS, MAX_PARAMETERS, Settings
+from gradbook_service.app.training import TrainingData, train
 from threadpoolctl import threadpool_info
 
 from gradbook.network import MLP

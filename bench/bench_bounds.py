@@ -1,7 +1,8 @@
 """What the gateway's memory bounds hold to, measured: queued large requests, stalled uploads and
 many connections, each against the body size and the worst case docs/security.md states.
 
-A fresh gradbook service for each load (``python -m gradbook_service.launch`` with one kernel and
+A fresh gradbook service for each load (``python -m gradbook_service.app.launch`` with one kernel
+and
 ``GRADBOOK_MAX_PENDING_BYTES``, 128 MiB by default, over a fresh store: memory a process once
 took is not given back, so one load would hide the next). Its gateway process's resident memory
 (``VmRSS``) is read from ``/proc`` before and during the load:
@@ -15,7 +16,7 @@ took is not given back, so one load would hide the next). Its gateway process's 
 3. **connections**: ``--connections`` connections each send 15 KiB of a request head and stop.
 
 It prints each growth, per request or connection, and as a share of the worst case that
-docs/security.md states (``gradbook_service.capacity``: twice the pending bytes, 80 KiB per
+docs/security.md states (``gradbook_service.gateway.capacity``: twice the pending bytes, 80 KiB per
 connection, twelve times the body being decoded). Nothing is asserted;
 ``tests/test_neighbours.py`` checks the bounds.
 
@@ -136,8 +137,8 @@ def gateway(tmp: Path, pending: int, max_connections: int) -> Iterator[tuple[int
     env.update(GRADBOOK_STORE=str(tmp / "store"), GRADBOOK_PORT=str(port),
                GRADBOOK_KERNELS="1", GRADBOOK_MAX_PENDING_BYTES=str(pending),
                GRADBOOK_MAX_CONNECTIONS=str(max_connections))
-    with server("gradbook", [sys.executable, "-m", "gradbook_service.launch"], env, port, "/readyz",
-                tmp / "gradbook.log"):
+    launch = [sys.executable, "-m", "gradbook_service.app.launch"]
+    with server("gradbook", launch, env, port, "/readyz", tmp / "gradbook.log"):
         yield port, listening_pid(port)
 
 

@@ -1,8 +1,8 @@
 """What the PostgreSQL store and the load balancer cost, and how fast a cluster gets over a death.
 
 Everything runs on this machine, on free loopback ports, started as ``make cluster`` starts it
-(``gradbook_service.postgres.PostgresServer``, ``python -m gradbook_service.launch``,
-``gradbook_service.cluster.Balancer``):
+(``gradbook_service.app.postgres.PostgresServer``, ``python -m gradbook_service.app.launch``,
+``gradbook_service.app.cluster.Balancer``):
 
 1. **store**: one replica over a folder store and one over a PostgreSQL store (2 kernels each,
    running side by side), loaded in turn by wrk with ``POST /models/xor/predict`` at c=1 and
@@ -55,8 +55,8 @@ from bench_gateway import (
     versions,
     wrk_script,
 )
-from gradbook_service.cluster import Balancer, find_haproxy
-from gradbook_service.postgres import PostgresServer
+from gradbook_service.app.cluster import Balancer, find_haproxy
+from gradbook_service.app.postgres import PostgresServer
 from procs import alive, descendants, listening_pid
 
 from gradbook import MLP
@@ -69,13 +69,14 @@ WARM_UP_SECONDS = 1.0
 
 
 def replica(tmp: Path, name: str, url: str, **settings: str) -> AbstractContextManager[int]:
-    """``python -m gradbook_service.launch`` over the PostgreSQL store ``url``, on a free port."""
+    """``python -m gradbook_service.app.launch`` over the PostgreSQL store ``url``, on a free
+    port."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRADBOOK_")}
     env.update(GRADBOOK_STORE=url, GRADBOOK_PORT=str(port), GRADBOOK_KERNELS="2",
                JUPYTER_RUNTIME_DIR=str(tmp / f"runtime-{name}"), **settings,
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))
-    return server("gradbook", [sys.executable, "-m", "gradbook_service.launch"], env, port,
+    return server("gradbook", [sys.executable, "-m", "gradbook_service.app.launch"], env, port,
                   "/readyz",
                   tmp / f"{name}.log")
 

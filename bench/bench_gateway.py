@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
-from gradbook_service.training import create_default_models
+from gradbook_service.app.training import create_default_models
 from jupyter_client import KernelManager
 from procs import alive, descendants
 
@@ -151,7 +151,7 @@ def start(name: str, tmp: Path) -> AbstractContextManager[int]:
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))
     if name == "gradbook":
         env.update(GRADBOOK_PORT=str(port), GRADBOOK_KERNELS="2")
-        command, ready = [sys.executable, "-m", "gradbook_service.launch"], "/readyz"
+        command, ready = [sys.executable, "-m", "gradbook_service.app.launch"], "/readyz"
     elif name == "stock":
         command = [sys.executable, "-m", "kernel_gateway",
                    "--KernelGatewayApp.api=kernel_gateway.notebook_http",

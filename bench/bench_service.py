@@ -44,7 +44,8 @@ def start(workdir: Path) -> tuple[subprocess.Popen, int]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRADBOOK_")}
     env.update(GRADBOOK_PORT=str(port), GRADBOOK_STORE=str(workdir / "store"),
                GRADBOOK_KERNELS="2", JUPYTER_RUNTIME_DIR=str(workdir / "runtime"))
-    process = subprocess.Popen([sys.executable, "-m", "gradbook_service.launch"], cwd=ROOT, env=env,
+    process = subprocess.Popen([sys.executable, "-m", "gradbook_service.app.launch"], cwd=ROOT,
+                               env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     deadline = time.monotonic() + 120
@@ -82,9 +83,9 @@ def timings(call: Callable[[], object], n: int) -> list[float]:
 
 def in_process(store: Path) -> tuple[list[float], list[float]]:
     """The predict endpoint and the forward pass alone, in this process."""
-    from gradbook_service.api import ModelAPI
-    from gradbook_service.http import serve
-    from gradbook_service.settings import Settings
+    from gradbook_service.app.api import ModelAPI
+    from gradbook_service.app.http import serve
+    from gradbook_service.app.settings import Settings
 
     from gradbook.store import ModelStore
 

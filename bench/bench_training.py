@@ -10,7 +10,7 @@ Same work on both sides:
 * data: the digits training rows as ``gradbook.datasets.load("digits")`` gives them (pixels / 16,
   the preprocessing of the service and the notebooks), labels 0-9 passed to both ``fit`` calls;
 * network: [64, h, 10], tanh hidden layer, softmax output with cross-entropy, biases (the
-  service's digits default, ``service/training.py``);
+  service's digits default, ``service/app/training.py``);
 * training: plain mini-batch SGD, shuffled every epoch, no momentum, no regularisation
   (``alpha=0``), a fixed number of epochs (``tol=0`` and ``n_iter_no_change`` beyond the epoch
   count, so scikit-learn never stops early; no validation split). With the whole set as the

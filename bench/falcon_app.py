@@ -2,9 +2,9 @@
 
 ``POST /models/{name}/predict`` does the work gradbook does for that request, minus the gateway
 and the kernel: the body is decoded and checked as the personality does it
-(``gradbook_service.body``),
-then ``gradbook_service.api.ModelAPI.predict`` runs in this process through
-``gradbook_service.http.serve``, on the
+(``gradbook_service.gateway.body``),
+then ``gradbook_service.app.api.ModelAPI.predict`` runs in this process through
+``gradbook_service.app.http.serve``, on the
 store named by ``GRADBOOK_STORE``. ``GET /healthz`` only says that the worker is up.
 
     PYTHONPATH=. .venv/bin/python -m gunicorn -w 2 -b 127.0.0.1:8000 --chdir bench falcon_app:app
@@ -13,11 +13,11 @@ store named by ``GRADBOOK_STORE``. ``GET /healthz`` only says that the worker is
 from __future__ import annotations
 
 import falcon
-from gradbook_service.api import ModelAPI
-from gradbook_service.body import decode
-from gradbook_service.errors import ServiceError, error_body
-from gradbook_service.http import Response, json_response, serve
-from gradbook_service.settings import Settings
+from gradbook_service.app.api import ModelAPI
+from gradbook_service.app.http import Response, json_response, serve
+from gradbook_service.app.settings import Settings
+from gradbook_service.gateway.body import decode
+from gradbook_service.gateway.errors import ServiceError, error_body
 
 from gradbook.store import ModelStore
 

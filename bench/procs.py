@@ -37,7 +37,7 @@ def kernel_pids(pid: int) -> list[int]:
 
 def trainer_pids(pid: int) -> list[int]:
     """The training worker among the children of ``pid`` (one, unless it is being replaced)."""
-    return [child for child in child_pids(pid) if b"gradbook_service.trainer" in cmdline(child)]
+    return [child for child in child_pids(pid) if b"gradbook_service.app.trainer" in cmdline(child)]
 
 
 def cmdline(pid: int) -> bytes:

@@ -189,7 +189,8 @@ def free_port() -> int:
 
 def exchange_folder(kernels: list[int]) -> Path | None:
     """The folder where the gateway passes batches to ``kernels`` and they journal results
-    (``gradbook_service.engine``: ``gradbook-results-*`` on /dev/shm, files named by kernel id),
+    (``gradbook_service.gateway.engine``: ``gradbook-results-*`` on /dev/shm, files named by kernel
+    id),
     found by
     the kernel ids in their command lines; None if none is found."""
     ids = [match.group(1).decode() for pid in kernels
@@ -265,7 +266,8 @@ class Service:
         self.log = self.workdir / f"service-{self.lives}.log"
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gradbook_service.launch"], cwd=ROOT, env=env, stdout=log,
+                [sys.executable, "-m", "gradbook_service.app.launch"], cwd=ROOT, env=env,
+                stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True)
         deadline = began + START_SECONDS
         while self.process.poll() is None and time.monotonic() < deadline:
@@ -526,7 +528,7 @@ def wait_healthy(port: int, seconds: float = HEALTHY_SECONDS) -> bool:
 def kernels_replaced(port: int) -> float:
     """``gradbook_kernels_replaced_total`` from ``GET /metrics``."""
     text = http_call(port, "GET", "/metrics", timeout=30).body.decode()
-    match = re.search(r"^gradbook_kernels_replaced_total (\S+)$", text, re.MULTILINE)
+    match = re.search(r"^gradbook_kernels_replaced_total(?:{.*})? (\S+)$", text, re.MULTILINE)
     if match is None:
         raise RuntimeError("GET /metrics has no gradbook_kernels_replaced_total")
     return float(match.group(1))

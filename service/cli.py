@@ -1,4 +1,5 @@
-"""The ``gradbook`` command: ``gradbook serve`` (``make serve``) and ``gradbook cluster``
+"""The ``gradbook`` command: ``gradbook serve`` (``make serve``), ``gradbook serve
+NOTEBOOK …`` (any notebooks, with nothing of gradbook's API) and ``gradbook cluster``
 (``make cluster``).
 
 Every setting of ``Settings`` is a flag of both commands (``max_batch`` is ``--max-batch``;
@@ -16,10 +17,13 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NoReturn
 
-from gradbook_service import cluster, launch
-from gradbook_service.settings import SettingError, Settings
+from gradbook_service.app import cluster, launch
+from gradbook_service.app.settings import Settings
+from gradbook_service.gateway import launch as gateway_launch
+from gradbook_service.gateway.settings import GatewaySettings, SettingError
 from traitlets import Bool
 
 import gradbook
@@ -27,7 +31,7 @@ import gradbook
 USAGE_ERROR = 2  # what argparse and most commands exit with for a bad command line
 
 # The settings people change at a command line, shown first; the others follow.
-COMMON = ("host", "port", "kernels", "store", "token", "allow_open")
+COMMON = ("host", "port", "kernels", "token", "allow_open", "reload")
 CLUSTER_FLAGS = {  # the cluster's own settings: flag, variable, what it allows, default
     "replicas": (cluster.REPLICAS, "Replicas behind the balancer", 2),
     "pg_port": (cluster.PG_PORT, "Port of the cluster's own PostgreSQL (unless --store is a "
@@ -51,10 +55,12 @@ def flag(name: str) -> str:
 def add_settings(parser: argparse.ArgumentParser) -> None:
     common = parser.add_argument_group("the service")
     others = parser.add_argument_group("limits and tuning")
+    api = parser.add_argument_group("gradbook's API (not used when serving NOTEBOOKs)")
     traits = Settings.class_traits(config=True)
+    gateway = set(GatewaySettings.class_trait_names(config=True))
     for name in (*COMMON, *sorted(set(traits) - set(COMMON))):
         trait = traits[name]
-        group = common if name in COMMON else others
+        group = common if name in COMMON else others if name in gateway else api
         if isinstance(trait, Bool):
             group.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction,
                                default=None, help=trait.help)
@@ -70,14 +76,20 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> Parser:
     parser = Parser(
         prog="gradbook",
-        description="Serve gradbook's models over HTTP: a Jupyter notebook's cells as a REST "
-                    "service, on a pool of kernels.")
+        description="Serve Jupyter notebooks' annotated cells as REST services on pools of "
+                    "kernels: gradbook's own API with its models, or notebooks of yours.")
     parser.add_argument("--version", action="version", version=f"gradbook {gradbook.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     serve = commands.add_parser(
-        "serve", help="serve the REST API (what `make serve` runs)",
-        description="Serve gradbook's REST API from its notebook on a pool of kernels, with the "
-                    "store's models (trained on the first start). Ctrl-C stops it.")
+        "serve", help="serve gradbook's REST API (what `make serve` runs), or NOTEBOOKs",
+        description="Without NOTEBOOK: serve gradbook's REST API from its notebook on a pool of "
+                    "kernels, with the store's models (trained on the first start). With "
+                    "NOTEBOOKs: serve their cells annotated '# METHOD /path' and nothing else, "
+                    "each notebook on its own pool seeded with its other cells; one notebook "
+                    "at the paths it annotates, several (or a FOLDER's) each under /<name>. "
+                    "Ctrl-C stops it.")
+    serve.add_argument("notebooks", nargs="*", metavar="NOTEBOOK",
+                       help="a notebook (.ipynb) or a folder of notebooks to serve")
     add_settings(serve)
     cluster_parser = commands.add_parser(
         "cluster", help="several replicas behind HAProxy over one PostgreSQL store "
@@ -144,6 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingError as err:
         print(f"{prog}: {err}", file=sys.stderr)
         return USAGE_ERROR
+    notebooks = [Path(path) for path in getattr(arguments, "notebooks", [])]
+    if notebooks:
+        gateway_launch.main(notebooks)
+        return 0
     run: Callable[[], int | None] = launch.main if arguments.command == "serve" else cluster.main
     return run() or 0
 

@@ -1,4 +1,4 @@
-"""The real gradbook service for tests: ``python -m gradbook_service.launch`` (what
+"""The real gradbook service for tests: ``python -m gradbook_service.app.launch`` (what
 ``make serve`` runs) on a
 free loopback port, with a temporary store and 2 kernels.
 
@@ -96,7 +96,8 @@ class Service:
         self.log = self.workdir / f"service-{self.port}.log"
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gradbook_service.launch"], cwd=ROOT, env=env, stdout=log,
+                [sys.executable, "-m", "gradbook_service.app.launch"], cwd=ROOT, env=env,
+                stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )
         if while_starting is not None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 from conftest import Reply, http_request
-from gradbook_service.engine import EXCHANGE_PREFIX, remove_orphans
+from gradbook_service.gateway.engine import EXCHANGE_PREFIX, remove_orphans
 from prometheus_client.parser import text_string_to_metric_families
 from test_personality import DISPLAY_LOOKALIKES, FORGED, serve_notebook
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, free_port, gateway_env, http_request, kernel_pids
+from gradbook_service.app.settings import Settings
 from gradbook_service.cli import CLUSTER_FLAGS, flag
-from gradbook_service.settings import Settings
 
 import gradbook
 

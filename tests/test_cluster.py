@@ -1,10 +1,11 @@
 """Several replicas over one PostgreSQL store, behind HAProxy (issue 13), against real processes.
 
 One module-wide cluster (starting replicas costs seconds): a PostgreSQL server of our own
-(``gradbook_service.postgres.PostgresServer``, fsync off), replica A with no training worker
-(``GRADBOOK_TRAINING_WORKER=0``), replica B with one, both ``python -m gradbook_service.launch`` as
+(``gradbook_service.app.postgres.PostgresServer``, fsync off), replica A with no training worker
+(``GRADBOOK_TRAINING_WORKER=0``), replica B with one, both ``python -m
+gradbook_service.app.launch`` as
 ``make serve`` starts it, and HAProxy in front of both as ``make cluster`` starts it
-(``gradbook_service.cluster.Balancer``). The tests run in file order: the ones that break things
+(``gradbook_service.app.cluster.Balancer``). The tests run in file order: the ones that break things
 (the
 database, then replica B) come last.
 
@@ -42,8 +43,8 @@ from typing import Any, ClassVar
 
 import pytest
 from conftest import ROOT, Reply, Service, check_against_spec, free_port, gateway_env, http_request
-from gradbook_service.cluster import Balancer, ClusterError, find_haproxy
-from gradbook_service.postgres import PostgresError, PostgresServer, find_binaries
+from gradbook_service.app.cluster import Balancer, ClusterError, find_haproxy
+from gradbook_service.app.postgres import PostgresError, PostgresServer, find_binaries
 from procs import alive, descendants, listening_pid, trainer_pids
 
 pytestmark = pytest.mark.xdist_group("postgres")

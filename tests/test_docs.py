@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
-from gradbook_service.cluster import CLUSTER_VARIABLES
-from gradbook_service.settings import Settings
+from gradbook_service.app.cluster import CLUSTER_VARIABLES
+from gradbook_service.app.settings import Settings
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")

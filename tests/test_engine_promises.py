@@ -1,5 +1,6 @@
 """The engine's promises, each held by a test that fails when it is broken: the module docstrings
-of ``service/engine.py`` and ``service/runner.py``, their functions' docstrings, and "The
+of ``service/gateway/engine.py`` and ``service/gateway/runner.py``, their functions' docstrings,
+and "The
 engine" in docs/engine.md, read line by line. Each test names the promise it holds; the issue's
 two (the batch cap, and FIFO order, also after a deadline's interrupt) come first.
 
@@ -58,7 +59,7 @@ CELLS = [
     '    connection.request("GET", "/metrics")\n'
     "    text = connection.getresponse().read().decode()\n"
     "    connection.close()\n"
-    '    return float(re.search(r"^gradbook_queue_depth (\\S+)$", text, re.M).group(1))\n'
+    '    return float(re.search(r"^gradbook_queue_depth(?:{.*})? (\\S+)$", text, re.M).group(1))\n'
     "def _before_execution():\n"
     "    executions[0] += 1\n"
     "    if armed[0]:  # POST /arm: the kernel dies as its next execution begins\n"

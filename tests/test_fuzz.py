@@ -46,9 +46,9 @@ from typing import Any
 
 import pytest
 from conftest import Service, kernel_pids
-from gradbook_service import inputs
-from gradbook_service.openapi import openapi_spec
-from gradbook_service.settings import Settings
+from gradbook_service.app import inputs
+from gradbook_service.app.openapi import openapi_spec
+from gradbook_service.app.settings import Settings
 from openapi_schema_validator import OAS30Validator
 
 pytestmark = pytest.mark.xdist_group("gateway")
@@ -59,7 +59,7 @@ TOKEN = "fuzz-token"
 SETTINGS = {"GRADBOOK_MAX_TRAIN_SECONDS": "1", "GRADBOOK_MAX_EPOCHS": "2000"}
 MAX_EXAMPLES = 50  # per operation and phase: about 1700 requests, 15-30 s on 2 cores
 RUN_TIMEOUT = 300.0  # seconds for the whole Schemathesis run
-# The default models as the service creates them (service/training.py DEFAULT_MODELS).
+# The default models as the service creates them (service/app/training.py DEFAULT_MODELS).
 DEFAULT_MODELS: dict[str, dict[str, Any]] = {
     "xor": {"name": "xor", "sizes": [3, 4, 1], "activation": "sigmoid", "loss": "half_sse"},
     "digits": {"name": "digits", "sizes": [64, 64, 10], "activation": "tanh",

@@ -231,10 +231,14 @@ def test_healthz_names_no_path_and_no_process(service: Service) -> None:
     """Probe: the unauthenticated /healthz disclosed the store path and the kernel's PID."""
     reply = service.get("/healthz")
     health = reply.json()
-    assert health.keys() == {"status", "kernels", "models"} and health["status"] == "ok"
-    assert isinstance(health["models"], int)
+    assert health.keys() == {"status", "kernels", "models", "notebooks"}
+    assert health["status"] == "ok" and isinstance(health["models"], int)
     assert str(service.store).encode() not in reply.body
-    assert not {int(n) for n in re.findall(rb"\d+", reply.body)} & set(service.kernel_pids)
+    assert "notebooks/" not in reply.body.decode()  # the notebook's name, not where it is
+    for notebook in health.pop("notebooks").values():  # hashes, whose digits are no PIDs
+        assert notebook.pop("version") and notebook.pop("reload") == {"result": "none"}
+    numbers = {int(n) for n in re.findall(r"\d+", json.dumps(health))}
+    assert not numbers & set(service.kernel_pids)
 
 
 def test_diagnostics_need_the_token(guarded: Service) -> None:
@@ -417,7 +421,8 @@ def test_each_kernel_keeps_at_most_model_cache_models(small: Service) -> None:
 
 # -- 10. safe defaults of the launcher ---------------------------------------------------------
 def launch(workdir: Path, watch: int | None = None, **settings: str) -> tuple[int, str, bool]:
-    """Run ``python -m gradbook_service.launch`` with ``settings`` until it exits (at most 30 s):
+    """Run ``python -m gradbook_service.app.launch`` with ``settings`` until it exits (at most 30
+    s):
     its exit
     code, its output, and whether 127.0.0.1:``watch`` accepted a connection meanwhile."""
     env = gateway_env(workdir)
@@ -425,7 +430,7 @@ def launch(workdir: Path, watch: int | None = None, **settings: str) -> tuple[in
     output = workdir / "launch.log"
     listened = False
     with open(output, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "gradbook_service.launch"], cwd=ROOT,
+        process = subprocess.Popen([sys.executable, "-m", "gradbook_service.app.launch"], cwd=ROOT,
                                    env=env,
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 from conftest import Reply, Service
-from gradbook_service.api import ModelAPI
-from gradbook_service.jobs import JobStore
-from gradbook_service.settings import Settings
-from gradbook_service.trainer import recover
-from gradbook_service.training import named_data, new_model
+from gradbook_service.app.api import ModelAPI
+from gradbook_service.app.jobs import JobStore
+from gradbook_service.app.settings import Settings
+from gradbook_service.app.trainer import recover
+from gradbook_service.app.training import named_data, new_model
 from procs import trainer_pids
 
 from gradbook.store import ModelStore
@@ -199,9 +199,8 @@ def test_a_worker_that_dies_is_replaced_and_its_job_shows_failed(service: Servic
 
 
 def test_recovery_tells_a_committed_job_from_one_cut_short(tmp_path: Path) -> None:
-    """``gradbook_service.trainer.recover`` on two jobs left running: the one whose run the model
-    holds
-    succeeded with that version, the other failed."""
+    """``gradbook_service.app.trainer.recover`` on two jobs left running: the one whose run the
+    model holds succeeded with that version, the other failed."""
     store, jobs = ModelStore(tmp_path), JobStore(tmp_path)
     net = new_model([3, 1], "sigmoid", "half_sse", False, 0, {})
     store.create("m", net)

@@ -1,8 +1,9 @@
-"""The service's log (``gradbook_service.logs``, ``GRADBOOK_LOG_FORMAT``): one format for every
+"""The service's log (``gradbook_service.gateway.logs``, ``GRADBOOK_LOG_FORMAT``): one format for
+every
 record, one access line per request with its kernel and batch, the readiness probes of a
 starting service at info level, and one JSON object per line for a log pipeline.
 
-Each test that needs a service starts its own (a real ``python -m gradbook_service.launch``),
+Each test that needs a service starts its own (a real ``python -m gradbook_service.app.launch``),
 makes its requests, stops it and reads its whole log.
 """
 
@@ -238,7 +239,7 @@ CONFIGURED = textwrap.dedent("""
     import logging, sys, warnings
     own = logging.getLogger("library")  # a library's logger with a handler of its own
     own.addHandler(logging.StreamHandler(sys.stderr))
-    from gradbook_service import logs
+    from gradbook_service.gateway import logs
     from tornado.log import app_log
     logs.configure(sys.argv[1])
     own.info("from a library")

@@ -36,9 +36,9 @@ from typing import Any
 
 import pytest
 from conftest import Reply, Service, free_port, http_request
-from gradbook_service.capacity import MAX_HEADER_BYTES
-from gradbook_service.jobs import JOB_ID, JobStore
-from gradbook_service.settings import RESPONSE_FLOOR_BYTES
+from gradbook_service.app.jobs import JOB_ID, JobStore
+from gradbook_service.app.settings import RESPONSE_FLOOR_BYTES
+from gradbook_service.gateway.capacity import MAX_HEADER_BYTES
 
 pytestmark = pytest.mark.xdist_group("gateway")  # the services' tests; the others say their own
 ON_THEIR_OWN = pytest.mark.xdist_group("postgres")  # no gateway: beside the gateway tests
@@ -140,7 +140,7 @@ def message(reply: Reply) -> str:
 
 
 def exchange_folder(service: Service) -> Path:
-    """The gateway's private folder of kernel files (``gradbook_service.engine``)."""
+    """The gateway's private folder of kernel files (``gradbook_service.gateway.engine``)."""
     [folder] = Path("/dev/shm").glob(f"gradbook-results-{service.process.pid}-*") or \
         Path(tempfile.gettempdir()).glob(f"gradbook-results-{service.process.pid}-*")
     return folder
@@ -149,7 +149,7 @@ def exchange_folder(service: Service) -> Path:
 # -- 1. the cluster's PostgreSQL -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[Any]:
-    from gradbook_service.postgres import PostgresError, PostgresServer, find_binaries
+    from gradbook_service.app.postgres import PostgresError, PostgresServer, find_binaries
 
     try:
         find_binaries()
@@ -217,7 +217,7 @@ def test_a_cluster_made_with_trust_gets_passwords_at_its_next_start() -> None:
     """A data folder made before passwords (``trust``, no password file) is given passwords the
     first time it starts, and keeps its data."""
     import psycopg
-    from gradbook_service.postgres import PostgresError, PostgresServer, find_binaries
+    from gradbook_service.app.postgres import PostgresError, PostgresServer, find_binaries
 
     try:
         find_binaries()
@@ -231,7 +231,7 @@ def test_a_cluster_made_with_trust_gets_passwords_at_its_next_start() -> None:
             url = server.create_database("old")
             with psycopg.connect(url, autocommit=True) as db:
                 db.execute("CREATE TABLE kept (x int)")
-        # as service/postgres.py wrote it before: trust, and no password file
+        # as service/app/postgres.py wrote it before: trust, and no password file
         (server.datadir / "pg_hba.conf").write_text(
             "local all all trust\nhost  all all 127.0.0.1/32 trust\n")
         server.passfile.unlink()

@@ -1,5 +1,6 @@
 """The personality keeps the notebook-http contract: a plain notebook-http notebook, which knows
-nothing of gradbook, is served by ``gradbook_service.personality`` as by the stock gateway, with the
+nothing of gradbook, is served by ``gradbook_service.gateway.personality`` as by the stock gateway,
+with the
 personality's JSON errors around it.
 
 On top of the stock contract the personality promises two things checked here: nothing a cell
@@ -101,25 +102,31 @@ CELLS = [
 def serve_notebook(
     folder: Path, cells: list[str], *options: str, probe: str,
     headers: dict[str, str] | None = None, env: dict[str, str] | None = None,
-    kernels: int = 1,
+    kernels: int = 1, command: bool = False,
 ) -> Iterator[int]:
     """The stock gateway command with ``KernelGatewayApp.api`` set to the personality, serving a
     notebook of ``cells`` (written to ``folder``) on ``kernels`` kernels, with more gateway
     ``options`` and environment variables ``env``; yields its port once ``GET probe`` (sent
-    with ``headers``) answers 200."""
+    with ``headers``) answers 200. With ``command``, ``gradbook serve NOTEBOOK`` instead, run in
+    ``folder`` (outside the checkout), and ``options`` are its flags."""
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
     notebook.metadata["kernelspec"] = {"name": "python3", "language": "python",
                                        "display_name": "Python 3"}
     nbformat.write(notebook, folder / "plain.ipynb")
     port = free_port()
-    command = [sys.executable, "-m", "kernel_gateway",
-               "--KernelGatewayApp.api=gradbook_service.personality",
-               f"--KernelGatewayApp.seed_uri={folder / 'plain.ipynb'}", "--ip=127.0.0.1",
-               f"--port={port}", "--port_retries=0",
-               f"--KernelGatewayApp.prespawn_count={kernels}", *options]
+    arguments = [sys.executable, "-m", "kernel_gateway",
+                 "--KernelGatewayApp.api=gradbook_service.gateway.personality",
+                 f"--KernelGatewayApp.seed_uri={folder / 'plain.ipynb'}", "--ip=127.0.0.1",
+                 f"--port={port}", "--port_retries=0",
+                 f"--KernelGatewayApp.prespawn_count={kernels}", *options]
+    if command:
+        arguments = [str(Path(sys.executable).parent / "gradbook"), "serve",
+                     str(folder / "plain.ipynb"), "--port", str(port), "--kernels", str(kernels),
+                     *options]
     log = folder / "gateway.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, cwd=ROOT, env={**gateway_env(folder), **(env or {})},
+        process = subprocess.Popen(arguments, cwd=folder if command else ROOT,
+                                   env={**gateway_env(folder), **(env or {})},
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
@@ -141,10 +148,14 @@ def _answers(port: int, path: str, headers: dict[str, str]) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """The personality serving a notebook of ``CELLS`` on one kernel; yields its port."""
-    with serve_notebook(tmp_path_factory.mktemp("plain"), CELLS, probe="/hello/x") as port:
+@pytest.fixture(scope="module", params=["stock-command", "gradbook-serve"])
+def gateway(request: pytest.FixtureRequest,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """The personality serving a notebook of ``CELLS`` on one kernel; yields its port. Twice:
+    started as stock Kernel Gateway is, with the personality as its ``api``, and by
+    ``gradbook serve NOTEBOOK`` from a folder outside the checkout."""
+    with serve_notebook(tmp_path_factory.mktemp("plain"), CELLS, probe="/hello/x",
+                        command=request.param == "gradbook-serve") as port:
         yield port
 
 

@@ -1,5 +1,5 @@
 """``gradbook.pgstore``: the PostgreSQL model store keeps the folder store's guarantees, against
-a real PostgreSQL server (``gradbook_service.postgres``) that this module starts on a free port.
+a real PostgreSQL server (``gradbook_service.app.postgres``) that this module starts on a free port.
 
 Each test gets a database of its own; two ``PostgresStore`` objects on one database stand for
 two replicas (each has its own pool, cache and listener, as separate processes would).
@@ -21,8 +21,8 @@ import numpy as np
 import psycopg
 import pytest
 from conftest import ROOT, free_port
-from gradbook_service.jobs import PostgresJobStore, open_jobs
-from gradbook_service.postgres import PostgresServer
+from gradbook_service.app.jobs import PostgresJobStore, open_jobs
+from gradbook_service.app.postgres import PostgresServer
 
 from gradbook import MLP
 from gradbook.pgstore import MIGRATIONS, PostgresStore
@@ -341,7 +341,7 @@ def test_recovery_ends_only_lapsed_jobs_and_an_ended_job_stays_ended(url: str) -
     """A worker whose lease lapsed (its database connection blipped, say) finds its job ended
     by another worker: its own late "succeeded" does not overwrite that. A job whose lease was
     renewed between the look for stranded jobs and their recovery is left running."""
-    from gradbook_service.trainer import recover
+    from gradbook_service.app.trainer import recover
 
     with PostgresStore(url) as store, PostgresStore(url) as other:
         mine, theirs = open_jobs(store, lease=0.3), open_jobs(other, lease=0.3)

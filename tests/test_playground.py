@@ -1,4 +1,4 @@
-"""The playground page (``GET /``, ``service/playground/``) in a real browser.
+"""The playground page (``GET /``, ``service/app/playground/``) in a real browser.
 
 Selenium drives Debian's headless chromium through ``/usr/bin/chromedriver`` (no driver
 download) against a live service started with a token, so every request the page makes must

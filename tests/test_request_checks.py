@@ -1,7 +1,7 @@
 """The checks every client byte goes through, as units: body decoding in the gateway
-(``gradbook_service.body``), numbers sent as strings (``gradbook_service.inputs``), quoting input
-in messages
-(``brief``), the training cost model (``gradbook_service.limits``) and the store's bounds.
+(``gradbook_service.gateway.body``), numbers sent as strings (``gradbook_service.app.inputs``),
+quoting input in messages (``brief``), the training cost model (``gradbook_service.app.limits``) and
+the store's bounds.
 
 The time bounds are generous: they guard against quadratic work on hostile input (a 40,000-digit
 string took 44 s in a regular expression), not a speed target.
@@ -14,9 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
-from gradbook_service import body, inputs, limits
-from gradbook_service.errors import ServiceError
-from gradbook_service.settings import MAX_JSON_DEPTH, MAX_NUMBER_CHARS
+from gradbook_service.app import inputs, limits
+from gradbook_service.app.settings import MAX_NUMBER_CHARS
+from gradbook_service.gateway import body
+from gradbook_service.gateway.errors import ServiceError
+from gradbook_service.gateway.settings import MAX_JSON_DEPTH
 
 from gradbook.network import MLP
 from gradbook.store import ModelStore, StoreFullError

@@ -1,6 +1,7 @@
 """Edges of the service's request checks and error mapping, found by mutation testing.
 
-``gradbook_service.inputs`` and ``gradbook_service.errors`` called directly, without a gateway:
+``gradbook_service.app.inputs`` and ``gradbook_service.gateway.errors`` called directly, without a
+gateway:
 each message
 names the field and quotes the value, each bound is inclusive where the docs say so, and every
 exception reaches the client with the documented status.
@@ -11,10 +12,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import raises
-from gradbook_service import inputs
-from gradbook_service.errors import MAX_MESSAGE_CHARS, ServiceError, error_body, to_http
-from gradbook_service.http import Request
-from gradbook_service.settings import MAX_NUMBER_CHARS
+from gradbook_service.app import inputs
+from gradbook_service.app.errors import to_http
+from gradbook_service.app.http import Request
+from gradbook_service.app.settings import MAX_NUMBER_CHARS
+from gradbook_service.gateway.errors import MAX_MESSAGE_CHARS, ServiceError, error_body
 
 from gradbook.store import (
     ModelBusyError,
@@ -155,7 +157,7 @@ def test_seed_messages_name_the_field():
         inputs.seed("seed", ["x"])
 
 
-# -- gradbook_service.http ---------------------------------------------------------------------
+# -- gradbook_service.app.http ---------------------------------------------------------------------
 @pytest.mark.parametrize(("body", "headers", "read"), [
     ("", {}, None),  # no body
     ("", {"Content-Type": "application/json", "Content-Length": "0"}, None),  # an empty one

@@ -29,8 +29,13 @@ def create(service, name: str, **fields) -> dict:
 
 
 def test_healthz_is_brief_and_diagnostics_name_the_kernel_and_the_store(service) -> None:
-    assert service.get("/healthz").json() == {"status": "ok", "kernels": 2, "models": 2}
-    assert service.get("/readyz").json() == {"status": "ok", "kernels": 2, "models": 2}
+    for path in ("/healthz", "/readyz"):
+        health = service.get(path).json()
+        notebook = health.pop("notebooks")["api"]
+        assert health == {"status": "ok", "kernels": 2, "models": 2}
+        assert notebook["path"] == "/" and notebook["kernels"] == 2
+        assert notebook["reload"] == {"result": "none"}  # never reloaded: no --reload here
+        assert len(notebook["version"]) == 12 and str(service.store) not in json.dumps(notebook)
     diagnostics = service.get("/diagnostics").json()
     assert diagnostics["kernel"]["pid"] in service.kernel_pids
     assert diagnostics["store"] == {"path": str(service.store), "models": 2}

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import Service, kernel_pids
-from gradbook_service import training
+from gradbook_service.app import training
 from test_service_contract import lock_held
 
 pytestmark = pytest.mark.xdist_group("gateway")

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from conftest import Reply, Service, kernel_pids
-from gradbook_service import training
+from gradbook_service.app import training
 
 from gradbook.network import MLP
 from gradbook.store import ModelStore

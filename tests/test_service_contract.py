@@ -45,7 +45,7 @@ from conftest import (
     gateway_env,
     http_request,
 )
-from gradbook_service.jobs import JobStore
+from gradbook_service.app.jobs import JobStore
 from openapi_spec_validator import validate
 
 pytestmark = pytest.mark.xdist_group("gateway")
@@ -382,7 +382,7 @@ def launch_tight(workdir: Path) -> tuple[subprocess.Popen, int] | None:
     env.update(GRADBOOK_HOST="127.0.0.1", GRADBOOK_PORT=str(port), GRADBOOK_KERNELS="1",
                GRADBOOK_STORE=str(workdir / "store"), GRADBOOK_MAX_RESPONSE_BYTES="1")
     with open(workdir / "service.log", "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "gradbook_service.launch"], cwd=ROOT,
+        process = subprocess.Popen([sys.executable, "-m", "gradbook_service.app.launch"], cwd=ROOT,
                                    env=env,
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 120

@@ -104,7 +104,7 @@ def test_a_restart_keeps_every_model_and_version(secured) -> None:
 def test_requests_sent_while_the_service_starts_get_whole_answers(secured) -> None:
     """Requests that reach the gateway before its kernels are ready wait for them, and then none
     loses its body (the first executions on a new kernel are the ones at risk; see
-    ``gradbook_service.personality.SubscribedKernelPool``)."""
+    ``gradbook_service.gateway.personality.SubscribedKernelPool``)."""
     names = {m["name"] for m in secured.get("/models").json()["models"]}
     replies: list = []
 
@@ -142,9 +142,11 @@ def test_a_kernel_that_dies_is_replaced_by_a_seeded_one(secured) -> None:
     while alive(dead):  # dead (a zombie until the gateway reaps it), not merely signalled
         time.sleep(0.01)
     replies = [secured.post("/models/xor/predict", {"x": [1, 0, 1]}, timeout=60) for _ in range(6)]
-    # the first may still find the kernel running and see it stop under it: 503, "retry"
-    assert replies[0].status in (200, 503) and [r.status for r in replies[1:]] == [200] * 5
-    assert len({reply.json()["output"][0] for reply in replies[1:]}) == 1
+    # one of them may still find the dead kernel before its loop does: 503, "retry"; only one
+    statuses = [reply.status for reply in replies]
+    assert statuses.count(503) <= 1 and statuses.count(200) >= 5, statuses
+    served = [reply for reply in replies if reply.status == 200]
+    assert len({reply.json()["output"][0] for reply in served}) == 1
     # the other kernel served meanwhile; /healthz answers 503 until the replacement serves
     wait_until_healthy(secured)
     kernels = kernel_pids(secured.process.pid)

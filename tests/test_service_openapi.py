@@ -19,8 +19,8 @@ from typing import Any
 import nbformat
 import pytest
 from conftest import METHODS, Reply, check_against_spec
-from gradbook_service.openapi import openapi_spec
-from gradbook_service.settings import Settings
+from gradbook_service.app.openapi import openapi_spec
+from gradbook_service.app.settings import Settings
 from jsonschema.exceptions import ValidationError
 from kernel_gateway.notebook_http.cell.parser import APICellParser
 from openapi_spec_validator import validate

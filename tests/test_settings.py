@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from gradbook_service.settings import Settings
+from gradbook_service.app.settings import Settings
 
 from gradbook.store import DEFAULT_ROOT
 
@@ -38,7 +38,8 @@ def test_every_setting_reads_its_variable(monkeypatch: pytest.MonkeyPatch) -> No
               "TRAINING_WORKER": "0", "JOB_LEASE": "2.5", "MAX_RESPONSE_RATIO": "8",
               "MAX_PENDING_BYTES": "65536", "MAX_CONNECTIONS": "10",
               "ALLOWED_HOSTS": "a.test,b.test", "MAX_QUEUED_JOBS": "4", "MAX_JOB_BYTES": "999",
-              "MAX_JOB_SECONDS": "9.5", "LOG_FORMAT": "json"}
+              "MAX_JOB_SECONDS": "9.5", "LOG_FORMAT": "json", "RELOAD": "1",
+              "API_NOTEBOOK": "/tmp/api.ipynb"}
     for name, value in values.items():
         monkeypatch.setenv(f"GRADBOOK_{name}", value)
     settings = Settings()
@@ -54,6 +55,7 @@ def test_every_setting_reads_its_variable(monkeypatch: pytest.MonkeyPatch) -> No
     assert (settings.max_connections, settings.allowed_hosts) == (10, "a.test,b.test")
     assert (settings.max_queued_jobs, settings.max_job_bytes) == (4, 999)
     assert (settings.max_job_seconds, settings.log_format) == (9.5, "json")
+    assert settings.reload is True and settings.api_notebook == "/tmp/api.ipynb"
     assert len(values) == len(Settings.class_trait_names(config=True))  # every setting is here
 
 

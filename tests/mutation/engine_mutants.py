@@ -1,11 +1,12 @@
-"""Mutation testing of the engine (service/engine.py, service/runner.py): plausible bugs planted by
+"""Mutation testing of the engine (service/gateway/engine.py, service/gateway/runner.py): plausible
+bugs planted by
 hand, one at a time, each in a copy of the tree, and the engine's tests run against each.
 
 mutmut cannot do this: the engine runs in the gateway, a subprocess the tests start, and the
 runner inside its kernels (as source the engine sends them), while mutmut 3 switches its mutants
 on inside the pytest process only, picks the tests of a mutant by the calls it saw in that process
 (none: every engine mutant would be "no tests"), and names mutants by file path (``service.engine``)
-where the gateway imports ``gradbook_service.engine``; and the runner runs as source under
+where the gateway imports ``gradbook_service.gateway.engine``; and the runner runs as source under
 another name again (``gradbook_runner``).
 
 Two bugs are left out as equivalent in practice: taking the next batch before a deadline's
@@ -62,7 +63,7 @@ class Mutant:
     more: tuple[tuple[str, str], ...] = ()  # more (old, new) changes of the same file
 
 
-ENGINE, RUNNER = "service/engine.py", "service/runner.py"
+ENGINE, RUNNER = "service/gateway/engine.py", "service/gateway/runner.py"
 SHARE = "share = min(self.max_batch, -(-len(self.queue) // len(self.kernel_clients)))"
 IDLE_CHECK = """                try:
                     if not await self.is_running(kernel_id):
@@ -144,7 +145,7 @@ MUTANTS = [
     Mutant("signature-unchecked", ENGINE, "if session.auth is not None and not hmac",
            "if False and not hmac",
            "an IOPub message with a wrong signature is dropped"),
-    Mutant("history-kept", ENGINE, "store_history=False", "store_history=True",
+    Mutant("history-kept", ENGINE, "store_history: bool = False", "store_history: bool = True",
            "executions stay outside IPython's history"),
     # -- the runner, in the kernel
     Mutant("system-exit-escapes", RUNNER, "except BaseException as err:",
@@ -208,7 +209,7 @@ def environment(folder: Path) -> dict[str, str]:
 def check_imports(folder: Path) -> None:
     """The copy's engine is the one a process started as the tests start gateways imports."""
     found = subprocess.run(
-        [sys.executable, "-c", "import gradbook_service.engine as e, gradbook as g; "
+        [sys.executable, "-c", "import gradbook_service.gateway.engine as e, gradbook as g; "
          "print(e.__file__); print(g.__file__)"],
         cwd=folder, env=environment(folder), capture_output=True, text=True, check=True,
     ).stdout.split()

@@ -54,7 +54,7 @@ DEBIAN_BIN = Path("/usr/lib/postgresql")
 SERVICE_USER = "postgres"  # the OS user Debian's package creates, and our superuser's name
 SERVICE_ROLE = "gradbook"  # the role the service connects as: owns its databases, nothing else
 HBA = (
-    "# written by service/postgres.py: every connection needs its role's password\n"
+    "# written by service/app/postgres.py: every connection needs its role's password\n"
     "local all all scram-sha-256\n"
     "host  all all 127.0.0.1/32 scram-sha-256\n"
 )

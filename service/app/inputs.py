@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from gradbook_service.settings import MAX_NUMBER_CHARS
+from gradbook_service.app.settings import MAX_NUMBER_CHARS
 
 from gradbook.validation import as_matrix, brief, positive_float, positive_int
 

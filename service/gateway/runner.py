@@ -1,16 +1,15 @@
 """The kernel's half of the gateway engine: it runs a batch of notebook-http requests in one
 execution and sends each request's result back to the gateway on its own.
 
-``gradbook_service.engine`` sends this module's source to each kernel of the pool once, after the
-seed
-cells, with the notebook's endpoint cells; ``install`` compiles them once. From then on a batch
-of requests costs one ``execute_request`` of one short line, the same for every batch, while the
-requests themselves wait in an inbox file the gateway wrote: ``run`` reads them, takes every
-request in turn, assigns its
-``REQUEST``, runs its endpoint cell and then its ``ResponseInfo`` cell, each with stdout captured
-here, and publishes a ``gradbook_result`` message on IOPub. So the body (what the endpoint cell
-printed) and the info (what the ``ResponseInfo`` cell printed) travel as two separate fields of a
-message type no cell output produces: nothing a cell prints can be taken for anything else.
+``gradbook_service.gateway.engine`` sends this module's source to each kernel of the pool once,
+after the seed cells, with the notebook's endpoint cells; ``install`` compiles them once. From then
+on a batch of requests costs one ``execute_request`` of one short line, the same for every batch,
+while the requests themselves wait in an inbox file the gateway wrote: ``run`` reads them, takes
+every request in turn, assigns its ``REQUEST``, runs its endpoint cell and then its ``ResponseInfo``
+cell, each with stdout captured here, and publishes a ``gradbook_result`` message on IOPub. So the
+body (what the endpoint cell printed) and the info (what the ``ResponseInfo`` cell printed) travel
+as two separate fields of a message type no cell output produces: nothing a cell prints can be taken
+for anything else.
 
 A message handed to ZeroMQ is sent by its I/O thread a moment later; a kernel killed in that
 moment (by the next request of the batch, say) would take a finished answer with it. So each

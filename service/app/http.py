@@ -16,22 +16,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gradbook_service.errors import ServiceError, error_body, to_http
-from gradbook_service.jobs import QUEUE_RETRY_SECONDS
+from gradbook_service.app.errors import to_http
+from gradbook_service.app.jobs import QUEUE_RETRY_SECONDS
+from gradbook_service.gateway.body import BODY_ENCODING, JSON, is_json
+from gradbook_service.gateway.errors import RETRY_AFTER as GATEWAY_RETRY_AFTER
+from gradbook_service.gateway.errors import ServiceError, error_body
 
 from gradbook.validation import brief
 
-JSON = "application/json"
-RETRY_AFTER = {429: QUEUE_RETRY_SECONDS, 503: 1}  # seconds a client should wait, by status
-BODY_ENCODING = "body_encoding"  # ResponseInfo key the personality reads (see personality.py)
-
-
-def is_json(content_type: str) -> bool:
-    """Whether ``content_type`` names JSON: ``application/json`` or a ``+json`` type, with any
-    parameters."""
-    media_type = content_type.split(";")[0].strip().lower()
-    return media_type == JSON or (media_type.startswith("application/") and
-                                  media_type.endswith("+json"))
+RETRY_AFTER = {**GATEWAY_RETRY_AFTER, 429: QUEUE_RETRY_SECONDS}  # seconds to wait, by status
 
 
 @dataclass(frozen=True)
@@ -47,7 +40,7 @@ class Request:
         """The body as the JSON value the client sent, ``None`` when there is none.
 
         The gateway personality has already decoded a JSON body
-        (``gradbook_service.body``), checked and
+        (``gradbook_service.gateway.body``), checked and
         bounded; any other media type (a form, which is curl's default, or text) is refused with
         415 rather than guessed at, an empty one too: an empty form is what a web page's form
         sends across sites. A JSON string stays a string: it is not decoded twice.
@@ -148,8 +141,8 @@ def fault_log() -> logging.Logger:
     kernels share), in its format (``GRADBOOK_LOG_FORMAT``), never the cell's output."""
     log = logging.getLogger("gradbook.kernel")
     if not log.handlers:
-        from gradbook_service import logs
-        from gradbook_service.settings import Settings
+        from gradbook_service.app.settings import Settings
+        from gradbook_service.gateway import logs
 
         handler = logging.StreamHandler(sys.__stderr__)
         handler.setFormatter(logs.formatter(Settings().log_format))

@@ -13,7 +13,8 @@ Memory in the gateway grows with three things a client controls, and each has a 
   been written to the client. A request that would take the total past the limit is refused
   with 503 and ``Retry-After``, so stalled uploads, a full queue of large requests and answers
   that slow clients do not read all count against one limit;
-* **requests waiting for a kernel** (``GRADBOOK_MAX_QUEUE``, in ``gradbook_service.engine``).
+* **requests waiting for a kernel** (``GRADBOOK_MAX_QUEUE``, in
+``gradbook_service.gateway.engine``).
 """
 
 from __future__ import annotations

@@ -1,46 +1,57 @@
-"""Kernel gateway personality: notebook-http with what a product-facing service needs around it.
+"""Kernel gateway personality: notebook-http for one notebook or many, with what a
+product-facing service needs around it.
 
-Stock notebook-http turns each ``# METHOD /path`` cell of the seed notebook into an endpoint run
-on a pooled kernel. This personality keeps that contract (the same ``REQUEST``, the same
-``ResponseInfo`` cells, so any notebook-http notebook of a Python kernel runs unchanged) and adds:
+Stock notebook-http turns each ``# METHOD /path`` cell of one seed notebook into an endpoint
+run on a pooled kernel. This personality keeps that contract (the same ``REQUEST``, the same
+``ResponseInfo`` cells, so any notebook-http notebook of a Python kernel runs unchanged) and
+adds:
 
-* the engine (``gradbook_service.engine``, ``gradbook_service.runner``): one kernel execution per
-  request instead
-  of two or three, and under load one execution for a whole batch of queued requests; body and
-  response info come back as separate fields of one message that no cell output can forge;
-* the gateway's token (``auth_token``, set from ``GRADBOOK_TOKEN``) guards every endpoint of the
-  notebook and ``/metrics``; ``/healthz``, ``/readyz`` and the page at ``/`` (``page``, a file the
-  gateway serves itself: nothing a client without the token sends reaches a kernel or the queue)
-  need none. The token stays in the gateway: kernels never see the ``Authorization`` header;
-* a request for a host the service does not know (``Host``) gets 403, and so does a request that
-  changes state sent by a browser for a page of another site, unless it carries the token
-  (``gradbook_service.origins``): web pages cannot use a service on loopback;
-* memory is bounded by design (``gradbook_service.capacity``): connections, bytes of requests
-  and answers
-  held (503 past either), the size of a request's head;
-* ``GET /healthz`` (liveness) and ``GET /readyz`` (readiness) are answered by the gateway itself
-  (``HealthHandler``), never queued behind kernels;
+* several notebooks on one gateway, each with a pool of its own, under ``/<stem>`` (one alone
+  at the root), and reload when a file changes (``gradbook_service.gateway.served``,
+  ``gradbook_service.gateway.reload``): every answer names its notebook's version in
+  ``X-Gradbook-Notebook-Version``;
+* the engine (``gradbook_service.gateway.engine``, ``gradbook_service.gateway.runner``): one
+  kernel execution per request instead of two or three, and under load one execution for a
+  whole batch of queued requests; body and response info come back as separate fields of one
+  message that no cell output can forge;
+* the gateway's token (``auth_token``, set from ``GRADBOOK_TOKEN``) guards every endpoint of
+  the notebooks, ``/openapi.json`` and ``/metrics``; ``/healthz``, ``/readyz``, ``/docs`` and
+  the page at ``/`` (``page``, sent by the gateway itself: nothing a client without the token
+  sends reaches a kernel or a queue) need none. The token stays in the gateway: kernels never
+  see the ``Authorization`` header;
+* a request for a host the service does not know (``Host``) gets 403, and so does a request
+  that changes state sent by a browser for a page of another site, unless it carries the token
+  (``gradbook_service.gateway.origins``): web pages cannot use a service on loopback;
+* memory is bounded by design (``gradbook_service.gateway.capacity``): connections, bytes of
+  requests and answers held (503 past either), the size of a request's head;
+* ``GET /healthz`` (liveness) and ``GET /readyz`` (readiness) are answered by the gateway
+  itself (``HealthHandler``), never queued behind kernels;
 * a body over ``GRADBOOK_MAX_BODY_BYTES``, or any body sent to a GET or DELETE, gets 413 before
-  it reaches a kernel, and is dropped as it arrives rather than held (``EndpointHandler``);
-* the body is decoded and checked in the gateway (``gradbook_service.body``): malformed or
-  deeply nested
-  JSON never costs a kernel execution;
+  it reaches a kernel, and is dropped as it arrives rather than held (``EndpointHandler``); an
+  answer over ``GRADBOOK_MAX_RESPONSE_BYTES`` is a 500;
+* the body is decoded and checked in the gateway (``gradbook_service.gateway.body``):
+  malformed or deeply nested JSON never costs a kernel execution;
 * requests wait for a free kernel in a bounded queue (503 past ``GRADBOOK_MAX_QUEUE``), and one
   whose client disconnects while it waits leaves the queue without running; a JSON body waits
-  as its own text, not decoded (``gradbook_service.body.request_json``);
+  as its own text, not decoded (``gradbook_service.gateway.body.request_json``);
 * every error is JSON ``{"error": {"status", "message"}}``; a failing cell gives a 500 whose
   details stay in the log; no response names the server software (no ``Server`` header);
 * kernels talk to the gateway over Unix sockets in a folder private to the service's user, not
-  over TCP, where any local user could read their answers (``BatchingKernelPool.kernel_channels``);
+  over TCP, where any local user could read their answers (``engine.kernel_channels``);
 * a kernel that stops is replaced by a newly seeded one; a request whose kernel stops under it
   gets 503 instead of hanging forever, and a request whose cell runs past
   ``GRADBOOK_REQUEST_TIMEOUT`` gets 504 while its kernel is interrupted;
 * a ``ResponseInfo`` may add ``"body_encoding": "base64"``: the body is decoded to bytes here
   (cell output is text, so binary bodies such as PNGs travel base64-encoded);
 * every response names the kernel that served it in ``X-Gradbook-Kernel``;
-* ``GET /metrics``: Prometheus metrics of requests, latency, batches, queue and kernels;
-* the stock Swagger handler, which lists every operation as "200 Success", is replaced by a
-  redirect to the notebook's own accurate ``/openapi.json``.
+* ``GET /metrics``: Prometheus metrics of requests, latency, batches, queues, kernels and
+  reloads, by notebook;
+* ``GET /openapi.json`` describes the notebooks from their annotations
+  (``gradbook_service.gateway.description``) unless a notebook at the root serves its own; the
+  stock Swagger path, which lists every operation as "200 Success", redirects to it.
+
+An application served by the gateway adds a page at ``/`` and its own health check
+(``NotebookPersonality.page`` and ``check``); the gateway knows nothing else of it.
 """
 
 from __future__ import annotations
@@ -54,41 +65,55 @@ import importlib
 import json
 import logging
 import re
+import shutil
+from pathlib import Path
 from typing import Any
 
-from gradbook_service import apidocs, body, logs
-from gradbook_service.capacity import ByteBudget, limit_server
-from gradbook_service.engine import BatchingKernelPool, Result
-from gradbook_service.errors import ServiceError, error_body, to_http
-from gradbook_service.http import BODY_ENCODING, RETRY_AFTER
-from gradbook_service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from gradbook_service.metrics import Metrics
-from gradbook_service.origins import HostPolicy, cross_site
-from gradbook_service.settings import Settings
+from gradbook_service.gateway import apidocs, body, description, logs
+from gradbook_service.gateway.capacity import ByteBudget, limit_server
+from gradbook_service.gateway.engine import (
+    BatchingKernelPool,
+    Result,
+    SeedError,
+    SpareKernels,
+    kernel_channels,
+    make_exchange,
+)
+from gradbook_service.gateway.errors import RETRY_AFTER, ServiceError, error_body, to_http
+from gradbook_service.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gradbook_service.gateway.metrics import Metrics
+from gradbook_service.gateway.notebooks import (
+    DESCRIPTION_PATH,
+    Notebook,
+    NotebookError,
+    notebook_files,
+    read_notebook,
+)
+from gradbook_service.gateway.origins import HostPolicy, cross_site
+from gradbook_service.gateway.reload import watch
+from gradbook_service.gateway.served import Served, ServedNotebook, Version
+from gradbook_service.gateway.settings import GatewaySettings
 from jupyter_server.utils import url_path_join
-from kernel_gateway.base.handlers import NotFoundHandler
-from kernel_gateway.notebook_http import NotebookHTTPPersonality
-from kernel_gateway.notebook_http.handlers import NotebookAPIHandler, parameterize_path
+from kernel_gateway.notebook_http.handlers import NotebookAPIHandler
 from kernel_gateway.notebook_http.request_utils import headers_to_dict, parse_args
-from kernel_gateway.notebook_http.swagger.handlers import SwaggerSpecHandler
-from tornado.concurrent import Future
 from tornado.httputil import HTTPInputError, parse_body_arguments
 from tornado.iostream import StreamClosedError
 from tornado.log import app_log
 from tornado.web import RequestHandler, stream_request_body
-from traitlets import Unicode
+from traitlets import List, Unicode
+from traitlets.config.configurable import LoggingConfigurable
 
-from gradbook.store import ModelStore, Store, StoreError, open_store
-
-PAGE_PATH = "/"  # the page the gateway serves itself (GradbookPersonality.page)
-DOCS_PATH = "/docs"  # Swagger UI on the description (gradbook_service.apidocs)
+PAGE_PATH = "/"  # the page the gateway serves itself (NotebookPersonality.page)
+DOCS_PATH = "/docs"  # Swagger UI on the description (gradbook_service.gateway.apidocs)
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
-OPENAPI_PATH = "/openapi.json"
+OPENAPI_PATH = DESCRIPTION_PATH
+SWAGGER_PATH = "/_api/spec/swagger.json"  # stock notebook-http's description: a redirect
 METRICS_PATH = "/metrics"
 BODILESS = ("GET", "HEAD", "DELETE")  # methods whose endpoints take no body: its limit is 0
 NO_CONTENT = (204, 304)  # statuses whose responses carry no body
 KERNEL_HEADER = "X-Gradbook-Kernel"
+VERSION_HEADER = "X-Gradbook-Notebook-Version"  # the version of the notebook that answered
 DISCARD_LIMIT_BYTES = 1 << 30  # a refused body up to this size is read and dropped, not cut off
 UNMATCHED = "(no endpoint)"  # the metrics label of a path that matches no endpoint
 TOKEN_SCHEMES = ("token", "bearer")  # Authorization: <scheme> <the token>
@@ -110,7 +135,9 @@ class ServiceHandler:
 
     kernel_id: str | None = None
     metrics: Metrics | None = None
+    notebook = ""  # the metrics label: the notebook's stem ("" for the gateway's own paths)
     endpoint = UNMATCHED  # the metrics label: the notebook's annotated path
+    version: Version | None = None  # the notebook version the request is bound to
     hosts = HostPolicy("127.0.0.1")
 
     def set_default_headers(self) -> None:
@@ -123,7 +150,8 @@ class ServiceHandler:
         return super().prepare()  # type: ignore[misc]
 
     def host_refusal(self) -> ServiceError | None:
-        """A 403 for a ``Host`` the service does not answer to (``gradbook_service.origins``)."""
+        """A 403 for a ``Host`` the service does not answer to
+        (``gradbook_service.gateway.origins``)."""
         host = self.request.headers.get("Host")
         if self.hosts.allows(host):
             return None
@@ -132,8 +160,8 @@ class ServiceHandler:
 
     def on_finish(self) -> None:
         if self.metrics is not None:
-            self.metrics.observe(self.request.method, self.endpoint, self.get_status(),
-                                 self.request.request_time())
+            self.metrics.observe(self.request.method, self.notebook, self.endpoint,
+                                 self.get_status(), self.request.request_time())
 
     def token_refusal(self) -> ServiceError | None:
         """A 401 unless the request carries the gateway's token, if one is set: as
@@ -164,6 +192,8 @@ class ServiceHandler:
             self.set_header("Allow", ", ".join(sorted(self.sources)))
         if self.kernel_id is not None:
             self.set_header(KERNEL_HEADER, self.kernel_id)
+        if self.version is not None:
+            self.set_header(VERSION_HEADER, self.version.notebook.version)
         self.finish(json.dumps(error_body(error)))
 
 
@@ -181,13 +211,14 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
 
     What the request holds is counted in the gateway's ``ByteBudget`` (``held``): its declared
     body before a byte is read, then the request as the kernel gets it, then the answer until
-    it is written; a request that does not fit gets 503 (``gradbook_service.capacity``).
+    it is written; a request that does not fit gets 503 (``gradbook_service.gateway.capacity``).
     """
 
-    def initialize(self, endpoint: str, max_body_bytes: int, metrics: Metrics,
-                   budget: ByteBudget, public: bool = False, **kwargs: Any) -> None:
-        super().initialize(**kwargs)
+    def initialize(self, max_body_bytes: int, metrics: Metrics, budget: ByteBudget,
+                   endpoint: str = UNMATCHED, public: bool = False,
+                   sources: tuple[str, ...] = ("GET",)) -> None:
         self.endpoint, self.metrics = endpoint, metrics
+        self.sources = sources  # the methods served at this path
         self.public = public  # answered without the token (health)
         self.max_body_bytes = max_body_bytes
         self.budget = budget
@@ -199,7 +230,9 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
 
     def prepare(self) -> None:
         """Decide from the headers alone whether the request is refused."""
-        self.refusal = self.host_refusal()
+        self.refusal = self.host_refusal() or self.resolve()
+        if self.refusal is not None and self.refusal.status == 404:
+            return self.fail(self.refusal)
         if self.request.method == "OPTIONS":  # a CORS preflight, answered by CORSMixin
             if self.refusal is not None:
                 self.fail(self.refusal)
@@ -214,6 +247,10 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
         waits = self.request.headers.get("Expect", "").lower() == "100-continue"
         if self.refusal is not None and (waits or declared > DISCARD_LIMIT_BYTES):
             self.fail(self.refusal)
+
+    def resolve(self) -> ServiceError | None:
+        """Find what serves the path (a fixed path: itself); a 404 if nothing does."""
+        return None
 
     def _hold(self, size: int) -> bool:
         """Count ``size`` bytes for this request in place of what it held; if they do not fit,
@@ -275,21 +312,27 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
         if self.waiting is not None:
             self.waiting.cancel()
         self._release()
+        self._leave()
 
     def on_finish(self) -> None:
         super().on_finish()
         if self.waiting is None:  # refused, or answered by the gateway: nothing left to write
             self._release()
+        self._leave()
 
-    async def patch(self, **kwargs: Any) -> None:
-        """notebook-http has no PATCH (or HEAD) cells: answer the 405 that ``prepare`` decided."""
+    def _leave(self) -> None:
+        """The request is done with its notebook's version (once)."""
+        version, self.version = self.version, None
+        if version is not None:
+            version.leave()
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
         await self._handle_request()
 
-    head = patch
+    # notebook-http has no PATCH (or HEAD) cells: those answer the 405 ``prepare`` decided
+    post = put = delete = patch = head = get
 
     async def _handle_request(self) -> None:
-        self.response_future = Future()  # awaited by the inherited get/post/put/delete
-        self.response_future.set_result(None)  # this method itself runs the whole request
         if self.refusal is not None:
             return self.fail(self.refusal)
         raw, self.received = bytes(self.received), bytearray()
@@ -330,7 +373,7 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
             if not self._hold(len(request)):
                 raise self.refusal  # type: ignore[misc]
             key = f"{self.request.method} {self.endpoint}"
-            self.waiting = asyncio.ensure_future(self.kernel_pool.submit(key, request))
+            self.waiting = asyncio.ensure_future(self.pool.submit(key, request))
             del request  # the queue holds it, as long as it waits and runs
             response = self._respond(await self.waiting)
             self.budget.change(self.held, len(response))  # the answer, until it is written
@@ -371,59 +414,125 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
         for header, value in info.get("headers", {}).items():
             self.set_header(header, value)
         self.set_header(KERNEL_HEADER, self.kernel_id)
-        if info.get(BODY_ENCODING) == "base64":
-            return base64.b64decode(result.body)
-        return result.body
+        answer = result.body
+        if info.get(body.BODY_ENCODING) == "base64":
+            answer = base64.b64decode(answer)
+        # the notebook's fault: a 500 (an error it answers may say why in more, as gradbook's
+        # API does when the answer itself would be too large)
+        if len(answer) > self.max_response_bytes and self.get_status() < 400:
+            raise RuntimeError(f"{self.request.method} {self.endpoint} answered {len(answer)} "
+                               f"bytes; the limit is {self.max_response_bytes} "
+                               "(GRADBOOK_MAX_RESPONSE_BYTES)")
+        return answer
+
+
+class NotebookHandler(EndpointHandler):
+    """Every path of the served notebooks: the request is bound to the notebook version that
+    serves its path when its headers arrive (``Served.resolve``), runs on that version's pool,
+    and its answer names the version (``X-Gradbook-Notebook-Version``)."""
+
+    def initialize(self, served: Served, max_response_bytes: int,  # type: ignore[override]
+                   **kwargs: Any) -> None:
+        super().initialize(**kwargs)
+        self.served = served
+        self.max_response_bytes = max_response_bytes
+
+    def resolve(self) -> ServiceError | None:
+        path = self.request.path
+        if (match := self.served.resolve(path)) is None:
+            return ServiceError(404, f"no endpoint {path[:100]}; see GET {OPENAPI_PATH}")
+        self.notebook, self.endpoint = match.served.name, match.route.path
+        self.sources = tuple(match.route.methods)
+        self.path_kwargs = match.path_kwargs
+        self.version, self.pool = match.version, match.version.pool
+        self.version.enter()
+        self.set_header(VERSION_HEADER, self.version.notebook.version)
+        return None
 
 
 class HealthHandler(EndpointHandler):
     """``GET /healthz`` and ``GET /readyz``, answered by the gateway process from what it knows,
     so they answer at once however busy the kernels are (an orchestrator that saw a health check
-    hang behind two long trainings would restart a healthy service). No token: they say only
-    whether the service is well and how many models and kernels it has. As an endpoint it
-    refuses other methods and any body the same way.
+    hang behind two long requests would restart a healthy service). No token: they say only
+    whether the service is well, and of each notebook its kernels, version and last reload. As
+    an endpoint it refuses other methods and any body the same way.
 
-    Liveness (``/healthz``): every kernel process of the pool is alive and a folder store is
-    readable. Readiness (``/readyz``, "send me traffic"): that, the store is readable (a database
-    store's server answers: an orchestrator that restarted every replica whenever the database
-    blinked would turn its outage into theirs, so it counts for readiness only), the kernels are
-    seeded (the pool has started) and a request sent now would not be refused for a full queue
-    (``GRADBOOK_MAX_QUEUE``).
-    Either answers 503 with what is wrong.
+    Liveness (``/healthz``): every kernel process of every notebook's pool is alive. Readiness
+    (``/readyz``, "send me traffic"): that, every pool has started (its kernels are seeded),
+    and a request sent now to any notebook would not be refused for a full queue
+    (``GRADBOOK_MAX_QUEUE``). An application served by the gateway may add its own check
+    (``NotebookPersonality.check``, e.g. gradbook's store), run in a thread. Either answers
+    503 with what is wrong, naming the notebook.
     """
 
-    def initialize(self, store: Store, readiness: bool, **kwargs: Any) -> None:
+    def initialize(self, served: Served, readiness: bool,  # type: ignore[override]
+                   check: Any = None, **kwargs: Any) -> None:
         super().initialize(**kwargs)
-        self.store, self.readiness = store, readiness
+        self.served, self.readiness, self.check = served, readiness, check
 
     async def _answer(self) -> None:
-        pool: BatchingKernelPool = self.kernel_pool
-        problems = []
-        for kernel_id in list(pool.kernel_clients):
-            if not await pool.is_running(kernel_id):
-                problems.append(f"kernel {kernel_id} stopped; it is being replaced")
-        # a database store asks its server: in a thread, so a slow answer holds no other request
-        loop = asyncio.get_running_loop()
-        checks_store = self.readiness or isinstance(self.store, ModelStore)
-        if checks_store and not await loop.run_in_executor(None, self.store.readable):
-            problems.append("the model store is not readable (the service log says more)")
-            app_log.error("the model store %s is not readable", self.store.location)
-        if self.readiness and not pool.ready.is_set():
-            problems.append("the kernels are starting")
-        if self.readiness and pool.full():
-            problems.append(f"every kernel is busy and {len(pool.queue)} requests wait, the "
-                            "most allowed")
+        problems, notebooks = [], {}
+        for served in list(self.served.notebooks.values()):
+            entry: dict[str, Any] = {"path": served.prefix or "/", "version": None,
+                                     "kernels": 0, "reload": served.status.as_json()}
+            notebooks[served.name] = entry
+            if (version := served.current) is None:  # a folder's new notebook, not served yet
+                if self.readiness and served.reloading and not served.reloading.done():
+                    problems.append(f"{served.name}: its kernels are starting")
+                continue
+            pool = version.pool
+            for kernel_id in list(pool.kernel_clients):
+                if not await pool.is_running(kernel_id):
+                    problems.append(f"{served.name}: kernel {kernel_id} stopped; it is being "
+                                    "replaced")
+            if self.readiness and not pool.ready.is_set():
+                problems.append(f"{served.name}: the kernels are starting")
+            if self.readiness and pool.full():
+                problems.append(f"{served.name}: every kernel is busy and {len(pool.queue)} "
+                                "requests wait, the most allowed")
+            entry.update(version=version.notebook.version, kernels=len(pool.kernel_clients))
+        extra: dict[str, Any] = {}
+        if self.check is not None:  # in a thread: a slow answer holds no other request
+            loop = asyncio.get_running_loop()
+            try:
+                extra = await loop.run_in_executor(None, self.check, self.readiness)
+            except Unwell as err:
+                problems.append(str(err))
         if problems:
             return self.fail(ServiceError(503, "; ".join(problems)))
         self.set_header("Content-Type", "application/json")
-        models = None  # a database store is not asked for liveness
-        if checks_store:
-            try:
-                models = len(await loop.run_in_executor(None, self.store.names))
-            except StoreError as err:  # the database went away since readable()
-                return self.fail(to_http(err))
-        self.finish(json.dumps({"status": "ok", "kernels": len(pool.kernel_clients),
-                                "models": models}))
+        kernels = sum(entry["kernels"] for entry in notebooks.values())
+        self.finish(json.dumps({"status": "ok", "kernels": kernels, **extra,
+                                "notebooks": notebooks}))
+
+
+class Unwell(Exception):  # noqa: N818 (it is what a check raises: the service is unwell)
+    """Raised by an application's health check (``NotebookPersonality.check``): what is wrong,
+    for the 503 of ``/healthz`` or ``/readyz``."""
+
+
+class DescriptionHandler(ServiceHandler, RequestHandler):
+    """``GET /openapi.json`` for notebooks that do not describe themselves: their paths,
+    methods and path parameters from the annotations, each summary from the Markdown cell above
+    the endpoint, and the statuses the gateway itself answers
+    (``gradbook_service.gateway.description``); made from the versions serving now."""
+
+    endpoint = OPENAPI_PATH
+    sources = ("GET",)
+
+    def initialize(self, served: Served, metrics: Metrics, token: bool,
+                   max_body_bytes: int, request_timeout: float) -> None:
+        self.served, self.metrics, self.token = served, metrics, token
+        self.max_body_bytes, self.request_timeout = max_body_bytes, request_timeout
+
+    def get(self) -> None:
+        if refusal := self.token_refusal():
+            return self.fail(refusal)
+        notebooks = [version.notebook for _, version in self.served.versions()]
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(description.describe(
+            notebooks, token=self.token, max_body_bytes=self.max_body_bytes,
+            request_timeout=self.request_timeout)))
 
 
 class PageHandler(EndpointHandler):
@@ -502,17 +611,6 @@ class MetricsHandler(ServiceHandler, RequestHandler):
         self.finish(self.metrics.text())
 
 
-class UnknownPathHandler(ServiceHandler, NotFoundHandler):
-    def initialize(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-
-    def prepare(self) -> None:
-        if (refusal := self.host_refusal()) is not None:
-            return self.fail(refusal)
-        path = self.request.path[:100]  # a client's path, quoted briefly
-        self.fail(ServiceError(404, f"no endpoint {path}; see GET /openapi.json"))
-
-
 class OpenAPIRedirectHandler(ServiceHandler, RequestHandler):
     """The stock Swagger path, which the gateway's log announces, leads to ``/openapi.json``."""
 
@@ -525,72 +623,143 @@ class OpenAPIRedirectHandler(ServiceHandler, RequestHandler):
         self.redirect(self.url, permanent=True)
 
 
-class GradbookPersonality(NotebookHTTPPersonality):
-    """notebook-http whose endpoints use ``EndpointHandler`` on a ``BatchingKernelPool``."""
+class NotebookPersonality(LoggingConfigurable):
+    """The gateway's personality: notebook-http for one notebook or several, each with its
+    own ``BatchingKernelPool``, reloaded when its file changes if ``GRADBOOK_RELOAD`` is on.
 
+    An application served by the gateway (gradbook's API) adds a page at ``/`` and a check of
+    its own to ``/healthz`` and ``/readyz``; the gateway knows nothing else of it.
+    """
+
+    notebooks = List(
+        Unicode(), config=True,
+        help="The notebook files and folders to serve: one file at the root, anything else "
+        "each notebook under /<its stem>")
     page = Unicode(
         "", config=True,
         help="A function, 'module:name', that returns the HTML page the gateway serves itself at "
         "GET / (no kernel, no token); empty: none")
+    check = Unicode(
+        "", config=True,
+        help="A function, 'module:name', that /healthz and /readyz call (in a thread) with "
+        "whether readiness is asked: it returns fields to add to their answer, or raises "
+        "gradbook_service.gateway.personality.Unwell; empty: none")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.kernel_language not in (None, "python"):
-            language = self.kernel_language
-            raise ValueError(f"the engine runs notebooks of Python kernels, not of {language}")
-        settings = self.service_settings = Settings(parent=self)
+        settings = self.service_settings = GatewaySettings(parent=self)
         ServiceHandler.hosts = HostPolicy(settings.host, settings.allowed_hosts)
         self.budget = ByteBudget(settings.max_pending_bytes)
-        self.kernel_pool = BatchingKernelPool(settings.max_queue, settings.max_batch,
-                                              settings.request_timeout)
-        self.kernel_pool.kernel_channels(self.parent.kernel_manager)
-        self.metrics = Metrics(queue_depth=lambda: len(self.kernel_pool.queue),
+        self.exchange = make_exchange()
+        kernel_channels(self.parent.kernel_manager, self.exchange)
+        self.served = Served()
+        self.metrics = Metrics(queue_depths=self._queue_depths,
                                pending_bytes=lambda: self.budget.used)
-        self.kernel_pool.on_batch = self.metrics.batch_size.observe
-        self.kernel_pool.on_replace = self.metrics.kernels_replaced.inc
+        self.paths = [Path(path) for path in self.notebooks]
+        if not self.paths and self.parent.seed_uri:  # the stock command, with our api
+            self.paths = [Path(self.parent.seed_uri)]
+            # The engine seeds its kernels; the gateway's kernel manager must not as well.
+            self.parent.kernel_manager._seed_source = None
+        if not self.paths:
+            raise NotebookError("no notebook to serve: name one (NotebookPersonality.notebooks, "
+                                "or the gateway's seed_uri)")
+        # --KernelGatewayApp.prespawn_count, when the gateway is started as stock, else ours
+        self.kernels = self.parent.prespawn_count or settings.kernels
+        # with reloads on, a notebook's worth of kernels started ahead (SpareKernels)
+        self.spares = (SpareKernels(self.parent.kernel_manager, self.kernels)
+                       if settings.reload else None)
+        for file, prefix in notebook_files(self.paths):
+            self.served.add(ServedNotebook(file, prefix, self._pool, self._reloaded))
+        for prefix, served in self.served.notebooks.items():  # read now, for the routes;
+            served.first(read_notebook(served.file, prefix))  # started in init_configurables
+        self.failure: str | None = None  # why the gateway could not start serving
+        self.watching: asyncio.Task[None] | None = None
+        self.stopping: set[asyncio.Task[None]] = set()  # notebooks deleted from a folder
+
+    def _pool(self, notebook: Notebook) -> BatchingKernelPool:
+        settings = self.service_settings
+        pool = BatchingKernelPool(notebook, self.parent.kernel_manager, self.exchange,
+                                  self.kernels, settings.max_queue, settings.max_batch,
+                                  settings.request_timeout, self.spares)
+        pool.on_batch = self.metrics.batch_size.labels(notebook.name).observe
+        pool.on_replace = self.metrics.kernels_replaced.labels(notebook.name).inc
+        return pool
+
+    def _reloaded(self, notebook: str, result: str) -> None:
+        self.metrics.reloads.labels(notebook, result).inc()
+
+    def _queue_depths(self) -> dict[str, int]:
+        return {served.name: len(version.pool.queue) for served, version in
+                self.served.versions()}
 
     async def init_configurables(self) -> None:
         self.parent.web_app.settings["log_function"] = log_request
         settings = self.service_settings
         limit_server(self.parent.http_server, settings.max_connections, settings.body_timeout)
-        await super().init_configurables()
+        try:
+            await asyncio.gather(*(served.start() for served in self.served.notebooks.values()))
+        except (NotebookError, SeedError) as err:
+            self.failure = f"cannot serve {err}"
+            app_log.critical("%s", self.failure)
+            self.parent.stop()
+            return
+        for served in self.served.notebooks.values():
+            app_log.info("serving %s at %s/ (version %s, %d kernels)", served.file,
+                         served.prefix, served.current.notebook.version, self.kernels)
+        if settings.reload:
+            self.watching = asyncio.ensure_future(watch(self.paths, self._changed))
+            for served in self.served.notebooks.values():
+                self.spares.keep(served.current.notebook.kernel_name)
+
+    def _changed(self, file: Path, exists: bool) -> None:
+        """A served notebook's file, or a notebook of a served folder, changed."""
+        served = next((each for each in self.served.notebooks.values() if each.file == file),
+                      None)
+        if served is not None and exists:
+            served.reload()
+        elif served is not None and any(file.parent == path.resolve() for path in self.paths
+                                        if path.is_dir()):  # deleted from a served folder
+            del self.served.notebooks[served.prefix]
+            app_log.info("%s was deleted: no longer served", file)
+            self.stopping.add(task := asyncio.ensure_future(served.stop()))
+            task.add_done_callback(self.stopping.discard)
+        elif served is not None:
+            app_log.warning("%s was deleted; its last version still serves", file)
+        elif exists and (prefix := self.served.prefix_for(file)) is not None:
+            added = ServedNotebook(file, prefix, self._pool, self._reloaded)
+            self.served.add(added)
+            added.reload()
 
     def create_request_handlers(self) -> list[tuple[Any, ...]]:
         def route_of(path: str) -> str:
             return url_path_join("/", self.parent.base_url, path)
 
-        seed = self.parent.kernel_manager.seed_source
-        responses = self.api_parser.endpoint_responses(seed)
-        annotated = {}  # the route of each endpoint → its path as the notebook writes it
-        for path, sources in self.api_parser.endpoints(seed):
-            annotated[route_of(parameterize_path(path))] = path
-            for method, source in sources.items():
-                info = responses.get(path, {}).get(method)
-                self.kernel_pool.endpoints[f"{method} {path}"] = [source, info]
+        claimed = {route.path for served, version in self.served.versions() if not served.prefix
+                   for route in version.notebook.routes}  # a notebook served at the root
         settings = self.service_settings
-        gateway = {"sources": {"GET": ""}, "response_sources": {},
-                   "kernel_pool": self.kernel_pool,
-                   "kernel_name": self.parent.kernel_manager.seed_kernelspec,
-                   "metrics": self.metrics, "max_body_bytes": 0, "public": True,
+        gateway = {"metrics": self.metrics, "max_body_bytes": 0, "public": True,
                    "budget": self.budget}
-        health = {**gateway, "store": open_store(settings.store)}
+        check = _function(self.check) if self.check else None
+        health = {**gateway, "served": self.served, "check": check}
         handlers: list[tuple[Any, ...]] = [
             (route_of(METRICS_PATH), MetricsHandler, {"metrics": self.metrics}),
             (route_of(HEALTH_PATH), HealthHandler,
              {**health, "endpoint": HEALTH_PATH, "readiness": False}),
             (route_of(READY_PATH), HealthHandler,
-             {**health, "endpoint": READY_PATH, "readiness": True})]
+             {**health, "endpoint": READY_PATH, "readiness": True}),
+            (route_of(SWAGGER_PATH), OpenAPIRedirectHandler, {"url": route_of(OPENAPI_PATH)})]
+        if OPENAPI_PATH not in claimed:
+            handlers.append((route_of(OPENAPI_PATH), DescriptionHandler, {
+                "served": self.served, "metrics": self.metrics,
+                "token": bool(self.parent.auth_token), "max_body_bytes": settings.max_body_bytes,
+                "request_timeout": settings.request_timeout}))
         if self.page:
-            if route_of(PAGE_PATH) in annotated:
-                raise ValueError(f"the notebook has an endpoint at {PAGE_PATH}, where the "
-                                 f"gateway serves the page {self.page}: keep one of them")
-            module, _, function = self.page.partition(":")
-            page = Page(getattr(importlib.import_module(module), function)())
+            if PAGE_PATH in claimed:
+                raise NotebookError(f"the notebook has an endpoint at {PAGE_PATH}, where the "
+                                    f"gateway serves the page {self.page}: keep one of them")
+            page = Page(_function(self.page)())
             handlers.append((route_of(PAGE_PATH), PageHandler,
                              {**gateway, "endpoint": PAGE_PATH, "page": page}))
-        if route_of(DOCS_PATH) in annotated:
-            raise ValueError(f"the notebook has an endpoint at {DOCS_PATH}, where the gateway "
-                             "serves the description's page: keep one of them")
         handlers.append((route_of(DOCS_PATH), PageHandler,
                          {**gateway, "endpoint": DOCS_PATH, "page": Page(apidocs.page())}))
         for name, content_type in apidocs.ASSETS.items():
@@ -598,24 +767,31 @@ class GradbookPersonality(NotebookHTTPPersonality):
             handlers.append((route_of(path), PageHandler, {
                 **gateway, "endpoint": path,
                 "page": Page(apidocs.asset(name), content_type)}))
-        for route in super().create_request_handlers():
-            pattern, handler = route[0], route[1]
-            if handler is NotebookAPIHandler:
-                args = {**route[2], "endpoint": annotated[pattern], "metrics": self.metrics,
-                        "max_body_bytes": settings.max_body_bytes, "budget": self.budget}
-                handlers.append((pattern, EndpointHandler, args))
-            elif handler is NotFoundHandler:
-                handlers.append((pattern, UnknownPathHandler, {"metrics": self.metrics}))
-            elif handler is SwaggerSpecHandler:
-                handlers.append((pattern, OpenAPIRedirectHandler, {"url": route_of(OPENAPI_PATH)}))
-            else:  # the notebook download or static files, if configured: no Server header
-                quiet = type(handler.__name__, (ServiceHandler, handler), {})
-                handlers.append((pattern, quiet, *route[2:]))
+        handlers.append((route_of(".*"), NotebookHandler, {
+            "served": self.served, "metrics": self.metrics, "budget": self.budget,
+            "max_body_bytes": settings.max_body_bytes,
+            "max_response_bytes": settings.max_response_bytes}))
         return handlers
+
+    async def shutdown(self) -> None:
+        """Stop watching, and shut down every notebook's kernels."""
+        if self.watching is not None:
+            self.watching.cancel()
+        await asyncio.gather(*(served.stop() for served in self.served.notebooks.values()),
+                             return_exceptions=True)
+        if self.spares is not None:
+            await self.spares.shutdown()
+        shutil.rmtree(self.exchange, ignore_errors=True)
+
+
+def _function(name: str) -> Any:
+    """The function ``module:name`` names."""
+    module, _, function = name.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def log_request(handler: RequestHandler) -> None:
-    """The access line of a request (``gradbook_service.logs``): method, path (no query
+    """The access line of a request (``gradbook_service.gateway.logs``): method, path (no query
     string), status, milliseconds, and the kernel that served it and the size of the batch it
     ran in, if a kernel did. Successes at info level, client errors as warnings, server errors
     as errors, except the 503s of ``/healthz`` and ``/readyz``: a service that is starting, or
@@ -638,5 +814,5 @@ def log_request(handler: RequestHandler) -> None:
                             ms, kernel, getattr(handler, "batch_size", None))
 
 
-def create_personality(*, parent: Any, log: Any) -> GradbookPersonality:
-    return GradbookPersonality(parent=parent, log=log)
+def create_personality(*, parent: Any, log: Any) -> NotebookPersonality:
+    return NotebookPersonality(parent=parent, log=log)

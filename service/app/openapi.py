@@ -21,16 +21,16 @@ from decimal import Decimal
 from importlib.metadata import version
 from typing import Any
 
-from gradbook_service import apidocs
-from gradbook_service.inputs import MAX_RATE, MAX_SEED
-from gradbook_service.jobs import JOB_ID, STATES
-from gradbook_service.settings import (
+from gradbook_service.app.inputs import MAX_RATE, MAX_SEED
+from gradbook_service.app.jobs import JOB_ID, STATES
+from gradbook_service.app.settings import (
     MAX_ELEMENTS,
-    MAX_JSON_DEPTH,
     MAX_NUMBER_CHARS,
     RESPONSE_FLOOR_BYTES,
     Settings,
 )
+from gradbook_service.gateway import apidocs
+from gradbook_service.gateway.settings import MAX_JSON_DEPTH
 
 from gradbook.activations import ACTIVATIONS
 from gradbook.datasets import DATASETS
@@ -107,6 +107,20 @@ PREFLIGHT = {
 # regular expression dialect (ECMA-262 adds U+FEFF and lacks U+001C-U+001F and U+0085).
 BLANK = r"[\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 
+
+# What /healthz says of each notebook the gateway serves (gradbook_service.gateway.personality)
+NOTEBOOK_HEALTH = {
+    "type": "object", "additionalProperties": False,
+    "required": ["path", "version", "kernels", "reload"],
+    "properties": {
+        "path": {"type": "string", "description": "Where its endpoints are: / or /<name>"},
+        "version": {"type": "string", "nullable": True,
+                    "description": "A hash of its code cells (null: not served yet)"},
+        "kernels": {"type": "integer", "minimum": 0},
+        "reload": {"type": "object", "additionalProperties": False, "required": ["result"],
+                   "properties": {"result": {"type": "string", "enum": ["none", "ok", "failed"]},
+                                  "at": {"type": "string", "format": "date-time"},
+                                  "error": {"type": "string"}}}}}
 
 def spelling(numerals: str) -> str:
     """The pattern of a string holding one of ``numerals`` between blanks, as the service reads
@@ -383,8 +397,10 @@ def schemas(settings: Settings) -> Schema:
                                    ["status", "message"])}, ["error"]),
         "Health": obj({"status": {"type": "string", "enum": ["ok"]},
                        "kernels": {"type": "integer", "minimum": 0},
-                       "models": {"type": "integer", "minimum": 0, "nullable": True}},
-                      ["status", "kernels", "models"]),
+                       "models": {"type": "integer", "minimum": 0, "nullable": True},
+                       "notebooks": {"type": "object", "additionalProperties": NOTEBOOK_HEALTH,
+                                     "description": "Each served notebook, by name"}},
+                      ["status", "kernels", "models", "notebooks"]),
         "Diagnostics": obj({
             "kernel": obj({"pid": {"type": "integer"},
                            "cached_models": {"type": "integer", "minimum": 0},

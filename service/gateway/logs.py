@@ -107,6 +107,8 @@ def configure(log_format: str, level: int = logging.INFO) -> None:
                 logger.removeHandler(old)
                 logger.propagate = True
     logging.captureWarnings(True)  # warnings.warn(...) too, as py.warnings records
+    # watchfiles says "1 change detected" at info for every save; the reload says what it did
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
     # Neither format shows where a record was made (file, line, function), nor its thread or
     # process: not finding them out saves a good part of each record's cost (the logging
     # HOWTO's "Optimization"), which the access log pays once per request.

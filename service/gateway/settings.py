@@ -1,13 +1,12 @@
-"""Every setting of the service, each read from a ``GRADBOOK_*`` environment variable.
+"""Every setting of the gateway, each read from a ``GRADBOOK_*`` environment variable.
 
 A setting is one trait of ``Settings`` tagged with its variable and its default
 (``.tag(env=…, fallback=…)``); ``FromEnvironment`` turns each tag into the trait's dynamic
 default (the variable, read by the trait's type, or the fallback when it is unset or empty) and
 into the end of its help text. Explicit configuration still wins over the environment.
 
-The launcher, the gateway personality and the notebook's kernels each build a ``Settings()``;
-kernels inherit the launcher's environment, so all three agree (except on the token, which the
-launcher hands to the gateway and removes from the kernels' environment).
+``GatewaySettings`` holds what serving any notebook needs; gradbook's API adds its own
+(``gradbook_service.app.settings``) in a subclass, read the same way.
 """
 
 from __future__ import annotations
@@ -20,15 +19,7 @@ from typing import Any
 from traitlets import Bool, Enum, Float, Integer, TraitType, Unicode
 from traitlets.config import Configurable
 
-from gradbook.store import DEFAULT_ROOT
-
-# Fixed limits of one request, so that none holds a kernel for long or exhausts its memory.
-MAX_LAYERS = 16
-MAX_PARAMETERS = 1_000_000
-MAX_ELEMENTS = 10_000_000  # examples × widest layer (about 80 MB per layer's outputs)
 MAX_JSON_DEPTH = 32  # nesting of a request body; ours need 4, Python's recursion limit is ~1000
-MAX_NUMBER_CHARS = 64  # a number sent as a string; float64 needs at most 24
-RESPONSE_FLOOR_BYTES = 2**20  # any request may get an answer this large, whatever its own size
 # "1" in the kernels' environment when the gateway asks for a token: the kernels never see the
 # token itself, but the description they serve must say whether one is needed.
 TOKEN_REQUIRED = "GRADBOOK_TOKEN_REQUIRED"
@@ -116,19 +107,15 @@ def _reader(trait: TraitType, env: str, fallback: Any) -> Callable[[Configurable
     return read
 
 
-class Settings(FromEnvironment):
-    """The service's configuration; each trait's help names its environment variable."""
-
+class GatewaySettings(FromEnvironment):
+    """The gateway's configuration, for any notebook it serves; each trait's help names its
+    environment variable."""
     host = Unicode(config=True, help="Address to listen on").tag(
         env="GRADBOOK_HOST", fallback="127.0.0.1")
     port = Integer(min=1, max=65535, config=True, help="Port to listen on").tag(
         env="GRADBOOK_PORT", fallback=8888)
     kernels = Integer(min=1, config=True, help="Kernels in the pool").tag(
         env="GRADBOOK_KERNELS", fallback=2)
-    store = Unicode(
-        config=True, help="Model store: a folder, or a postgresql:// URL (gradbook.pgstore) that "
-        "several replicas share").tag(
-        env="GRADBOOK_STORE", fallback=str(DEFAULT_ROOT))
     token = Unicode(
         config=True,
         help="When set, every endpoint but /, /healthz and /readyz requires "
@@ -144,32 +131,14 @@ class Settings(FromEnvironment):
         help="How the log is written: 'text', one line per record ('[I 2026-12-07 "
         "13:06:25.482 gradbook] …'), or 'json', one JSON object per line for a log pipeline",
     ).tag(env="GRADBOOK_LOG_FORMAT", fallback="text")
-
-    # the limits of one request
     max_body_bytes = Integer(
         min=1, config=True, help="Largest request body accepted, in bytes; larger ones get 413"
     ).tag(env="GRADBOOK_MAX_BODY_BYTES", fallback=4 * 2**20)
-    max_epochs = Integer(
-        min=1, config=True, help="Most epochs one train request may ask for; more get 400"
-    ).tag(env="GRADBOOK_MAX_EPOCHS", fallback=10_000)
-    max_train_seconds = Float(
-        min=0.001,
-        config=True,
-        help="Most seconds one training request may take, as estimated before it starts by "
-        "gradbook_service.limits (calibrated on a 2-core machine); longer runs get 400",
-    ).tag(env="GRADBOOK_MAX_TRAIN_SECONDS", fallback=60.0)
     max_response_bytes = Integer(
         min=1,
         config=True,
         help="Largest response body, in bytes; a request that would get a larger one gets 400",
     ).tag(env="GRADBOOK_MAX_RESPONSE_BYTES", fallback=16 * 2**20)
-    max_response_ratio = Float(
-        min=1.0,
-        config=True,
-        help="Most bytes a prediction or gradients answer may have per byte of its request, "
-        f"above the first {RESPONSE_FLOOR_BYTES} bytes every request may have; larger answers "
-        "get 400 before the work",
-    ).tag(env="GRADBOOK_MAX_RESPONSE_RATIO", fallback=64.0)
     body_timeout = Float(
         min=0.001,
         config=True,
@@ -201,43 +170,16 @@ class Settings(FromEnvironment):
         help="Seconds a request's cell may run; then it gets 504 and its kernel is interrupted "
         "(replaced if the interrupt does not take). Training jobs are not bounded by it",
     ).tag(env="GRADBOOK_REQUEST_TIMEOUT", fallback=60.0)
-    lock_timeout = Float(
-        min=0.0, config=True,
-        help="Seconds a change to a model waits for another change of the same model to finish "
-        "before it gets 409",
-    ).tag(env="GRADBOOK_LOCK_TIMEOUT", fallback=2.0)
     max_batch = Integer(
         min=1, config=True,
         help="Most queued requests a kernel that becomes free takes into one execution",
     ).tag(env="GRADBOOK_MAX_BATCH", fallback=64)
-    model_cache = Integer(
-        min=1, config=True,
-        help="Models each kernel keeps loaded, least recently used dropped first",
-    ).tag(env="GRADBOOK_MODEL_CACHE", fallback=16)
-    max_models = Integer(
-        min=1, config=True, help="Most models in the store; creating one more gets 409"
-    ).tag(env="GRADBOOK_MAX_MODELS", fallback=100)
-
-    training_worker = Bool(
-        config=True, help="1: run a training worker beside the gateway; 0: none (with a "
-        "PostgreSQL store, other replicas' workers run the jobs this one accepts)",
-    ).tag(env="GRADBOOK_TRAINING_WORKER", fallback=True)
-    max_queued_jobs = Integer(
-        min=1, config=True, help="Most training jobs waiting to run; one more gets 429",
-    ).tag(env="GRADBOOK_MAX_QUEUED_JOBS", fallback=100)
-    max_job_bytes = Integer(
-        min=1, config=True,
-        help="Most bytes of training data kept for the jobs not finished; a job whose data "
-        "would go past it gets 429",
-    ).tag(env="GRADBOOK_MAX_JOB_BYTES", fallback=64 * 2**20)
-    max_job_seconds = Float(
-        min=0.001, config=True,
-        help="Seconds a training job may run; then it is stopped, commits nothing and fails",
-    ).tag(env="GRADBOOK_MAX_JOB_SECONDS", fallback=600.0)
-    job_lease = Float(
-        min=0.1, config=True, help="Seconds a running job of a PostgreSQL store stays claimed "
-        "unless its worker renews the claim (every third of it); then it is ended as failed",
-    ).tag(env="GRADBOOK_JOB_LEASE", fallback=10.0)
+    reload = Bool(
+        config=True,
+        help="1: when a served notebook's file changes, serve its new version (started beside "
+        "the old one, which serves until the new one is ready); a folder's new notebooks are "
+        "served and deleted ones stop. For development",
+    ).tag(env="GRADBOOK_RELOAD", fallback=False)
 
     @property
     def token_required(self) -> bool:

@@ -12,12 +12,12 @@ from itertools import pairwise
 from typing import Any
 
 import numpy as np
-from gradbook_service import inputs, limits, training
-from gradbook_service.http import Request, Response, binary_response, json_response
-from gradbook_service.jobs import open_jobs
-from gradbook_service.openapi import openapi_spec
-from gradbook_service.plots import loss_curve_png
-from gradbook_service.settings import MAX_LAYERS, MAX_PARAMETERS, Settings
+from gradbook_service.app import inputs, limits, training
+from gradbook_service.app.http import Request, Response, binary_response, json_response
+from gradbook_service.app.jobs import open_jobs
+from gradbook_service.app.openapi import openapi_spec
+from gradbook_service.app.plots import loss_curve_png
+from gradbook_service.app.settings import MAX_LAYERS, MAX_PARAMETERS, Settings
 
 from gradbook.datasets import DATASETS
 from gradbook.network import MLP, Callback

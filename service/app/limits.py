@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 
-from gradbook_service.settings import MAX_ELEMENTS, RESPONSE_FLOOR_BYTES
+from gradbook_service.app.settings import MAX_ELEMENTS, RESPONSE_FLOOR_BYTES
 
 from gradbook.network import MLP
 

@@ -1,11 +1,12 @@
 """The gateway's half of the engine: a pool of kernels that serves queued requests in batches,
 one kernel execution per batch.
 
-Stock notebook-http lends a kernel to one request at a time and runs two or three executions on
-it (assign ``REQUEST``, run the cell, run the ``ResponseInfo`` cell), each a full kernel round
-trip. Here every request joins one FIFO queue. Whenever a kernel is free and requests wait, the
-kernel takes all of them (up to ``max_batch``) and runs them in a single execution through
-``gradbook_service.runner``, which publishes each request's result as soon as it is known. So:
+Stock notebook-http lends a kernel to one request at a time and runs two or three executions on it
+(assign ``REQUEST``, run the cell, run the ``ResponseInfo`` cell), each a full kernel round trip.
+Here every request joins one FIFO queue. Whenever a kernel is free and requests wait, the kernel
+takes all of them (up to ``max_batch``) and runs them in a single execution through
+``gradbook_service.gateway.runner``, which publishes each request's result as soon as it is
+known. So:
 
 * a lone request runs at once, in one round trip: there is no batching window to wait for;
 * under load, a batch holds whatever queued while the kernel was busy: its size follows the
@@ -31,11 +32,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from gradbook_service import runner
-from gradbook_service.errors import ServiceError
+from gradbook_service.gateway import runner
+from gradbook_service.gateway.errors import ServiceError
+from gradbook_service.gateway.notebooks import Notebook
 from jupyter_client.session import Session
 from jupyter_core.utils import ensure_async
-from kernel_gateway.services.kernels.pool import KernelPool, ManagedKernelPool
 from tornado.log import app_log
 
 KERNEL_CHECK_SECONDS = 1.0  # how often a kernel's loop checks that its kernel is still alive
@@ -136,66 +137,103 @@ class Execution:
                      "before the stop: check the model's version before trying again"))
 
 
-class BatchingKernelPool(ManagedKernelPool):
-    """The kernel pool of the engine (see the module docstring).
+class SeedError(Exception):
+    """A seed cell of the notebook raised on a new kernel: the pool cannot serve it."""
+
+
+class BatchingKernelPool:
+    """The kernel pool of the engine for one version of one notebook (see the module
+    docstring).
 
     Each kernel has its own loop (``_serve``): take the queued requests, run them as one
     execution, and as soon as every one is answered take the next ones, while the kernel still
     finishes the last execution (its reply and idle status): the next batch is already waiting
     in the kernel's queue then, so the kernel never idles for a gateway round trip under load.
 
-    Before it serves, each kernel is subscribed (``_await_subscription``) and given the runner
-    with the notebook's endpoints (``endpoints``, set by the personality before the pool starts).
+    Before it serves, each kernel is subscribed (``_await_subscription``), seeded with the
+    notebook's other code cells, each in its own execution as stock notebook-http seeds, and
+    given the runner with the notebook's endpoints (``_prepare``). Its working folder is the
+    notebook's, as when the notebook runs in Jupyter. The pool starts and stops its own kernels
+    only, so that pools of several notebooks, or of two versions of one, share a gateway.
     """
 
-    def __init__(self, max_queue: int, max_batch: int, request_timeout: float) -> None:
-        super().__init__()
+    def __init__(self, notebook: Notebook, kernel_manager: Any, exchange: Path, kernels: int,
+                 max_queue: int, max_batch: int, request_timeout: float,
+                 spares: SpareKernels | None = None) -> None:
+        self.notebook = notebook
+        self.spares = spares  # kernels started ahead of need, if the gateway keeps some
+        self.kernel_manager = kernel_manager
+        self.exchange = exchange  # kernel_channels: the gateway's private folder
+        self.count = kernels
+        self.endpoints = notebook.endpoints
         self.request_timeout = request_timeout
         self.ready = asyncio.Event()
         self.max_queue, self.max_batch = max_queue, max_batch
         self.queue: deque[Job] = deque()
         self.has_work = asyncio.Event()
         self.free = 0  # kernel loops waiting for requests
-        self.endpoints: dict[str, list[str | None]] = {}
+        self.kernel_clients: dict[str, Any] = {}
+        self.on_recv_funcs: dict[str, Any] = {}  # kernel → what hears its other IOPub messages
         self.listeners: dict[str, dict[str, Execution]] = {}  # kernel → msg_id → execution
         self.iopub: dict[str, Any] = {}  # kernel → its IOPub stream
-        # where each kernel's runner finds its batch and keeps its results (service.runner), and
-        # the kernels' connection files and sockets (``kernel_channels``): memory-backed where
-        # there is /dev/shm, private to this user (mkdtemp: mode 0700)
-        shm = Path("/dev/shm")
-        parent = shm if shm.is_dir() else Path(tempfile.gettempdir())
-        if len(str(parent)) > MAX_PARENT_CHARS:  # the sockets' paths would not fit
-            parent = Path("/tmp")
-        remove_orphans(parent)
-        self.exchange = Path(tempfile.mkdtemp(prefix=f"{EXCHANGE_PREFIX}{os.getpid()}-",
-                                              dir=parent))
         self.loops: set[asyncio.Task[None]] = set()
         self.on_batch = lambda size: None  # told each batch's size (metrics)
         self.on_replace = lambda: None  # told each replaced kernel (metrics)
 
-    async def initialize(self, prespawn_count: int, kernel_manager: Any, **kwargs: Any) -> None:
-        # KernelPool's start, not ManagedKernelPool's, which would subscribe to IOPub its way
-        await KernelPool.initialize(self, max(prespawn_count, 1), kernel_manager, **kwargs)
-        for kernel_id in kernel_manager.list_kernel_ids():
-            self._connect(kernel_id)
-        self.managed_pool_initialized.set_result(True)  # awaited by ManagedKernelPool.shutdown
-        await asyncio.gather(*(self._prepare(kid) for kid in self.kernel_clients))
+    async def start(self) -> None:
+        """Start and seed the pool's kernels, then serve; a ``SeedError`` (every kernel this
+        started stopped again) if a seed cell raises."""
+        started = await asyncio.gather(*(self._start_kernel() for _ in range(self.count)),
+                                       return_exceptions=True)
+        failures = [result for result in started if isinstance(result, BaseException)]
+        if failures:
+            for kernel_id in [result for result in started if isinstance(result, str)]:
+                await self._let_go(kernel_id)
+            raise failures[0]
         self.loops = {asyncio.ensure_future(self._serve(kid)) for kid in self.kernel_clients}
         self.ready.set()
 
     async def shutdown(self) -> None:
+        """Stop serving and shut down the pool's kernels."""
         for loop in self.loops:
             loop.cancel()
-        await super().shutdown()
-        shutil.rmtree(self.exchange, ignore_errors=True)
+        for kernel_id in list(self.kernel_clients):
+            await self._let_go(kernel_id)
 
-    def kernel_channels(self, kernel_manager: Any) -> None:
-        """Have the kernels of ``kernel_manager`` talk to the gateway over Unix sockets in the
-        private exchange folder, not over TCP on 127.0.0.1 (jupyter_client's default), where
-        every local user can connect: a subscriber to a kernel's IOPub needs no key, and would
-        read every answer the kernel sends. Call before the first kernel starts."""
-        kernel_manager.config.KernelManager.transport = "ipc"
-        kernel_manager.connection_dir = str(self.exchange)
+    async def _start_kernel(self) -> str:
+        """A new kernel of the notebook, seeded and serving; its id. A spare kernel, if there
+        is one, saves the wait for a new process to start."""
+        folder = str(self.notebook.file.parent)
+        spare = None
+        if self.spares is not None:
+            spare = await self.spares.take(self.notebook.kernel_name)
+        kernel_id = spare or await self.kernel_manager.start_kernel(
+            kernel_name=self.notebook.kernel_name, cwd=folder)
+        try:
+            self._connect(kernel_id)
+            if spare is not None:  # started in the gateway's folder: moved to the notebook's
+                await self._run_quietly(kernel_id, f"__import__('os').chdir({folder!r})")
+            await self._prepare(kernel_id)
+        except BaseException:
+            await self._let_go(kernel_id)
+            raise
+        return kernel_id
+
+    async def _let_go(self, kernel_id: str) -> None:
+        """Forget the kernel and shut it down."""
+        if (client := self.kernel_clients.pop(kernel_id, None)) is not None:
+            client.stop_channels()
+        if (stream := self.iopub.pop(kernel_id, None)) is not None:
+            stream.close()
+        self.on_recv_funcs.pop(kernel_id, None)
+        self.listeners.pop(kernel_id, None)
+        self.journal(kernel_id).unlink(missing_ok=True)
+        self.inbox(kernel_id).unlink(missing_ok=True)
+        with contextlib.suppress(KeyError):  # already gone
+            await self.kernel_manager.shutdown_kernel(kernel_id, now=True)
+
+    def on_recv(self, kernel_id: str, listener: Any) -> None:
+        self.on_recv_funcs[kernel_id] = listener
 
     def inbox(self, kernel_id: str) -> Path:
         return self.exchange / f"{kernel_id}.batch.json"
@@ -299,11 +337,12 @@ class BatchingKernelPool(ManagedKernelPool):
         os.replace(posting, self.inbox(kernel_id))
         return batch_id
 
-    def _start(self, kernel_id: str, jobs: list[Job], code: str) -> Execution:
-        """Send ``code`` to the kernel, outside IPython's history (which would keep every
-        batch's REQUESTs in the kernel for good)."""
+    def _start(self, kernel_id: str, jobs: list[Job], code: str,
+               store_history: bool = False) -> Execution:
+        """Send ``code`` to the kernel, by default outside IPython's history (which would keep
+        every batch's REQUESTs in the kernel for good)."""
         execution = Execution(kernel_id, jobs)
-        msg_id = self.kernel_clients[kernel_id].execute(code, store_history=False)
+        msg_id = self.kernel_clients[kernel_id].execute(code, store_history=store_history)
         self.listeners.setdefault(kernel_id, {})[msg_id] = execution
         return execution
 
@@ -329,7 +368,7 @@ class BatchingKernelPool(ManagedKernelPool):
 
         A request running ``request_timeout`` seconds gets 504 and the kernel an interrupt: a
         ``KeyboardInterrupt`` in the cell, which ends the batch
-        (``gradbook_service.runner``) and leaves
+        (``gradbook_service.gateway.runner``) and leaves
         the kernel's namespace as it was."""
         loop = asyncio.get_running_loop()
         while not execution.answered.done():
@@ -362,26 +401,15 @@ class BatchingKernelPool(ManagedKernelPool):
         """Swap the kernel ``kernel_id``, which stopped, for a new kernel seeded like the
         others; the new kernel's id.
 
-        Kernels are never restarted in place (see ``gradbook_service.launch``): a restarted kernel
-        would
-        come back without the notebook's seed cells. The old kernel is let go only once the new
-        one serves, so a failed start leaves things as they were, to try again next batch.
+        Kernels are never restarted in place (``_prepare``): a restarted kernel would come back
+        without the notebook's seed cells. The old kernel is let go only once the new one
+        serves, so a failed start leaves things as they were, to try again next batch.
         """
-        # start_seeded_kernel, as the pool's start uses, does not return the new kernel's id
-        new_id = await self.kernel_manager.start_kernel(
-            kernel_name=self.kernel_manager.seed_kernelspec
-        )
-        self._connect(new_id)
-        await self._prepare(new_id)
-        self.kernel_clients.pop(kernel_id).stop_channels()
-        self.iopub.pop(kernel_id).close()
-        self.on_recv_funcs.pop(kernel_id, None)
-        self.listeners.pop(kernel_id, None)
-        self.journal(kernel_id).unlink(missing_ok=True)
-        self.inbox(kernel_id).unlink(missing_ok=True)
-        await self.kernel_manager.shutdown_kernel(kernel_id, now=True)
+        new_id = await self._start_kernel()
+        await self._let_go(kernel_id)
         self.on_replace()
-        app_log.warning("kernel %s had stopped; kernel %s replaces it", kernel_id, new_id)
+        app_log.warning("kernel %s of %s had stopped; kernel %s replaces it", kernel_id,
+                        self.notebook.name, new_id)
         return new_id
 
     def _connect(self, kernel_id: str) -> None:
@@ -417,7 +445,27 @@ class BatchingKernelPool(ManagedKernelPool):
         kernel.stop_restarter()
         kernel.autorestart = False
         await self._await_subscription(kernel_id)
+        await self._seed(kernel_id)
         await self._install_runner(kernel_id)
+
+    async def _run_quietly(self, kernel_id: str, code: str) -> None:
+        execution = self._start(kernel_id, [], code)
+        if await self._follow(execution) and execution.failure:
+            raise SeedError(f"kernel {kernel_id} could not run {code!r}: "
+                            f"{execution.failure.get('ename')}: {execution.failure.get('evalue')}")
+
+    async def _seed(self, kernel_id: str) -> None:
+        """Run the notebook's seed cells on the kernel, in order, each as the notebook runs
+        it (in IPython's history); a ``SeedError`` naming the cell if one raises."""
+        for number, source in self.notebook.seeds:
+            execution = self._start(kernel_id, [], source, store_history=True)
+            if not await self._follow(execution):
+                raise SeedError(f"{self.notebook.file}: the kernel stopped while cell {number} "
+                                "seeded it")
+            if execution.failure:
+                ename, evalue = execution.failure.get("ename"), execution.failure.get("evalue")
+                raise SeedError(f"{self.notebook.file}: cell {number} ({_first_line(source)}) "
+                                f"raised {ename}: {evalue}")
 
     async def _await_subscription(self, kernel_id: str) -> None:
         """Wait until the kernel's IOPub messages reach the gateway.
@@ -444,15 +492,16 @@ class BatchingKernelPool(ManagedKernelPool):
             app_log.error("no IOPub message from kernel %s; using it anyway", kernel_id)
 
     async def _install_runner(self, kernel_id: str) -> None:
-        """Send ``gradbook_service.runner`` and the notebook's endpoints to the kernel."""
+        """Send ``gradbook_service.gateway.runner`` and the notebook's endpoints to the
+        kernel."""
         source = Path(runner.__file__).read_text(encoding="utf-8")
         code = INSTALL.format(name=RUNNER_MODULE, filename=runner.__file__, source=source,
                               endpoints=self.endpoints, inbox=str(self.inbox(kernel_id)),
                               journal=str(self.journal(kernel_id)))
         execution = self._start(kernel_id, [], code)
         if await self._follow(execution) and execution.failure:
-            app_log.error("kernel %s could not install the runner: %s: %s", kernel_id,
-                          execution.failure.get("ename"), execution.failure.get("evalue"))
+            raise SeedError(f"kernel {kernel_id} could not install the runner: "
+                            f"{execution.failure.get('ename')}: {execution.failure.get('evalue')}")
 
 
 def read_message(session: Session, frames: list[bytes]) -> dict[str, Any] | None:
@@ -472,6 +521,84 @@ def read_message(session: Session, frames: list[bytes]) -> dict[str, Any] | None
     wanted = header["msg_type"] in CONTENT_READ
     return {"header": header, "parent_header": session.unpack(frames[2]),
             "content": session.unpack(frames[4]) if wanted else None}
+
+
+class SpareKernels:
+    """Kernels started ahead of need, unseeded, so that a reload (``GRADBOOK_RELOAD``) or a
+    dead kernel's replacement need not wait for a new kernel process to start: on a busy
+    2-core machine that start is most of a reload's time. ``count`` of each kernel name asked
+    for are kept; one taken is replaced in the background."""
+
+    def __init__(self, kernel_manager: Any, count: int) -> None:
+        self.kernel_manager, self.count = kernel_manager, count
+        self.kernels: dict[str, list[str]] = {}  # kernel name → spare kernels' ids
+        self.starting: set[asyncio.Task[None]] = set()
+
+    def keep(self, kernel_name: str) -> None:
+        """Start spares of ``kernel_name`` until there are ``count`` (or as many starting)."""
+        spares = self.kernels.setdefault(kernel_name, [])
+        starting = sum(1 for task in self.starting if task.get_name() == kernel_name)
+        for _ in range(self.count - len(spares) - starting):
+            task = asyncio.ensure_future(self._start(kernel_name))
+            task.set_name(kernel_name)
+            self.starting.add(task)
+            task.add_done_callback(self.starting.discard)
+
+    async def _start(self, kernel_name: str) -> None:
+        try:
+            kernel_id = await self.kernel_manager.start_kernel(kernel_name=kernel_name)
+        except Exception as err:  # a pool starts its own kernel instead
+            app_log.error("a spare kernel of %s could not start", kernel_name, exc_info=err)
+            return
+        self.kernels.setdefault(kernel_name, []).append(kernel_id)
+
+    async def take(self, kernel_name: str) -> str | None:
+        """A spare kernel of ``kernel_name`` that is alive, or ``None``; another starts."""
+        spares = self.kernels.get(kernel_name, [])
+        while spares:
+            kernel_id = spares.pop(0)
+            self.keep(kernel_name)
+            if await ensure_async(self.kernel_manager.get_kernel(kernel_id).is_alive()):
+                return kernel_id
+            with contextlib.suppress(KeyError):
+                await self.kernel_manager.shutdown_kernel(kernel_id, now=True)
+        return None
+
+    async def shutdown(self) -> None:
+        for task in list(self.starting):
+            task.cancel()
+        for spares in self.kernels.values():
+            for kernel_id in spares:
+                with contextlib.suppress(KeyError):
+                    await self.kernel_manager.shutdown_kernel(kernel_id, now=True)
+        self.kernels.clear()
+
+
+def make_exchange() -> Path:
+    """The gateway's private folder (mode 0700) for its kernels' connection files and sockets
+    (``kernel_channels``) and for each kernel's batches and journal (``gradbook_service.gateway
+    .runner``): memory-backed where there is /dev/shm. Folders of gateways that are gone are
+    removed first."""
+    shm = Path("/dev/shm")
+    parent = shm if shm.is_dir() else Path(tempfile.gettempdir())
+    if len(str(parent)) > MAX_PARENT_CHARS:  # the sockets' paths would not fit
+        parent = Path("/tmp")
+    remove_orphans(parent)
+    return Path(tempfile.mkdtemp(prefix=f"{EXCHANGE_PREFIX}{os.getpid()}-", dir=parent))
+
+
+def kernel_channels(kernel_manager: Any, exchange: Path) -> None:
+    """Have the kernels of ``kernel_manager`` talk to the gateway over Unix sockets in the
+    private ``exchange`` folder, not over TCP on 127.0.0.1 (jupyter_client's default), where
+    every local user can connect: a subscriber to a kernel's IOPub needs no key, and would read
+    every answer the kernel sends. Call before the first kernel starts."""
+    kernel_manager.config.KernelManager.transport = "ipc"
+    kernel_manager.connection_dir = str(exchange)
+
+
+def _first_line(source: str) -> str:
+    line = next((line.strip() for line in source.splitlines() if line.strip()), "")
+    return line if len(line) <= 60 else line[:59] + "…"
 
 
 def remove_orphans(parent: Path) -> None:

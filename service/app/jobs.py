@@ -3,7 +3,7 @@ and the service itself.
 
 A job is ``POST /models/:name/train`` with ``"wait": false``: the kernel checks the request,
 writes a record here and answers 202; the training worker
-(``gradbook_service.trainer``, a process of
+(``gradbook_service.app.trainer``, a process of
 its own) takes queued jobs one at a time, oldest first, reports each epoch's loss here as it
 trains, and commits the model's next version when the run ends. Its life:
 
@@ -29,7 +29,7 @@ With the PostgreSQL store (``gradbook.pgstore``) the records are rows of its ``j
 instead (``PostgresJobStore``), shared by every replica: any replica's worker claims the oldest
 queued job (``FOR UPDATE SKIP LOCKED``, so two workers never take the same one) and renews a
 lease on it while it runs; a running job whose lease ran out lost its worker (its replica died)
-and is ended by whichever worker notices first (``gradbook_service.trainer.recover``).
+and is ended by whichever worker notices first (``gradbook_service.app.trainer.recover``).
 """
 
 from __future__ import annotations

@@ -1,13 +1,12 @@
-"""``python -m gradbook_service.trainer``: the training worker,
+"""``python -m gradbook_service.app.trainer``: the training worker,
  which runs the service's training jobs.
 
-Jobs (``gradbook_service.jobs``) run here rather than in the pool's kernels, so a long run never
-takes a
-kernel from the requests: predictions keep their speed while models train. The launcher starts
-one worker beside the gateway, with numpy's BLAS held to one thread so that a run takes one core
-at most (see ``gradbook_service.launch._as_worker`` for why not a lower priority too); it restarts
-the
-worker if it stops, and stops it with the service. A worker whose parent is gone stops too.
+Jobs (``gradbook_service.app.jobs``) run here rather than in the pool's kernels, so a long run never
+takes a kernel from the requests: predictions keep their speed while models train. The launcher
+starts one worker beside the gateway, with numpy's BLAS held to one thread so that a run takes one
+core at most (see ``gradbook_service.app.launch._as_worker`` for why not a lower priority too); it
+restarts the worker if it stops, and stops it with the service. A worker whose parent is gone stops
+too.
 
 Jobs run one at a time, oldest first. Each epoch's loss is written to the job's record at most
 every ``PROGRESS_SECONDS`` (and at the end); a cancellation is noticed within
@@ -19,7 +18,7 @@ A run commits through ``ModelAPI.run_training``, the code that synchronous train
 implementation, the same limits and the same version rules.
 
 What goes wrong here is logged in the service's format (``GRADBOOK_LOG_FORMAT``,
-``gradbook_service.logs``) on the standard error the worker shares with the launcher.
+``gradbook_service.gateway.logs``) on the standard error the worker shares with the launcher.
 """
 
 from __future__ import annotations
@@ -35,11 +34,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from gradbook_service import logs
-from gradbook_service.api import ModelAPI, training_data
-from gradbook_service.errors import to_http
-from gradbook_service.jobs import Job, Jobs
-from gradbook_service.settings import Settings
+from gradbook_service.app.api import ModelAPI, training_data
+from gradbook_service.app.errors import to_http
+from gradbook_service.app.jobs import Job, Jobs
+from gradbook_service.app.settings import Settings
+from gradbook_service.gateway import logs
 
 from gradbook.network import MLP
 from gradbook.store import Store, StoreError, StoreUnavailableError, open_store, timestamp

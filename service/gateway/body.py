@@ -23,13 +23,24 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gradbook_service.errors import ServiceError
-from gradbook_service.http import is_json
-from gradbook_service.settings import MAX_JSON_DEPTH
+from gradbook_service.gateway.errors import ServiceError
+from gradbook_service.gateway.settings import MAX_JSON_DEPTH
 from kernel_gateway.notebook_http.request_utils import parse_args
 
 FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
 UTF8 = ("utf-8", "utf8")
+# A ResponseInfo key: "base64" says the endpoint cell printed its body of bytes base64-encoded
+# (cell output is text); the gateway answers the decoded bytes.
+BODY_ENCODING = "body_encoding"
+JSON = "application/json"
+
+
+def is_json(content_type: str) -> bool:
+    """Whether ``content_type`` names JSON: ``application/json`` or a ``+json`` type, with any
+    parameters."""
+    media_type = content_type.split(";")[0].strip().lower()
+    return media_type == JSON or (media_type.startswith("application/") and
+                                  media_type.endswith("+json"))
 
 
 def decode(content_type: str, raw: bytes, form_fields: dict[str, list[bytes]]) -> Any:
