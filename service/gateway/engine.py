@@ -229,7 +229,7 @@ class BatchingKernelPool:
         self.listeners.pop(kernel_id, None)
         self.journal(kernel_id).unlink(missing_ok=True)
         self.inbox(kernel_id).unlink(missing_ok=True)
-        with contextlib.suppress(KeyError):  # already gone
+        with contextlib.suppress(Exception):  # already gone (jupyter_server says 404)
             await self.kernel_manager.shutdown_kernel(kernel_id, now=True)
 
     def on_recv(self, kernel_id: str, listener: Any) -> None:
@@ -553,23 +553,29 @@ class SpareKernels:
         self.kernels.setdefault(kernel_name, []).append(kernel_id)
 
     async def take(self, kernel_name: str) -> str | None:
-        """A spare kernel of ``kernel_name`` that is alive, or ``None``; another starts."""
-        spares = self.kernels.get(kernel_name, [])
-        while spares:
+        """A spare kernel of ``kernel_name`` that is alive, or ``None``; another starts. With
+        none ready but one starting, that one: it is ready sooner than a kernel started now."""
+        spares = self.kernels.setdefault(kernel_name, [])
+        while True:
+            if not spares:
+                starting = [task for task in self.starting if task.get_name() == kernel_name]
+                if not starting:
+                    return None
+                await asyncio.wait(starting, return_when=asyncio.FIRST_COMPLETED)
+                continue
             kernel_id = spares.pop(0)
             self.keep(kernel_name)
             if await ensure_async(self.kernel_manager.get_kernel(kernel_id).is_alive()):
                 return kernel_id
-            with contextlib.suppress(KeyError):
+            with contextlib.suppress(Exception):  # already gone
                 await self.kernel_manager.shutdown_kernel(kernel_id, now=True)
-        return None
 
     async def shutdown(self) -> None:
         for task in list(self.starting):
             task.cancel()
         for spares in self.kernels.values():
             for kernel_id in spares:
-                with contextlib.suppress(KeyError):
+                with contextlib.suppress(Exception):  # already gone
                     await self.kernel_manager.shutdown_kernel(kernel_id, now=True)
         self.kernels.clear()
 

@@ -66,6 +66,7 @@ import json
 import logging
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,7 @@ from gradbook_service.gateway.notebooks import (
     DESCRIPTION_PATH,
     Notebook,
     NotebookError,
+    folder_notebooks,
     notebook_files,
     read_notebook,
 )
@@ -109,6 +111,8 @@ HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
 OPENAPI_PATH = DESCRIPTION_PATH
 SWAGGER_PATH = "/_api/spec/swagger.json"  # stock notebook-http's description: a redirect
+RESYNC_SECONDS = (0.0, 1.0)  # after the watch begins: changes made while kernels started
+SETTLE_TRIES, SETTLE_PAUSE_SECONDS = 10, 0.1  # a notebook read at the start, mid-save
 METRICS_PATH = "/metrics"
 BODILESS = ("GET", "HEAD", "DELETE")  # methods whose endpoints take no body: its limit is 0
 NO_CONTENT = (204, 304)  # statuses whose responses carry no body
@@ -671,7 +675,7 @@ class NotebookPersonality(LoggingConfigurable):
         for file, prefix in notebook_files(self.paths):
             self.served.add(ServedNotebook(file, prefix, self._pool, self._reloaded))
         for prefix, served in self.served.notebooks.items():  # read now, for the routes;
-            served.first(read_notebook(served.file, prefix))  # started in init_configurables
+            served.first(_read_settled(served.file, prefix))  # started in init_configurables
         self.failure: str | None = None  # why the gateway could not start serving
         self.watching: asyncio.Task[None] | None = None
         self.stopping: set[asyncio.Task[None]] = set()  # notebooks deleted from a folder
@@ -710,6 +714,23 @@ class NotebookPersonality(LoggingConfigurable):
             self.watching = asyncio.ensure_future(watch(self.paths, self._changed))
             for served in self.served.notebooks.values():
                 self.spares.keep(served.current.notebook.kernel_name)
+            # what changed while the kernels started, before the watch began, is caught up
+            for delay in RESYNC_SECONDS:
+                self.parent.io_loop.call_later(delay, self._resync)
+
+    def _resync(self) -> None:
+        """Serve what the files hold now if a change was missed: every served notebook whose
+        file holds another version, and every notebook added to or deleted from a served
+        folder."""
+        for served in list(self.served.notebooks.values()):
+            if not served.file.is_file():
+                self._changed(served.file, False)
+            elif served.stale():
+                served.reload()
+        for folder in (path for path in self.paths if path.is_dir()):
+            for file in folder_notebooks(folder):
+                if all(served.file != file for served in self.served.notebooks.values()):
+                    self._changed(file, True)
 
     def _changed(self, file: Path, exists: bool) -> None:
         """A served notebook's file, or a notebook of a served folder, changed."""
@@ -781,7 +802,22 @@ class NotebookPersonality(LoggingConfigurable):
                              return_exceptions=True)
         if self.spares is not None:
             await self.spares.shutdown()
+        # any kernel still running (a reload's, cut short by the stop): none outlives the gateway
+        manager = self.parent.kernel_manager
+        for kernel_id in list(manager.list_kernel_ids()):
+            with contextlib.suppress(Exception):  # gone meanwhile
+                await manager.shutdown_kernel(kernel_id, now=True)
         shutil.rmtree(self.exchange, ignore_errors=True)
+
+
+def _read_settled(file: Path, prefix: str) -> Notebook:
+    """``read_notebook``, given a moment to settle if the file is being saved."""
+    for _ in range(SETTLE_TRIES - 1):
+        try:
+            return read_notebook(file, prefix)
+        except NotebookError:
+            time.sleep(SETTLE_PAUSE_SECONDS)
+    return read_notebook(file, prefix)
 
 
 def _function(name: str) -> Any:

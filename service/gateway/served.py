@@ -88,7 +88,7 @@ class ServedNotebook:
         self.current: Version | None = None
         self.status = ReloadStatus()
         self.reloading: asyncio.Task[None] | None = None
-        self.retiring: set[asyncio.Task[None]] = set()
+        self.retiring: dict[Version, asyncio.Task[None]] = {}  # old versions, until they end
 
     def first(self, notebook: Notebook) -> None:
         """Make ``notebook`` the first version: requests are bound to it from now on, and
@@ -142,9 +142,19 @@ class ServedNotebook:
         app_log.error("cannot reload %s; version %s still serves", error, serving)
 
     def _retire(self, version: Version) -> None:
-        task = asyncio.ensure_future(version.retire())
-        self.retiring.add(task)
-        task.add_done_callback(self.retiring.discard)
+        task = self.retiring[version] = asyncio.ensure_future(version.retire())
+        task.add_done_callback(lambda _: self.retiring.pop(version, None))
+
+    def stale(self) -> bool:
+        """Whether the file now holds another version than the one served, with no reload
+        under way to serve it (a change made before the watch began)."""
+        if self.reloading is not None and not self.reloading.done():
+            return False
+        try:
+            notebook = read_notebook(self.file, self.prefix)
+        except NotebookError:
+            return self.status.result != "failed"
+        return self.current is None or notebook.version != self.current.notebook.version
 
     async def stop(self) -> None:
         """Shut down every version's kernels, and any reload's."""
@@ -152,8 +162,9 @@ class ServedNotebook:
             self.reloading.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.reloading
-        for task in list(self.retiring):
+        for version, task in list(self.retiring.items()):  # their requests are cut short
             task.cancel()
+            await version.pool.shutdown()
         if self.current is not None:
             await self.current.pool.shutdown()
 
