@@ -4,6 +4,7 @@ serves from any folder."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -99,12 +100,28 @@ def test_a_port_in_use_is_one_line_and_exit_status_2(arguments: list[str],
         taken.listen()
         port = str(taken.getsockname()[1])
         if arguments[-1] == "--pg-port":  # the balancer and replicas on free ports, PG's taken
-            arguments = [*arguments[:2], str(free_port()), "--replicas", "1", "--pg-port"]
+            arguments = [*arguments[:2], str(free_run(2)), "--replicas", "1", "--pg-port"]
         shown = run(*arguments, port, cwd=tmp_path)
     assert shown.returncode == 2, shown
     line = shown.stderr.strip()
     assert len(line.splitlines()) == 1 and f"port {port} on 127.0.0.1 is already in use" in line
     assert ("--pg-port" if "--pg-port" in arguments else "--port") in line
+
+
+def free_run(count: int) -> int:
+    """A free port whose next ``count - 1`` ports are free too (the cluster's replicas)."""
+    while True:
+        port = free_port()
+        if port + count - 1 > 65535:
+            continue
+        try:
+            with contextlib.ExitStack() as held:
+                for each in range(port, port + count):
+                    probe = held.enter_context(socket.socket())
+                    probe.bind(("127.0.0.1", each))
+            return port
+        except OSError:
+            continue
 
 
 def serve_until_ready(command: list[str], env: dict[str, str], cwd: Path,

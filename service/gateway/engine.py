@@ -194,9 +194,15 @@ class BatchingKernelPool:
         self.ready.set()
 
     async def shutdown(self) -> None:
-        """Stop serving and shut down the pool's kernels."""
+        """Stop serving and shut down the pool's kernels. A request still queued or running
+        gets 503 rather than waiting for ever."""
         for loop in self.loops:
             loop.cancel()
+        for executions in self.listeners.values():
+            for execution in executions.values():
+                _fail_all(list(execution.waiting.values()), "while running")
+        _fail_all(list(self.queue), "before running")
+        self.queue.clear()
         for kernel_id in list(self.kernel_clients):
             await self._let_go(kernel_id)
 
@@ -211,9 +217,8 @@ class BatchingKernelPool:
             kernel_name=self.notebook.kernel_name, cwd=folder)
         try:
             self._connect(kernel_id)
-            if spare is not None:  # started in the gateway's folder: moved to the notebook's
-                await self._run_quietly(kernel_id, f"__import__('os').chdir({folder!r})")
-            await self._prepare(kernel_id)
+            # a spare started in the gateway's folder: moved to the notebook's
+            await self._prepare(kernel_id, folder if spare is not None else None)
         except BaseException:
             await self._let_go(kernel_id)
             raise
@@ -433,7 +438,7 @@ class BatchingKernelPool:
         elif listener := self.on_recv_funcs.get(kernel_id):
             listener(message)
 
-    async def _prepare(self, kernel_id: str) -> None:
+    async def _prepare(self, kernel_id: str, folder: str | None = None) -> None:
         # jupyter_server decodes every IOPub message of every kernel a second time to record
         # its activity, which only its idle-kernel culler reads; the pool's kernels are never
         # culled, and that decoding cost as much gateway time as the engine's own.
@@ -445,6 +450,8 @@ class BatchingKernelPool:
         kernel.stop_restarter()
         kernel.autorestart = False
         await self._await_subscription(kernel_id)
+        if folder is not None:
+            await self._run_quietly(kernel_id, f"__import__('os').chdir({folder!r})")
         await self._seed(kernel_id)
         await self._install_runner(kernel_id)
 

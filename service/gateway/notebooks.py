@@ -33,6 +33,7 @@ from kernel_gateway.notebook_http.request_utils import parameterize_path
 
 SUFFIX = ".ipynb"
 DEFAULT_KERNEL = "python3"
+FOUND_PATHS = 1024  # request paths whose route a notebook version remembers
 VERSION_CHARS = 12  # of the hash's hex digits: plenty to tell a file's versions apart
 # Paths the gateway answers itself (``gradbook_service.gateway.personality``): a notebook
 # served at the root may not claim them, nor may a notebook's stem take their first segment.
@@ -80,6 +81,10 @@ class Notebook:
     routes: tuple[Route, ...]  # in the order stock notebook-http registers them
     version: str
     cells: list = field(repr=False, compare=False, default_factory=list)
+    # request path → its route, for the paths seen most recently: under load the same few
+    # paths come again and again, and each would try the routes' patterns in turn
+    found: dict[str, tuple[Route, dict[str, str]] | None] = field(
+        repr=False, compare=False, default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -94,12 +99,19 @@ class Notebook:
 
     def match(self, path: str) -> tuple[Route, dict[str, str]] | None:
         """The route serving the request path ``path`` and its path parameters, decoded."""
-        if not path.startswith(self.prefix):
-            return None
-        for route in self.routes:
-            if found := route.pattern.match(path):
-                return route, {name: _unquote(value) for name, value in found.groupdict().items()}
-        return None
+        if path in self.found:
+            return self.found[path]
+        result = None
+        if path.startswith(self.prefix):
+            for route in self.routes:
+                if found := route.pattern.match(path):
+                    result = route, {name: _unquote(value)
+                                     for name, value in found.groupdict().items()}
+                    break
+        if len(self.found) >= FOUND_PATHS:  # paths are the clients' to choose: bounded
+            self.found.clear()
+        self.found[path] = result
+        return result
 
 
 def _unquote(value: str) -> str:

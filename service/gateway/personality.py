@@ -111,6 +111,7 @@ HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
 OPENAPI_PATH = DESCRIPTION_PATH
 SWAGGER_PATH = "/_api/spec/swagger.json"  # stock notebook-http's description: a redirect
+SPARE_RELOADS = 2  # reloads' worth of kernels started ahead when reloads are on
 RESYNC_SECONDS = (0.0, 1.0)  # after the watch begins: changes made while kernels started
 SETTLE_TRIES, SETTLE_PAUSE_SECONDS = 10, 0.1  # a notebook read at the start, mid-save
 METRICS_PATH = "/metrics"
@@ -669,8 +670,9 @@ class NotebookPersonality(LoggingConfigurable):
                                 "or the gateway's seed_uri)")
         # --KernelGatewayApp.prespawn_count, when the gateway is started as stock, else ours
         self.kernels = self.parent.prespawn_count or settings.kernels
-        # with reloads on, a notebook's worth of kernels started ahead (SpareKernels)
-        self.spares = (SpareKernels(self.parent.kernel_manager, self.kernels)
+        # with reloads on, kernels started ahead (SpareKernels): enough for two reloads, so
+        # that saves in quick succession find spares that have finished starting
+        self.spares = (SpareKernels(self.parent.kernel_manager, SPARE_RELOADS * self.kernels)
                        if settings.reload else None)
         for file, prefix in notebook_files(self.paths):
             self.served.add(ServedNotebook(file, prefix, self._pool, self._reloaded))
@@ -678,7 +680,7 @@ class NotebookPersonality(LoggingConfigurable):
             served.first(_read_settled(served.file, prefix))  # started in init_configurables
         self.failure: str | None = None  # why the gateway could not start serving
         self.watching: asyncio.Task[None] | None = None
-        self.stopping: set[asyncio.Task[None]] = set()  # notebooks deleted from a folder
+        self.removed: list[ServedNotebook] = []  # deleted from a folder, maybe still ending
 
     def _pool(self, notebook: Notebook) -> BatchingKernelPool:
         settings = self.service_settings
@@ -700,6 +702,9 @@ class NotebookPersonality(LoggingConfigurable):
         self.parent.web_app.settings["log_function"] = log_request
         settings = self.service_settings
         limit_server(self.parent.http_server, settings.max_connections, settings.body_timeout)
+        if self.spares is not None:  # starting beside the pools, ready about when they are
+            for served in self.served.notebooks.values():
+                self.spares.keep(served.current.notebook.kernel_name)
         try:
             await asyncio.gather(*(served.start() for served in self.served.notebooks.values()))
         except (NotebookError, SeedError) as err:
@@ -712,8 +717,6 @@ class NotebookPersonality(LoggingConfigurable):
                          served.prefix, served.current.notebook.version, self.kernels)
         if settings.reload:
             self.watching = asyncio.ensure_future(watch(self.paths, self._changed))
-            for served in self.served.notebooks.values():
-                self.spares.keep(served.current.notebook.kernel_name)
             # what changed while the kernels started, before the watch began, is caught up
             for delay in RESYNC_SECONDS:
                 self.parent.io_loop.call_later(delay, self._resync)
@@ -742,8 +745,8 @@ class NotebookPersonality(LoggingConfigurable):
                                         if path.is_dir()):  # deleted from a served folder
             del self.served.notebooks[served.prefix]
             app_log.info("%s was deleted: no longer served", file)
-            self.stopping.add(task := asyncio.ensure_future(served.stop()))
-            task.add_done_callback(self.stopping.discard)
+            served.remove()
+            self.removed = [each for each in self.removed if each.retiring] + [served]
         elif served is not None:
             app_log.warning("%s was deleted; its last version still serves", file)
         elif exists and (prefix := self.served.prefix_for(file)) is not None:
@@ -798,8 +801,8 @@ class NotebookPersonality(LoggingConfigurable):
         """Stop watching, and shut down every notebook's kernels."""
         if self.watching is not None:
             self.watching.cancel()
-        await asyncio.gather(*(served.stop() for served in self.served.notebooks.values()),
-                             return_exceptions=True)
+        served = [*self.served.notebooks.values(), *self.removed]
+        await asyncio.gather(*(each.stop() for each in served), return_exceptions=True)
         if self.spares is not None:
             await self.spares.shutdown()
         # any kernel still running (a reload's, cut short by the stop): none outlives the gateway

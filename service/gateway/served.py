@@ -156,6 +156,15 @@ class ServedNotebook:
             return self.status.result != "failed"
         return self.current is None or notebook.version != self.current.notebook.version
 
+    def remove(self) -> None:
+        """No longer served (its file left a served folder): a reload under way is given up;
+        the requests bound to the current version finish, then its kernels shut down."""
+        if self.reloading is not None:
+            self.reloading.cancel()
+        if self.current is not None:
+            self._retire(self.current)
+            self.current = None
+
     async def stop(self) -> None:
         """Shut down every version's kernels, and any reload's."""
         if self.reloading is not None:
@@ -169,7 +178,7 @@ class ServedNotebook:
             await self.current.pool.shutdown()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Match:
     """What serves a request's path: the notebook, its version, the route and path
     parameters."""
