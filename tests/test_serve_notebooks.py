@@ -32,12 +32,13 @@ TOKEN = "a-token-for-notebooks"
 RELOAD_SECONDS = 2.0  # the new version answers within this long of the write
 
 
-def write_notebook(path: Path, cells: list[str | tuple[str, str]]) -> Path:
-    """A notebook of ``cells``: code, or ("markdown", text)."""
+def write_notebook(path: Path, cells: list[str | tuple[str, str]],
+                   kernel: str = "python3") -> Path:
+    """A notebook of ``cells``: code, or ("markdown", text), for the kernel named ``kernel``."""
     notebook = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_markdown_cell(cell[1]) if isinstance(cell, tuple)
         else nbformat.v4.new_code_cell(cell) for cell in cells])
-    notebook.metadata["kernelspec"] = {"name": "python3", "language": "python",
+    notebook.metadata["kernelspec"] = {"name": kernel, "language": "python",
                                        "display_name": "Python 3"}
     nbformat.write(notebook, path)
     return path
@@ -131,8 +132,8 @@ def two(outside: Path) -> Iterator[int]:
     folder.mkdir()
     token_file = folder / "token"
     token_file.write_text(TOKEN)
-    notebooks = [write_notebook(folder / "hello.ipynb", HELLO),
-                 write_notebook(folder / "slow.ipynb", SLOW)]
+    notebooks = [write_notebook(folder / "hello.ipynb", HELLO),  # saved on another machine:
+                 write_notebook(folder / "slow.ipynb", SLOW, "conda-env-elsewhere-py")]
     with serve(notebooks, "--token-file", str(token_file), "--max-body-bytes", "100",
                cwd=outside) as (port, _, _):
         yield port
@@ -144,7 +145,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 def test_several_notebooks_each_under_its_name_on_pools_of_their_own(two: int,
                                                                      outside: Path) -> None:
     """Each notebook's endpoints are under /<its stem>; while slow's only kernel holds a
-    request, hello answers."""
+    request, hello answers. (slow names a kernel this machine does not have: it runs on
+    Python's own.)"""
     held = []
     release = outside / "two" / "release-1"
     holder = threading.Thread(target=lambda: held.append(get(two, "/slow/hold/release-1", AUTH)))

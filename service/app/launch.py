@@ -79,13 +79,17 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def _as_worker() -> None:
-    """In the worker's process before it runs: on Linux, a SIGTERM when the launcher dies,
-    however it dies (SIGKILL too).
+    """In the worker's process before it runs: Ctrl-C ignored, and on Linux, a SIGTERM when
+    the launcher dies, however it dies (SIGKILL too).
 
     The worker keeps the ordinary scheduling priority. A lower one looked right but measured
     worse (``bench/bench_jobs.py``, 2 cores, predict p99 during a job over idle): plain
     1.1-1.3x, ``nice`` 10 3-6x, ``SCHED_IDLE`` on one CPU 2-7x. A low-priority process that is
     always runnable still holds its CPU when a serving process wakes, and the requests wait."""
+    # Ctrl-C at a terminal reaches the whole group; the launcher stops the worker itself (with
+    # SIGTERM). Ignored from the start, not once the worker's imports are done: a Ctrl-C during
+    # them would print a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 

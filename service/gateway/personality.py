@@ -59,6 +59,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import importlib
@@ -84,6 +85,7 @@ from gradbook_service.gateway.errors import RETRY_AFTER, ServiceError, error_bod
 from gradbook_service.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gradbook_service.gateway.metrics import Metrics
 from gradbook_service.gateway.notebooks import (
+    DEFAULT_KERNEL,
     DESCRIPTION_PATH,
     Notebook,
     NotebookError,
@@ -674,13 +676,25 @@ class NotebookPersonality(LoggingConfigurable):
         # that saves in quick succession find spares that have finished starting
         self.spares = (SpareKernels(self.parent.kernel_manager, SPARE_RELOADS * self.kernels)
                        if settings.reload else None)
+        self.kernel_names = set(self.parent.kernel_spec_manager.find_kernel_specs())
         for file, prefix in notebook_files(self.paths):
-            self.served.add(ServedNotebook(file, prefix, self._pool, self._reloaded))
+            self.served.add(ServedNotebook(file, prefix, self._pool, self._reloaded, self._read))
         for prefix, served in self.served.notebooks.items():  # read now, for the routes;
-            served.first(_read_settled(served.file, prefix))  # started in init_configurables
+            served.first(self._read(served.file, prefix, settle=True))  # started later
         self.failure: str | None = None  # why the gateway could not start serving
         self.watching: asyncio.Task[None] | None = None
         self.removed: list[ServedNotebook] = []  # deleted from a folder, maybe still ending
+
+    def _read(self, file: Path, prefix: str, settle: bool = False) -> Notebook:
+        """The notebook as it will run: a kernel this machine does not have (a notebook saved
+        elsewhere names its own, "conda-env-…") is replaced by Python's own, saying so. With
+        ``settle``, a file being saved is given a moment."""
+        notebook = _read_settled(file, prefix) if settle else read_notebook(file, prefix)
+        if notebook.kernel_name not in self.kernel_names:
+            app_log.warning("%s names the kernel %r, which is not installed here; it runs on %r",
+                            file, notebook.kernel_name, DEFAULT_KERNEL)
+            notebook = dataclasses.replace(notebook, kernel_name=DEFAULT_KERNEL)
+        return notebook
 
     def _pool(self, notebook: Notebook) -> BatchingKernelPool:
         settings = self.service_settings
@@ -710,6 +724,11 @@ class NotebookPersonality(LoggingConfigurable):
         except (NotebookError, SeedError) as err:
             self.failure = f"cannot serve {err}"
             app_log.critical("%s", self.failure)
+            self.parent.stop()
+            return
+        except Exception as err:  # a kernel that cannot start: stop rather than hang requests
+            self.failure = f"cannot start the kernels: {type(err).__name__}: {err}"
+            app_log.critical("%s", self.failure, exc_info=err)
             self.parent.stop()
             return
         for served in self.served.notebooks.values():
@@ -750,7 +769,7 @@ class NotebookPersonality(LoggingConfigurable):
         elif served is not None:
             app_log.warning("%s was deleted; its last version still serves", file)
         elif exists and (prefix := self.served.prefix_for(file)) is not None:
-            added = ServedNotebook(file, prefix, self._pool, self._reloaded)
+            added = ServedNotebook(file, prefix, self._pool, self._reloaded, self._read)
             self.served.add(added)
             added.reload()
 

@@ -80,8 +80,10 @@ class ServedNotebook:
     """A notebook file the gateway serves: its current version and its reloads."""
 
     def __init__(self, file: Path, prefix: str, make_pool: PoolFactory,
-                 on_reload: Callable[[str, str], None]) -> None:
+                 on_reload: Callable[[str, str], None],
+                 read: Callable[[Path, str], Notebook] = read_notebook) -> None:
         self.file, self.prefix = file, prefix
+        self.read = read  # read_notebook, and whatever the gateway adds (its kernel)
         self.name = file.stem
         self.make_pool = make_pool
         self.on_reload = on_reload  # told (notebook, "ok" or "failed") after each reload
@@ -114,7 +116,7 @@ class ServedNotebook:
 
     async def _reload(self) -> None:
         try:
-            notebook = read_notebook(self.file, self.prefix)
+            notebook = self.read(self.file, self.prefix)
         except NotebookError as err:
             return self._failed(str(err))
         if self.current is not None and notebook.version == self.current.notebook.version:
@@ -124,6 +126,9 @@ class ServedNotebook:
             version = await self._started(notebook)
         except SeedError as err:
             return self._failed(str(err))
+        except Exception as err:  # a kernel that cannot start: the old version serves on
+            app_log.error("reloading %s failed", self.file, exc_info=err)
+            return self._failed(f"{self.file}: {type(err).__name__}: {err}")
         old, self.current = self.current, version  # from here on, new requests get it
         self.status = ReloadStatus("ok", "", time.time())
         self.on_reload(self.name, "ok")
@@ -151,7 +156,7 @@ class ServedNotebook:
         if self.reloading is not None and not self.reloading.done():
             return False
         try:
-            notebook = read_notebook(self.file, self.prefix)
+            notebook = self.read(self.file, self.prefix)
         except NotebookError:
             return self.status.result != "failed"
         return self.current is None or notebook.version != self.current.notebook.version
