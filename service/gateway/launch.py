@@ -137,8 +137,14 @@ def run(settings: GatewaySettings, notebooks: Sequence[Path], *, page: str = "",
             companion.stopping = True
         app._signal_stop(signum, frame)
 
-    for each in STOP_SIGNALS:
-        signal.signal(each, stop_once)
+    def take_signals() -> None:
+        for each in STOP_SIGNALS:
+            signal.signal(each, stop_once)
+
+    take_signals()
+    # The gateway's start() sets its own SIGTERM handler just before its loop runs: ours is
+    # set again once the loop runs, so that SIGTERM too stops once and marks the companion.
+    app.io_loop.add_callback(take_signals)
     log.info("%s listening on http://%s:%s (%d kernels per notebook, token %s%s)", listening,
              app.ip, app.port, settings.kernels, "required" if app.auth_token else "off",
              ", reload on" if settings.reload else "")
