@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_run(width: int) -> int:
+    """A port p such that p, p + 1, …, p + width - 1 are free now."""
+    for _ in range(100):
+        base = free_port()
+        if base + width > 65535:
+            continue
+        try:
+            with ExitStack() as stack:
+                for port in range(base, base + width):
+                    probe = stack.enter_context(socket.socket())
+                    probe.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no run of free ports")
 
 
 def gateway_env(workdir: Path) -> dict[str, str]:

@@ -4,7 +4,6 @@ serves from any folder."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -16,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, free_port, gateway_env, http_request, kernel_pids
+from conftest import ROOT, free_port, free_run, gateway_env, http_request, kernel_pids
 from gradbook_service.app.settings import Settings
 from gradbook_service.cli import CLUSTER_FLAGS, flag
 
@@ -106,22 +105,6 @@ def test_a_port_in_use_is_one_line_and_exit_status_2(arguments: list[str],
     line = shown.stderr.strip()
     assert len(line.splitlines()) == 1 and f"port {port} on 127.0.0.1 is already in use" in line
     assert ("--pg-port" if "--pg-port" in arguments else "--port") in line
-
-
-def free_run(count: int) -> int:
-    """A free port whose next ``count - 1`` ports are free too (the cluster's replicas)."""
-    while True:
-        port = free_port()
-        if port + count - 1 > 65535:
-            continue
-        try:
-            with contextlib.ExitStack() as held:
-                for each in range(port, port + count):
-                    probe = held.enter_context(socket.socket())
-                    probe.bind(("127.0.0.1", each))
-            return port
-        except OSError:
-            continue
 
 
 def serve_until_ready(command: list[str], env: dict[str, str], cwd: Path,

@@ -36,13 +36,21 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from conftest import ROOT, Reply, Service, check_against_spec, free_port, gateway_env, http_request
+from conftest import (
+    ROOT,
+    Reply,
+    Service,
+    check_against_spec,
+    free_port,
+    free_run,
+    gateway_env,
+    http_request,
+)
 from gradbook_service.app.cluster import Balancer, ClusterError, find_haproxy
 from gradbook_service.app.postgres import PostgresError, PostgresServer, find_binaries
 from procs import alive, descendants, listening_pid, trainer_pids
@@ -486,23 +494,6 @@ def test_the_balancer_retries_only_what_changes_nothing(tmp_path: Path) -> None:
 
 
 # -- make cluster itself -------------------------------------------------------------------------
-def free_run(width: int) -> int:
-    """A port p such that p, p + 1, …, p + width - 1 are free now."""
-    for _ in range(100):
-        base = free_port()
-        if base + width > 65535:
-            continue
-        try:
-            with ExitStack() as stack:
-                for port in range(base, base + width):
-                    probe = stack.enter_context(socket.socket())
-                    probe.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no run of free ports")
-
-
 def test_make_cluster_serves_restarts_a_dead_replica_and_stops_on_ctrl_c(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
