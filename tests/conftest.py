@@ -11,6 +11,7 @@ body must match the documented schema.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -63,6 +64,37 @@ def free_run(width: int) -> int:
         except OSError:
             continue
     raise RuntimeError("no run of free ports")
+
+
+def await_gateway(process: subprocess.Popen, port: int, probe: str,
+                  headers: dict[str, str], log: Path) -> None:
+    """Wait until ``GET probe`` on ``port`` answers 200; fail with the log's end if the
+    gateway exits first or takes more than ``START_TIMEOUT``."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while not answers(port, probe, headers):
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"the gateway did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
+
+
+def answers(port: int, path: str, headers: dict[str, str]) -> bool:
+    """Whether ``GET path`` answers 200 (not: not listening yet, or another program)."""
+    try:
+        return http_request(port, "GET", path, None, headers, 10).status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+
+
+def stop_group(process: subprocess.Popen, log: Path) -> None:
+    """SIGTERM to the process group; one that does not stop in 30 s is killed, and fails."""
+    with contextlib.suppress(ProcessLookupError):  # a test may have stopped it
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        pytest.fail(f"SIGTERM did not stop the gateway:\n{log.read_text()[-3000:]}")
 
 
 def gateway_env(workdir: Path) -> dict[str, str]:

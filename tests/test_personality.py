@@ -10,21 +10,24 @@ its kernel exactly one execution (stock notebook-http uses two or three).
 
 from __future__ import annotations
 
-import contextlib
-import http.client
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import ROOT, Reply, free_port, gateway_env, http_request
+from conftest import (
+    ROOT,
+    Reply,
+    await_gateway,
+    free_port,
+    gateway_env,
+    http_request,
+    stop_group,
+)
 
 pytestmark = pytest.mark.xdist_group("gateway")
 
@@ -129,23 +132,10 @@ def serve_notebook(
                                    env={**gateway_env(folder), **(env or {})},
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while not _answers(port, probe, headers or {}):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the gateway did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
+        await_gateway(process, port, probe, headers or {}, log)
         yield port
     finally:
-        with contextlib.suppress(ProcessLookupError):  # a test may have stopped it
-            os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-
-
-def _answers(port: int, path: str, headers: dict[str, str]) -> bool:
-    try:
-        return http_request(port, "GET", path, None, headers, 10).status == 200
-    except (OSError, http.client.HTTPException):  # not up, or another program on the port
-        return False
+        stop_group(process, log)
 
 
 @pytest.fixture(scope="module", params=["stock-command", "gradbook-serve"])

@@ -7,7 +7,6 @@ notebooks that import only the standard library.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -21,7 +20,16 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import ROOT, Reply, free_port, gateway_env, http_request
+from conftest import (
+    ROOT,
+    Reply,
+    answers,
+    await_gateway,
+    free_port,
+    gateway_env,
+    http_request,
+    stop_group,
+)
 from openapi_spec_validator import validate
 from procs import alive
 
@@ -75,33 +83,10 @@ def serve(paths: list[Path], *flags: str, cwd: Path, probe: str = "/readyz",
              *flags], cwd=cwd, env=gateway_env(cwd), stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while not _answers(port, probe, headers or {}):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the gateway did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.1)
+        await_gateway(process, port, probe, headers or {}, log)
         yield port, process, log
     finally:
-        stop(process, log)
-
-
-def stop(process: subprocess.Popen, log: Path) -> None:
-    """SIGTERM to the process group; one that does not stop in 30 s is killed, and fails."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-        pytest.fail(f"SIGTERM did not stop the gateway:\n{log.read_text()[-3000:]}")
-
-
-def _answers(port: int, path: str, headers: dict[str, str]) -> bool:
-    try:
-        return http_request(port, "GET", path, None, headers, 10).status == 200
-    except OSError:
-        return False
+        stop_group(process, log)
 
 
 def get(port: int, path: str, headers: dict[str, str] | None = None) -> Reply:
@@ -423,7 +408,7 @@ def test_make_serve_reloads_the_api_notebook_saved_from_jupyter(tmp_path: Path) 
             env={**gateway_env(tmp_path), "GRADBOOK_API_NOTEBOOK": str(notebook)},
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_for(lambda: _answers(port, "/readyz", {}), "make serve to start", 180)
+        wait_for(lambda: answers(port, "/readyz", {}), "make serve to start", 180)
         assert get(port, "/edited").status == 404
         contents = FileContentsManager(root_dir=str(tmp_path))
         model = contents.get("api.ipynb")
@@ -435,5 +420,5 @@ def test_make_serve_reloads_the_api_notebook_saved_from_jupyter(tmp_path: Path) 
         assert get(port, "/models").status == 200
         assert get(port, "/healthz").json()["notebooks"]["api"]["reload"]["result"] == "ok"
     finally:
-        stop(process, log)
+        stop_group(process, log)
     assert "reloaded" in log.read_text()
