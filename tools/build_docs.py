@@ -10,7 +10,6 @@ The notebooks themselves are not changed; only the rendered copy is. For each no
 * carriage-return progress output (a text tqdm bar) is reduced to its last state;
 * long text outputs (the OpenAPI document, 1000-value histories, the playground page) are cut,
   with a note saying so;
-* a response body that is a base64 PNG (``GET /models/:name/loss.png``) is shown as the image;
 * widgets, which have no state in a static page, become a note;
 * every image gets alt text: the cell's first comment line, else the section heading above it.
 
@@ -21,7 +20,6 @@ one line on each taken from the notebook table of README.md.
 from __future__ import annotations
 
 import base64
-import binascii
 import html
 import os
 import re
@@ -105,18 +103,6 @@ def image_html(mime: str, data: str, alt: str) -> str:
     return f'<img alt="{html.escape(alt, quote=True)}" src="data:{mime};base64,{data}">'
 
 
-def png_body(text: str) -> str | None:
-    """The base64 PNG a response cell printed, if that is what it printed."""
-    body = text.strip()
-    if not body.startswith("iVBORw0KGgo"):  # b"\x89PNG\r\n\x1a\n" in base64
-        return None
-    try:
-        base64.b64decode(body, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    return body
-
-
 def add_alt(fragment: str, alt: str) -> str:
     if "<img" not in fragment:
         return fragment
@@ -151,16 +137,7 @@ def clean_outputs(cell, alt: str) -> list:
     for out in coalesce(cell.get("outputs", [])):
         kind = out.output_type
         if kind == "stream":
-            text = carriage_returns(out.text)
-            body = png_body(text)
-            if body is not None:
-                outputs.append(
-                    nbformat.v4.new_output(
-                        "display_data", data={"text/html": image_html("image/png", body, alt)}
-                    )
-                )
-                continue
-            out.text = text
+            out.text = carriage_returns(out.text)
         elif kind in ("display_data", "execute_result"):
             data = out.data
             if WIDGET in data:

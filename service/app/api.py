@@ -7,16 +7,18 @@ version; writes go through the store's ``update`` (locked, atomic).
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from itertools import pairwise
 from typing import Any
 
 import numpy as np
 from gradbook_service.app import inputs, limits, training
-from gradbook_service.app.http import Request, Response, binary_response, json_response
+from gradbook_service.app.http import Request, Response, json_response
 from gradbook_service.app.jobs import open_jobs
 from gradbook_service.app.openapi import openapi_spec
-from gradbook_service.app.plots import loss_curve_png
+from gradbook_service.app.plots import draw_loss_curve
 from gradbook_service.app.settings import MAX_LAYERS, MAX_PARAMETERS, Settings
 
 from gradbook.datasets import DATASETS
@@ -211,7 +213,8 @@ class ModelAPI:
             self._check_training(net, data, hyperparameters)
             job = self.jobs.create(name, hyperparameters, body["data"])
             return self._json(job, 202, {"Location": f"/jobs/{job['id']}"})
-        net, history = self.run_training(name, data, chosen)
+        net, history = self.run_training(name, data, chosen,
+                                         print_epoch if request.streamed else None)
         return self._json(
             {
                 "name": name,
@@ -296,11 +299,13 @@ class ModelAPI:
         )
 
     def loss_png(self, request: Request) -> Response:
+        """Draw the model's training curve (``draw_loss_curve``): the figure is the answer, in
+        the type the response's ``Content-Type`` names. The body printed is empty."""
         name = _name(request)
         net = self.store.get(name)
         version = net.metadata["version"]
-        png = loss_curve_png(net.metadata["curve"], f"{name} (version {version})")
-        return binary_response(png, "image/png", {"X-Gradbook-Version": str(version)})
+        draw_loss_curve(net.metadata["curve"], f"{name} (version {version})")
+        return Response(200, "", {"Content-Type": "image/png", "X-Gradbook-Version": str(version)})
 
     # -- helpers -----------------------------------------------------------------------------
     def _json(
@@ -401,3 +406,10 @@ def training_data(spec: Any, net: MLP) -> training.TrainingData:
     Y = inputs.numeric("data.Y", arrays["Y"])
     net._check_Y(Y, len(X))  # the check MLP.fit makes: a job is refused before its 202
     return training.TrainingData(X, Y, X, Y, "request", "training")
+
+
+def print_epoch(epoch: int, loss: float, net: MLP) -> None:
+    """Print one epoch's loss as a line of JSON, at once: a streamed train request
+    (``Accept: text/event-stream``) gets it as an event while the training goes on."""
+    print(json.dumps({"epoch": epoch + 1, "loss": loss if math.isfinite(loss) else None}),
+          flush=True)

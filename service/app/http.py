@@ -8,7 +8,6 @@ and headers, which the ``ResponseInfo`` cell prints. The kernel keeps no referen
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import sys
@@ -18,9 +17,10 @@ from typing import Any
 
 from gradbook_service.app.errors import to_http
 from gradbook_service.app.jobs import QUEUE_RETRY_SECONDS
-from gradbook_service.gateway.body import BODY_ENCODING, JSON, is_json
+from gradbook_service.gateway import accept
+from gradbook_service.gateway.body import JSON, is_json
 from gradbook_service.gateway.errors import RETRY_AFTER as GATEWAY_RETRY_AFTER
-from gradbook_service.gateway.errors import ServiceError, error_body
+from gradbook_service.gateway.errors import ServiceError, error_body, new_error_id
 
 from gradbook.validation import brief
 
@@ -61,6 +61,12 @@ class Request:
         return str(next((v for k, v in self.headers.items() if k.lower() == name), ""))
 
     @property
+    def streamed(self) -> bool:
+        """Whether the client asked for Server-Sent Events (``Accept: text/event-stream``):
+        then each line the cell prints reaches it as it is printed."""
+        return accept.streams(accept.ranges(self.header("Accept")))
+
+    @property
     def size(self) -> int:
         """The body's length in bytes, as the gateway received it (its Content-Length)."""
         try:
@@ -71,20 +77,17 @@ class Request:
 
 @dataclass(frozen=True)
 class Response:
-    """A status, a text ``body`` and headers; binary bodies travel base64-encoded."""
+    """A status, a text ``body`` and headers. An empty body is not printed: the answer is then
+    what the cell displayed (a figure it drew), in the type the headers name."""
 
     status: int
     body: str
     headers: Mapping[str, str] = field(default_factory=lambda: {"Content-Type": JSON})
-    base64: bool = False
 
     @property
     def info(self) -> str:
         """The JSON a ``ResponseInfo`` cell prints."""
-        info: dict[str, Any] = {"status": self.status, "headers": dict(self.headers)}
-        if self.base64:
-            info[BODY_ENCODING] = "base64"
-        return json.dumps(info)
+        return json.dumps({"status": self.status, "headers": dict(self.headers)})
 
 
 def json_response(
@@ -93,13 +96,6 @@ def json_response(
     return Response(
         status, json.dumps(payload, allow_nan=False), {"Content-Type": JSON, **(headers or {})}
     )
-
-
-def binary_response(
-    data: bytes, content_type: str, headers: Mapping[str, str] | None = None
-) -> Response:
-    encoded = base64.b64encode(data).decode("ascii")
-    return Response(200, encoded, {"Content-Type": content_type, **(headers or {})}, base64=True)
 
 
 def parse_request(REQUEST: str | Mapping[str, Any]) -> Request:
@@ -129,8 +125,11 @@ def serve(endpoint: Callable[[Request], Response], REQUEST: str | Mapping[str, A
         return endpoint(parse_request(REQUEST))
     except Exception as err:
         error = to_http(err)
-        if error.status >= 500:  # the service's fault: keep the details in the service log
-            fault_log().exception("%s failed", getattr(endpoint, "__name__", "an endpoint"))
+        if error.status >= 500:  # the service's fault: the details go to the service log,
+            error_id = new_error_id()  # under an id the answer gives
+            fault_log().exception("%s failed (error %s)",
+                                  getattr(endpoint, "__name__", "an endpoint"), error_id)
+            error = ServiceError(error.status, error.message, id=error_id, **error.details)
         retry = {"Retry-After": str(RETRY_AFTER[error.status])} if error.status in RETRY_AFTER \
             else {}
         return json_response(error_body(error), error.status, retry)
@@ -156,5 +155,6 @@ def respond(endpoint: Callable[[Request], Response], REQUEST: str | Mapping[str,
     ``info`` for the ``ResponseInfo`` cell to print. The body is not kept: a kernel holding on
     to its last response would hold up to the response limit for good."""
     response = serve(endpoint, REQUEST)
-    print(response.body)
+    if response.body:
+        print(response.body)
     return response.info

@@ -220,6 +220,14 @@ def json_content(schema: Schema, description: str) -> Schema:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def streamed(responses: dict[int, Schema]) -> dict[int, Schema]:
+    """``responses`` whose 200 may also be Server-Sent Events (``Accept: text/event-stream``)."""
+    ok = responses[200]
+    events = {"schema": {"type": "string", "description": "Server-Sent Events: a 'data' line "
+                         "per line the cell prints, then an 'end' or 'error' event"}}
+    return {**responses, 200: {**ok, "content": {**ok["content"], "text/event-stream": events}}}
+
+
 def errors(*statuses: int, **descriptions: str) -> dict[int, str]:
     """``{status: description}`` from ``ERRORS``; ``descriptions`` (``e400=…``) override."""
     chosen = {status: ERRORS[status] for status in statuses}
@@ -393,8 +401,15 @@ def schemas(settings: Settings) -> Schema:
         "finished": {**stamp, "nullable": True},
     }
     return {
-        "Error": obj({"error": obj({"status": {"type": "integer"}, "message": {"type": "string"}},
-                                   ["status", "message"])}, ["error"]),
+        "Error": obj({"error": obj({
+            "status": {"type": "integer"}, "message": {"type": "string"},
+            "id": {"type": "string", "description": "A 500's id: the service log's line with "
+                   "the traceback names it"},
+            "exception": {"type": "object", "description": "With GRADBOOK_DEBUG on, a 500's "
+                          "exception: name, message, traceback"},
+            "available": array({"type": "string"}, description="A 406's types: what the "
+                               "endpoint can answer")},
+            ["status", "message"])}, ["error"]),
         "Health": obj({"status": {"type": "string", "enum": ["ok"]},
                        "kernels": {"type": "integer", "minimum": 0},
                        "models": {"type": "integer", "minimum": 0, "nullable": True},
@@ -524,7 +539,10 @@ def openapi_spec(settings: Settings) -> Schema:
             ok("Prediction", "Outputs."), {**read, **errors(415)}, "Predict")},
         "/models/{name}/train": {"parameters": name, "post": operation(
             "Train; hyperparameters left out come from the model's defaults",
-            {**ok("Training", "Trained: a new version."),
+            {**streamed(ok("Training", "Trained: a new version. Asked with 'Accept: "
+                           "text/event-stream', Server-Sent Events instead: one per epoch, "
+                           "{\"epoch\", \"loss\"}, as it ends, then this answer, then an 'end' "
+                           "event with the status (or an 'error' event).")),
              **ok("Job", "With \"wait\": false: a training job, queued; Location names it.",
                   202)}, {**write, **errors(
                 e422="The loss or the weights became NaN or infinite: nothing was saved (a "

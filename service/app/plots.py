@@ -1,18 +1,25 @@
-"""The training curve of a served model as a PNG, drawn without pyplot (no global figure state)."""
+"""The training curve of a served model, drawn with pyplot in the kernel that serves it.
+
+The endpoint cell that calls ``draw_loss_curve`` prints nothing: the figure it draws is its
+answer, as a figure drawn in a Jupyter cell is its output (matplotlib's inline backend renders and
+closes it after the cell; ``gradbook_service.gateway.runner``).
+"""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+FIGSIZE = (6.4, 4.0)  # inches; the inline backend renders at matplotlib's figure.dpi
 
-def loss_curve_png(curve: Sequence[float], title: str) -> bytes:
-    """A PNG of ``curve`` (each epoch's loss, as ``MLP.fit`` records it), on a log scale when
-    the loss is positive."""
-    fig = Figure(figsize=(6.4, 4.0), dpi=100, layout="tight")
+
+def draw_loss_curve(curve: Sequence[float], title: str) -> Figure:
+    """A pyplot figure of ``curve`` (each epoch's loss, as ``MLP.fit`` records it), on a log
+    scale when the loss is positive."""
+    fig = plt.figure(figsize=FIGSIZE, layout="tight")
     ax = fig.subplots()
     if len(curve) > 0:
         ax.plot(np.arange(1, len(curve) + 1), curve, color="tab:blue")
@@ -22,6 +29,4 @@ def loss_curve_png(curve: Sequence[float], title: str) -> bytes:
         ax.text(0.5, 0.5, "not trained since the last reset", ha="center", transform=ax.transAxes)
     ax.set(title=title, xlabel="epoch", ylabel="loss (summed over examples)")
     ax.grid(alpha=0.3)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return fig

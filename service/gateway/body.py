@@ -29,9 +29,6 @@ from kernel_gateway.notebook_http.request_utils import parse_args
 
 FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
 UTF8 = ("utf-8", "utf8")
-# A ResponseInfo key: "base64" says the endpoint cell printed its body of bytes base64-encoded
-# (cell output is text); the gateway answers the decoded bytes.
-BODY_ENCODING = "body_encoding"
 JSON = "application/json"
 
 

@@ -3,10 +3,11 @@
 
 Each ``# METHOD /path`` cell is an operation at the notebook's prefix plus its path, with a
 ``string`` path parameter for each ``:name``; its summary is the first line of the Markdown cell
-just above it. What a cell answers is up to the cell (any status its ``ResponseInfo`` sets, any
-content), so the description promises only what the gateway itself answers: the statuses of its
-checks and failures, each with the JSON error body, and the header naming the notebook's
-version. A notebook that serves its own ``/openapi.json`` (gradbook's API does) is not
+just above it, and its success's media types those that cell's ``Answers:`` line states (any
+type, unstated). Beyond that, what a cell answers is up to the cell (any status its
+``ResponseInfo`` sets), so the description promises only what the gateway itself answers: the
+statuses of its checks and failures, each with the JSON error body, and the header naming the
+notebook's version. A notebook that serves its own ``/openapi.json`` (gradbook's API does) is not
 described here.
 """
 
@@ -21,7 +22,13 @@ from gradbook_service.gateway.notebooks import Notebook
 PARAMETER = re.compile(r":(\w+)")
 ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
     "type": "object", "required": ["status", "message"],
-    "properties": {"status": {"type": "integer"}, "message": {"type": "string"}}}}}
+    "properties": {"status": {"type": "integer"}, "message": {"type": "string"},
+                   "id": {"type": "string", "description": "A 500's id, which the log line "
+                          "holding the traceback names"},
+                   "exception": {"type": "object", "description": "With GRADBOOK_DEBUG on, a "
+                                 "500's exception: name, message, the cell's traceback"},
+                   "available": {"type": "array", "items": {"type": "string"},
+                                 "description": "A 406's types: those the cell can answer"}}}}}
 VERSION_HEADER = {"X-Gradbook-Notebook-Version": {
     "description": "The version (a hash of its code cells) of the notebook that answered",
     "schema": {"type": "string"}}}
@@ -44,7 +51,8 @@ def describe(notebooks: Sequence[Notebook], *, token: bool, max_body_bytes: int,
                     "summary": endpoint.summary or f"{method} {route.path}",
                     "operationId": f"{notebook.name}.{method} {route.path}",
                     "tags": [notebook.name],
-                    "responses": _responses(method, token, max_body_bytes, request_timeout)}
+                    "responses": _responses(method, token, max_body_bytes, request_timeout,
+                                            endpoint.answers)}
                 if parameters:
                     operation["parameters"] = parameters
                 if method in BODIES:
@@ -74,8 +82,8 @@ def describe(notebooks: Sequence[Notebook], *, token: bool, max_body_bytes: int,
     return description
 
 
-def _responses(method: str, token: bool, max_body_bytes: int,
-               request_timeout: float) -> dict[str, Any]:
+def _responses(method: str, token: bool, max_body_bytes: int, request_timeout: float,
+               answers: tuple[str, ...]) -> dict[str, Any]:
     def error(text: str) -> dict[str, Any]:
         return {"description": text, "headers": VERSION_HEADER,
                 "content": {"application/json": {"schema": ERROR}}}
@@ -84,10 +92,15 @@ def _responses(method: str, token: bool, max_body_bytes: int,
                   else f"{method} takes no body")
     responses: dict[str, Any] = {
         "200": {"description": "What the endpoint cell prints (text/plain unless its "
-                               "ResponseInfo cell sets a Content-Type)",
-                "headers": VERSION_HEADER, "content": {"*/*": {"schema": {}}}},
+                               "ResponseInfo cell sets a Content-Type); if it prints nothing, "
+                               "what it displays, in the type Accept asks for; with 'Accept: "
+                               "text/event-stream', each line it prints as an event",
+                "headers": VERSION_HEADER,
+                "content": {media: {"schema": _schema(media)} for media in answers or ("*/*",)}},
         "403": error("The request's Host is not the service's, or a web page of another site "
                      "sent it without the token"),
+        "406": error("The cell displayed no type the request's Accept allows; 'available' "
+                     "lists those it did"),
         "413": error(body_limit),
         "500": error("The endpoint's cell raised (the service log has the traceback)"),
         "503": error("Every kernel is busy and the queue is full, or the kernel stopped; retry "
@@ -100,3 +113,12 @@ def _responses(method: str, token: bool, max_body_bytes: int,
     if token:
         responses["401"] = error("The service's token is missing or wrong")
     return dict(sorted(responses.items()))
+
+
+def _schema(media: str) -> dict[str, Any]:
+    """The schema of a body of type ``media``: JSON any value, text a string, else bytes."""
+    if media == "application/json" or media.endswith("+json"):
+        return {}
+    if media.startswith("text/") or media.endswith("+xml"):
+        return {"type": "string"}
+    return {"type": "string", "contentMediaType": media}

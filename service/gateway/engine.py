@@ -62,30 +62,45 @@ del _install_gradbook_runner
 # (``_post``): as code, each batch's requests would be hashed by ipykernel in pure Python to name
 # the cell, transformed and parsed by IPython, and echoed back on IOPub, signed both ways.
 RUN = f"__import__('sys').modules[{RUNNER_MODULE!r}].runner.run()"
-CONTENT_READ = {runner.RESULT, "error", "status"}  # the messages whose content the engine reads
+# the messages whose content the engine reads
+CONTENT_READ = {runner.RESULT, runner.OUTPUT, "error", "status"}
 
 
 @dataclass
 class Result:
     """What the kernel sent back for one request: the endpoint cell's output and the
     ``ResponseInfo`` cell's output, or the error one of them raised; and how many requests the
-    execution that ran it held (for the access log)."""
+    execution that ran it held (for the access log). A body that is an output the cell
+    displayed has its ``type`` (base64 text if ``base64``); ``offers`` are the types a cell
+    displayed of which the request allowed none."""
 
     kernel_id: str
     body: str = ""
     info: str | None = None
     error: dict[str, str] | None = None
     batch: int = 1
+    type: str | None = None
+    base64: bool = False
+    offers: list[str] | None = None
+
+
+RESULT_FIELDS = ("body", "info", "error", "type", "base64", "offers")
 
 
 @dataclass
 class Job:
-    """A request waiting for, or running on, a kernel."""
+    """A request waiting for, or running on, a kernel. ``options`` tell the runner what the
+    request asks for (``gradbook_service.gateway.runner``): ``accept``, the types it allows,
+    and ``stream``, whether its printed lines go to ``on_output`` as they come."""
 
     endpoint: str  # "METHOD /annotated/path"
     request: str  # the REQUEST the cell sees: JSON text
+    options: dict[str, Any] | None = None
+    on_output: Any = None  # on_output(lines) for a streamed request
     future: asyncio.Future[Result] = field(default_factory=lambda: asyncio.get_running_loop()
                                            .create_future())
+    execution: Execution | None = None  # the one running it, once it runs
+    abandoned: bool = False  # its client left: interrupted when it starts
 
 
 class Execution:
@@ -103,10 +118,17 @@ class Execution:
         self.idle = False
         self.since = asyncio.get_running_loop().time()  # when the running request started
         self.interrupted: float | None = None  # when a request's deadline interrupted the kernel
+        self.interrupt = lambda: None  # interrupts the kernel (BatchingKernelPool._start)
+        for job in jobs:
+            job.execution = self
 
     def on_message(self, msg: dict[str, Any]) -> None:
         kind, content = msg["header"]["msg_type"], msg["content"]
-        if kind == runner.RESULT and (job := self.waiting.pop(content["index"], None)):
+        if kind == runner.OUTPUT:
+            job = self.waiting.get(content["index"])
+            if job is not None and job.on_output is not None and not job.future.done():
+                job.on_output(content["lines"])
+        elif kind == runner.RESULT and (job := self.waiting.pop(content["index"], None)):
             self.since = asyncio.get_running_loop().time()  # the next request starts now
             if job.future.done():  # cancelled
                 pass
@@ -115,8 +137,12 @@ class Execution:
                 job.future.set_exception(ServiceError(503, "the request was interrupted with "
                                                            "another that ran out of time; retry"))
             else:
-                fields = {key: content.get(key) for key in ("body", "info", "error")}
+                fields = {key: content[key] for key in RESULT_FIELDS if key in content}
                 job.future.set_result(Result(self.kernel_id, **fields, batch=self.size))
+            if self.waiting and self.interrupted is None:
+                running = self.waiting[min(self.waiting)]
+                if running.abandoned:  # its client left while it waited in the batch
+                    self.stop(running)
         elif kind == "error":
             self.failure.update(content)
         elif kind == "status" and content["execution_state"] == "idle":
@@ -135,6 +161,24 @@ class Execution:
                 504, f"the request ran longer than {seconds:g} s (GRADBOOK_REQUEST_TIMEOUT) and "
                      "was stopped; a change it was making is saved only if it was done "
                      "before the stop: check the model's version before trying again"))
+
+    def abandon(self, job: Job) -> None:
+        """``job``'s client went away (a stream closed): interrupt its cell if it runs now,
+        else when it starts; its answer is dropped."""
+        job.abandoned = True
+        if not job.future.done():
+            job.future.cancel()
+        running = self.waiting[min(self.waiting)] if self.waiting else None
+        if running is job and self.interrupted is None:
+            self.stop(job)
+
+    def stop(self, job: Job) -> None:
+        """Interrupt the kernel for ``job``, the request running now, which nobody awaits."""
+        self.interrupted = asyncio.get_running_loop().time()
+        self.waiting.pop(min(self.waiting))
+        if not job.future.done():
+            job.future.cancel()
+        self.interrupt()
 
 
 class SeedError(Exception):
@@ -177,6 +221,7 @@ class BatchingKernelPool:
         self.listeners: dict[str, dict[str, Execution]] = {}  # kernel → msg_id → execution
         self.iopub: dict[str, Any] = {}  # kernel → its IOPub stream
         self.loops: set[asyncio.Task[None]] = set()
+        self.interrupting: set[asyncio.Task[Any]] = set()  # kept until done (asyncio's advice)
         self.on_batch = lambda size: None  # told each batch's size (metrics)
         self.on_replace = lambda: None  # told each replaced kernel (metrics)
 
@@ -246,17 +291,31 @@ class BatchingKernelPool:
     def journal(self, kernel_id: str) -> Path:
         return self.exchange / f"{kernel_id}.jsonl"
 
-    async def submit(self, endpoint: str, request: str) -> Result:
+    async def submit(self, endpoint: str, request: str,
+                     options: dict[str, Any] | None = None) -> Result:
         """Run ``endpoint`` on ``request`` on the first kernel free, after the requests queued
         before it. Cancelling (the client went away) while it waits removes it unrun."""
+        job = Job(endpoint, request, options)
+        await self.enqueue(job)
+        return await job.future  # cancelling this cancels job.future: _take skips it
+
+    async def enqueue(self, job: Job) -> None:
+        """Queue ``job`` after the requests queued before it (``submit``, when the caller
+        follows the job itself: a streamed request); a 503 if the queue is full."""
         await self.ready.wait()
         if self.full():
             raise ServiceError(503, f"all kernels are busy and {self.max_queue} requests wait; "
                                "retry later")
-        job = Job(endpoint, request)
         self.queue.append(job)
         self.has_work.set()
-        return await job.future  # cancelling this cancels job.future: _take skips it
+
+    def abandon(self, job: Job) -> None:
+        """``job``'s client went away: a queued job leaves the queue unrun, a running one is
+        interrupted (``Execution.abandon``)."""
+        if job.execution is None:
+            job.future.cancel()  # _take skips it
+        else:
+            job.execution.abandon(job)
 
     def full(self) -> bool:
         """Whether a request submitted now would get 503: no kernel free to take it, and
@@ -335,7 +394,7 @@ class BatchingKernelPool:
         has read the old one before it sent its first result, and a new batch is posted only
         once all of those arrived (or the kernel is gone)."""
         batch_id = uuid.uuid4().hex
-        requests = [[job.endpoint, job.request] for job in jobs]
+        requests = [[job.endpoint, job.request, job.options] for job in jobs]
         posting = self.inbox(kernel_id).with_suffix(".tmp")
         posting.write_text(json.dumps({"batch": batch_id, "requests": requests}),
                            encoding="utf-8")
@@ -347,6 +406,7 @@ class BatchingKernelPool:
         """Send ``code`` to the kernel, by default outside IPython's history (which would keep
         every batch's REQUESTs in the kernel for good)."""
         execution = Execution(kernel_id, jobs)
+        execution.interrupt = partial(self._interrupt, execution)
         msg_id = self.kernel_clients[kernel_id].execute(code, store_history=store_history)
         self.listeners.setdefault(kernel_id, {})[msg_id] = execution
         return execution
@@ -398,6 +458,16 @@ class BatchingKernelPool:
             if not await self.is_running(execution.kernel_id):
                 return False
         return True
+
+    def _interrupt(self, execution: Execution) -> None:
+        """Interrupt the kernel of ``execution`` for a request whose client left; ``_follow``
+        replaces the kernel if the interrupt does not take."""
+        app_log.info("the client of a request on kernel %s left; interrupting it",
+                     execution.kernel_id)
+        task = asyncio.ensure_future(ensure_async(
+            self.kernel_manager.interrupt_kernel(execution.kernel_id)))
+        self.interrupting.add(task)
+        task.add_done_callback(self.interrupting.discard)
 
     async def is_running(self, kernel_id: str) -> bool:
         return await ensure_async(self.kernel_manager.get_kernel(kernel_id).is_alive())

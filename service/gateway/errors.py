@@ -7,6 +7,7 @@ kernel); gradbook's API maps its own exceptions in ``gradbook_service.app.errors
 
 from __future__ import annotations
 
+import secrets
 from http import HTTPStatus
 from typing import Any
 
@@ -15,10 +16,12 @@ MAX_MESSAGE_CHARS = 500  # messages quote client input briefly (``brief``); this
 
 
 class ServiceError(Exception):
-    """An error for the client: an HTTP ``status`` and a ``message`` saying what to fix."""
+    """An error for the client: an HTTP ``status`` and a ``message`` saying what to fix, and
+    any ``details`` for its error object (the types a 406 could have had, a 500's id)."""
 
-    def __init__(self, status: int, message: str | None = None) -> None:
+    def __init__(self, status: int, message: str | None = None, **details: Any) -> None:
         self.status = status
+        self.details = details
         message = message or HTTPStatus(status).phrase
         if len(message) > MAX_MESSAGE_CHARS:
             message = message[: MAX_MESSAGE_CHARS - 1] + "…"
@@ -38,4 +41,10 @@ def to_http(err: BaseException) -> ServiceError:
 
 
 def error_body(err: ServiceError) -> dict[str, Any]:
-    return {"error": {"status": err.status, "message": err.message}}
+    return {"error": {"status": err.status, "message": err.message, **err.details}}
+
+
+def new_error_id() -> str:
+    """A short id for one failure, given in its 500 answer and in the log line with its
+    traceback, so that a caller's report leads to the traceback."""
+    return secrets.token_hex(4)

@@ -11,8 +11,10 @@ code cell seeds each kernel. What is added here:
   served (``hello.ipynb``'s ``# GET /greet`` is ``GET /hello/greet``);
 * its **version**: a hash of its code cells and kernel, sent with each answer, so that a client
   can tell which version of a notebook being reloaded answered it;
-* each endpoint's **summary**, the first line of the Markdown cell just above it (for the
-  description at ``/openapi.json``);
+* each endpoint's **summary**, the first line of the Markdown cell just above it, and the
+  **types it answers**, which a line of that cell may state (``Answers: image/png, text/html``;
+  a cell's displayed output is only known once it runs), both for the description at
+  ``/openapi.json``;
 * every problem that would only show later (not JSON, not a notebook, no endpoint, two
   spellings of one route, a path the gateway answers itself) is a ``NotebookError`` naming the
   file, raised before any kernel starts.
@@ -33,6 +35,9 @@ from kernel_gateway.notebook_http.request_utils import parameterize_path
 
 SUFFIX = ".ipynb"
 DEFAULT_KERNEL = "python3"
+# "Answers: image/png, `text/html`" in the Markdown cell above an endpoint (any case, bold or not)
+ANSWERS_LINE = re.compile(r"^\W*answers\W*:(.*)$", re.IGNORECASE | re.MULTILINE)
+MEDIA_TYPE = re.compile(r"[\w.+-]+/[\w.+-]+")
 FOUND_PATHS = 1024  # request paths whose route a notebook version remembers
 VERSION_CHARS = 12  # of the hash's hex digits: plenty to tell a file's versions apart
 # Paths the gateway answers itself (``gradbook_service.gateway.personality``): a notebook
@@ -54,6 +59,7 @@ class Endpoint:
     source: str  # the endpoint cells, joined as stock notebook-http joins them
     response: str | None  # the ResponseInfo cells, if any
     summary: str  # the first line of the Markdown cell just above, or ""
+    answers: tuple[str, ...] = ()  # the media types that cell's "Answers:" line states
 
     @property
     def key(self) -> str:
@@ -159,15 +165,16 @@ def _parse(file: Path, prefix: str, kernel_name: str,
            cells: list[tuple[int, str, str]]) -> Notebook:
     parser = APICellParser(comment_prefix="#")
     code = [source for _, kind, source in cells if kind == "code"]
-    summaries: dict[str, str] = {}  # the first endpoint cell of each METHOD /path → its summary
+    # the first endpoint cell of each METHOD /path → the Markdown cell above it
+    notes: dict[str, str] = {}
     above = ""
     for _, kind, source in cells:
         if kind == "markdown":
-            above = _first_line(source)
+            above = source
         elif kind == "code":
             endpoint, method = parser.get_cell_endpoint_and_verb(source)
             if endpoint is not None:
-                summaries.setdefault(f"{method} {endpoint}", above)
+                notes.setdefault(f"{method} {endpoint}", above)
             above = ""
     responses = parser.endpoint_responses(code)
     routes, claimed = [], {}
@@ -184,7 +191,8 @@ def _parse(file: Path, prefix: str, kernel_name: str,
             raise NotebookError(f"{file}: {path} is the gateway's own; choose another path "
                                 f"(the gateway answers {', '.join(GATEWAY_PATHS)})")
         methods = {method: Endpoint(method, path, source, responses.get(path, {}).get(method),
-                                    summaries.get(f"{method} {path}", ""))
+                                    _first_line(notes.get(f"{method} {path}", "")),
+                                    _answers(notes.get(f"{method} {path}", "")))
                    for method, source in sources.items()}
         routes.append(Route(path, re.compile(f"^{pattern}$"), methods))
     if not routes:
@@ -204,6 +212,12 @@ def _first_line(markdown: str) -> str:
         if text := line.strip().lstrip("#").strip():
             return text
     return ""
+
+
+def _answers(markdown: str) -> tuple[str, ...]:
+    """The media types a Markdown cell's ``Answers:`` lines state, in order."""
+    found = (MEDIA_TYPE.findall(line) for line in ANSWERS_LINE.findall(markdown))
+    return tuple(dict.fromkeys(media.lower() for types in found for media in types))
 
 
 def notebook_files(paths: Sequence[Path]) -> list[tuple[Path, str]]:

@@ -34,15 +34,22 @@ adds:
 * requests wait for a free kernel in a bounded queue (503 past ``GRADBOOK_MAX_QUEUE``), and one
   whose client disconnects while it waits leaves the queue without running; a JSON body waits
   as its own text, not decoded (``gradbook_service.gateway.body.request_json``);
-* every error is JSON ``{"error": {"status", "message"}}``; a failing cell gives a 500 whose
-  details stay in the log; no response names the server software (no ``Server`` header);
+* every error is JSON ``{"error": {"status", "message"}}``; a failing cell gives a 500 with a
+  short error ``id`` that the log line holding its traceback names, and the exception and the
+  cell's traceback in ``exception`` only when ``GRADBOOK_DEBUG`` is on; no response names the
+  server software (no ``Server`` header);
+* what a cell displays (a figure it draws, ``display(...)``, its value) is its answer when it
+  prints nothing, in the type ``Accept`` asks for (``gradbook_service.gateway.accept``; 406
+  with the types it has if none suits), or the one its ``ResponseInfo`` sets as
+  ``Content-Type``; a request that asks for no type gets stock's answer;
+* ``Accept: text/event-stream`` streams what the cell prints, a Server-Sent Event per line as it
+  is printed, then an ``end`` (or ``error``) event (``gradbook_service.gateway.events``); a
+  client that closes the stream interrupts the cell;
 * kernels talk to the gateway over Unix sockets in a folder private to the service's user, not
   over TCP, where any local user could read their answers (``engine.kernel_channels``);
 * a kernel that stops is replaced by a newly seeded one; a request whose kernel stops under it
   gets 503 instead of hanging forever, and a request whose cell runs past
   ``GRADBOOK_REQUEST_TIMEOUT`` gets 504 while its kernel is interrupted;
-* a ``ResponseInfo`` may add ``"body_encoding": "base64"``: the body is decoded to bytes here
-  (cell output is text, so binary bodies such as PNGs travel base64-encoded);
 * every response names the kernel that served it in ``X-Gradbook-Kernel``;
 * ``GET /metrics``: Prometheus metrics of requests, latency, batches, queues, kernels and
   reloads, by notebook;
@@ -68,20 +75,28 @@ import logging
 import re
 import shutil
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
-from gradbook_service.gateway import apidocs, body, description, logs
+from gradbook_service.gateway import accept, apidocs, body, description, events, logs, runner
 from gradbook_service.gateway.capacity import ByteBudget, limit_server
 from gradbook_service.gateway.engine import (
     BatchingKernelPool,
+    Job,
     Result,
     SeedError,
     SpareKernels,
     kernel_channels,
     make_exchange,
 )
-from gradbook_service.gateway.errors import RETRY_AFTER, ServiceError, error_body, to_http
+from gradbook_service.gateway.errors import (
+    RETRY_AFTER,
+    ServiceError,
+    error_body,
+    new_error_id,
+    to_http,
+)
 from gradbook_service.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gradbook_service.gateway.metrics import Metrics
 from gradbook_service.gateway.notebooks import (
@@ -128,6 +143,9 @@ CHALLENGE = 'Bearer realm="gradbook"'  # the WWW-Authenticate of a 401
 # The page's policy: its own inline script and style (by hash), requests to this service only,
 # never inside another site's frame.
 HTML = "text/html; charset=utf-8"
+# What a cell displays as HTML or SVG is answered in a sandbox: its scripts run, but in an
+# origin of their own, never with this service's (a cell may echo what a client sent).
+SANDBOX = "sandbox allow-scripts allow-popups"
 PAGE_POLICY = ("default-src 'none'; script-src {script}; style-src {style}; connect-src 'self'; "
                "img-src 'self' data:; base-uri 'none'; form-action 'none'; "
                "frame-ancestors 'none'")
@@ -234,6 +252,8 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
         self.body_json, self.body_size = "", 0  # the body, decoded and checked, as JSON text
         self.refusal: ServiceError | None = None
         self.waiting: asyncio.Future[Result] | None = None  # queued, or running on a kernel
+        self.streaming: Job | None = None  # a streamed request's job, queued or running
+        self.debug = False  # whether a 500 answers the exception (GRADBOOK_DEBUG)
 
     def prepare(self) -> None:
         """Decide from the headers alone whether the request is refused."""
@@ -318,13 +338,15 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
         super().on_connection_close()
         if self.waiting is not None:
             self.waiting.cancel()
+        if self.streaming is not None:  # its cell is interrupted if it runs
+            self.pool.abandon(self.streaming)
         self._release()
         self._leave()
 
     def on_finish(self) -> None:
         super().on_finish()
-        if self.waiting is None:  # refused, or answered by the gateway: nothing left to write
-            self._release()
+        if self.waiting is None and self.streaming is None:  # refused, or answered by the
+            self._release()  # gateway: nothing left to write
         self._leave()
 
     def _leave(self) -> None:
@@ -373,14 +395,18 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
                 f'"headers": {json.dumps(headers)}}}')
 
     async def _answer(self) -> None:
-        """Run the request on a kernel and answer what its cells printed."""
+        """Run the request on a kernel and answer what its cells printed (or displayed)."""
         error, response = None, None
         try:
             request = self._request_text()
             if not self._hold(len(request)):
                 raise self.refusal  # type: ignore[misc]
             key = f"{self.request.method} {self.endpoint}"
-            self.waiting = asyncio.ensure_future(self.pool.submit(key, request))
+            accepted = accept.ranges(self.request.headers.get("Accept"))
+            options = None if accepted is None else {"accept": accepted}
+            if accept.streams(accepted):
+                return await self._stream(Job(key, request, {**options, "stream": True}))
+            self.waiting = asyncio.ensure_future(self.pool.submit(key, request, options))
             del request  # the queue holds it, as long as it waits and runs
             response = self._respond(await self.waiting)
             self.budget.change(self.held, len(response))  # the answer, until it is written
@@ -388,9 +414,7 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
         except asyncio.CancelledError:  # the client went away while waiting: nothing ran
             return None
         except Exception as err:  # every failure becomes a JSON error response
-            error = to_http(err)
-            if error.status == 500:  # the details go to the log, not to the client
-                app_log.error("%s %s failed", self.request.method, self.request.path, exc_info=err)
+            error = self._failure(err)
         if error is not None:
             self._release()
             self.fail(error)
@@ -403,27 +427,135 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
             finally:
                 self._release()
 
-    def _respond(self, result: Result) -> bytes | str:
-        """Set status and headers from the ``ResponseInfo`` cell's output; return the body."""
+    async def _stream(self, job: Job) -> None:
+        """Answer ``job`` as Server-Sent Events: each line its cell prints as it is printed,
+        then the ``end`` event with the status and headers of its ``ResponseInfo``, or an
+        ``error`` event. The stream is bounded like any answer: past
+        ``GRADBOOK_MAX_RESPONSE_BYTES``, or if the gateway's byte budget is spent, the cell is
+        interrupted and the stream ends with an error."""
+        lines: list[str] = []
+        arrived = asyncio.Event()
+
+        def on_output(new: list[str]) -> None:
+            lines.extend(new)
+            arrived.set()
+
+        job.on_output = on_output
+        job.future.add_done_callback(lambda _: arrived.set())
+        await self.pool.enqueue(job)  # a full queue is a 503 like any other
+        self.streaming = job
+        self.set_header("Content-Type", events.CONTENT_TYPE)
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Accel-Buffering", "no")  # for a proxy in front: pass each event on
+        self.set_header("Vary", "Accept")
+        sent, last = 0, None
+        try:
+            await self.flush()  # the headers: the client knows the stream is open
+            while last is None:
+                await arrived.wait()
+                arrived.clear()
+                if job.future.cancelled():  # the client left: the cell was interrupted
+                    return
+                chunk, lines[:] = events.data(lines), []
+                sent += len(chunk)
+                if sent > self.max_response_bytes:
+                    self.pool.abandon(job)
+                    last = self._failure(RuntimeError(
+                        f"{job.endpoint} printed more than {self.max_response_bytes} bytes "
+                        "(GRADBOOK_MAX_RESPONSE_BYTES) to its stream; it was interrupted"))
+                    break
+                if not self._hold(len(chunk)):
+                    self.pool.abandon(job)
+                    last = self.refusal
+                    break
+                if chunk:
+                    self.write(chunk)
+                    await self.flush()
+                if job.future.done():
+                    last = self._stream_end(job.future)
+        except StreamClosedError:  # the client left (on_connection_close interrupts the cell)
+            return
+        finally:
+            self._release()
+        if isinstance(last, ServiceError):
+            end = events.last(events.ERROR, error_body(last))
+        else:
+            end = events.last(events.END, last)
+        with contextlib.suppress(StreamClosedError):
+            await self.finish(end)
+
+    def _stream_end(self, future: asyncio.Future[Result]) -> dict[str, Any] | ServiceError:
+        """What the last event of a stream says: ``{"status", "headers"}``, or the error."""
+        try:
+            info = self._info(future.result())
+            return {"status": info.get("status", 200), "headers": info.get("headers", {})}
+        except Exception as err:
+            return self._failure(err)
+
+    def _failure(self, err: BaseException) -> ServiceError:
+        """The error to answer for ``err``. A 500's details go to the log, under an id the
+        answer gives; with ``GRADBOOK_DEBUG`` on, the answer has them too."""
+        error = to_http(err)
+        if error.status != 500:
+            return error
+        error_id = new_error_id()
+        if isinstance(err, CellError):  # the cell's traceback: the gateway's says nothing more
+            app_log.error("%s %s failed (error %s): %s", self.request.method, self.request.path,
+                          error_id, err)
+        else:
+            app_log.error("%s %s failed (error %s)", self.request.method, self.request.path,
+                          error_id, exc_info=err)
+        details: dict[str, Any] = {"id": error_id}
+        if self.debug:
+            details["exception"] = exception_details(err)
+        what = "the endpoint's cell raised" if isinstance(err, CellError) else "internal error"
+        return ServiceError(500, f"{what}; the service log has the details under error "
+                                 f"{error_id}", **details)
+
+    def _info(self, result: Result) -> dict[str, Any]:
+        """The status and headers the ``ResponseInfo`` cell printed (none: ``{}``)."""
         self.kernel_id = result.kernel_id
         self.batch_size = result.batch  # for the access log (log_request)
         if result.error is not None:
             raise CellError(result.error)
-        info = {}
-        if result.info is not None:
-            try:
-                info = json.loads(result.info)
-            except ValueError:  # the notebook's fault, not the client's: a 500, not a 400
-                raise RuntimeError(f"ResponseInfo {self.request.method} {self.endpoint} "
-                                   f"printed {result.info[:200]!r}") from None
+        if result.info is None:
+            return {}
+        try:
+            info = json.loads(result.info)
+            if not isinstance(info, dict) or not isinstance(info.get("headers", {}), dict):
+                raise ValueError
+            return info
+        except ValueError:  # the notebook's fault, not the client's: a 500, not a 400
+            raise RuntimeError(f"ResponseInfo {self.request.method} {self.endpoint} "
+                               f"printed {result.info[:200]!r}") from None
+
+    def _respond(self, result: Result) -> bytes | str:
+        """Set status and headers from the ``ResponseInfo`` cell's output; return the body:
+        what the cell printed, or the representation of an output it displayed."""
+        info = self._info(result)
+        if result.offers is not None:
+            types = ", ".join(result.offers)
+            raise ServiceError(406, f"{self.request.method} {self.endpoint} answers {types}; "
+                                    "the request's Accept allows none of them",
+                               available=result.offers)
         self.set_status(info.get("status", 200))
-        self.set_header("Content-Type", "text/plain")
+        self.set_header("Vary", "Accept")
+        if result.type is None:
+            self.set_header("Content-Type", "text/plain")
+        else:
+            self.set_header("Content-Type", with_charset(result.type))
+            if result.type in ("text/html", "image/svg+xml"):
+                self.set_header("Content-Security-Policy", SANDBOX)
         for header, value in info.get("headers", {}).items():
             self.set_header(header, value)
         self.set_header(KERNEL_HEADER, self.kernel_id)
-        answer = result.body
-        if info.get(body.BODY_ENCODING) == "base64":
-            answer = base64.b64decode(answer)
+        answer: bytes | str = result.body
+        if result.base64:
+            try:
+                answer = base64.b64decode(answer)
+            except ValueError:
+                raise RuntimeError(f"{self.request.method} {self.endpoint} displayed "
+                                   f"{result.type} data that is not base64") from None
         # the notebook's fault: a 500 (an error it answers may say why in more, as gradbook's
         # API does when the answer itself would be too large)
         if len(answer) > self.max_response_bytes and self.get_status() < 400:
@@ -439,10 +571,11 @@ class NotebookHandler(EndpointHandler):
     and its answer names the version (``X-Gradbook-Notebook-Version``)."""
 
     def initialize(self, served: Served, max_response_bytes: int,  # type: ignore[override]
-                   **kwargs: Any) -> None:
+                   debug: bool = False, **kwargs: Any) -> None:
         super().initialize(**kwargs)
         self.served = served
         self.max_response_bytes = max_response_bytes
+        self.debug = debug
 
     def resolve(self) -> ServiceError | None:
         path = self.request.path
@@ -600,6 +733,23 @@ class CellError(Exception):
 
     def __init__(self, error: dict[str, str]) -> None:
         super().__init__(f"{error['ename']}: {error['evalue']}\n{error['traceback']}")
+        self.error = error
+
+
+def exception_details(err: BaseException) -> dict[str, str]:
+    """What a 500 answers of ``err`` with ``GRADBOOK_DEBUG`` on: a cell's exception with the
+    cell's traceback, or the gateway's own."""
+    if isinstance(err, CellError):
+        return {"name": err.error["ename"], "message": err.error["evalue"],
+                "traceback": err.error["traceback"]}
+    return {"name": type(err).__name__, "message": str(err)[:1000],
+            "traceback": "".join(traceback.format_exception(err))[-runner.MAX_TRACEBACK_CHARS:]}
+
+
+def with_charset(media_type: str) -> str:
+    """The ``Content-Type`` of a displayed output: text types say they are UTF-8."""
+    textual = media_type.startswith("text/") or media_type == "image/svg+xml"
+    return f"{media_type}; charset=utf-8" if textual else media_type
 
 
 class MetricsHandler(ServiceHandler, RequestHandler):
@@ -813,7 +963,7 @@ class NotebookPersonality(LoggingConfigurable):
         handlers.append((route_of(".*"), NotebookHandler, {
             "served": self.served, "metrics": self.metrics, "budget": self.budget,
             "max_body_bytes": settings.max_body_bytes,
-            "max_response_bytes": settings.max_response_bytes}))
+            "max_response_bytes": settings.max_response_bytes, "debug": settings.debug}))
         return handlers
 
     async def shutdown(self) -> None:

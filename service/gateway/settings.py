@@ -174,6 +174,12 @@ class GatewaySettings(FromEnvironment):
         min=1, config=True,
         help="Most queued requests a kernel that becomes free takes into one execution",
     ).tag(env="GRADBOOK_MAX_BATCH", fallback=64)
+    debug = Bool(
+        config=True,
+        help="1: a request whose cell raises gets the exception's name, message and the cell's "
+        "traceback in its 500 answer, besides the error id the log names (0: the id only). For "
+        "development: a traceback can show what a caller should not see",
+    ).tag(env="GRADBOOK_DEBUG", fallback=False)
     reload = Bool(
         config=True,
         help="1: when a served notebook's file changes, serve its new version (started beside "
