@@ -458,11 +458,13 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
                     return
                 chunk, lines[:] = events.data(lines), []
                 sent += len(chunk)
-                if sent > self.max_response_bytes:
+                if sent > self.max_response_bytes:  # the notebook's fault: a 500
                     self.pool.abandon(job)
-                    last = self._failure(RuntimeError(
-                        f"{job.endpoint} printed more than {self.max_response_bytes} bytes "
-                        "(GRADBOOK_MAX_RESPONSE_BYTES) to its stream; it was interrupted"))
+                    last = ServiceError(500, f"{job.endpoint} printed more than "
+                                        f"{self.max_response_bytes} bytes to its stream, the "
+                                        "limit (GRADBOOK_MAX_RESPONSE_BYTES); it was interrupted")
+                    app_log.error("%s %s: %s", self.request.method, self.request.path,
+                                  last.message)
                     break
                 if not self._hold(len(chunk)):
                     self.pool.abandon(job)
