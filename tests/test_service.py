@@ -186,6 +186,24 @@ def test_the_training_curve_is_a_png(service) -> None:
     assert int(reply.headers["X-Gradbook-Version"]) == service.get("/models/xor").json()["version"]
 
 
+def test_training_asked_for_a_stream_sends_each_epoch_as_it_ends(service) -> None:
+    """``Accept: text/event-stream``: an event per epoch, then the usual answer, then the status;
+    the losses are those the answer holds."""
+    create(service, "streamed")
+    reply = service.post("/models/streamed/train", {"data": "xor", "epochs": 5},
+                         headers={"Accept": "text/event-stream"})
+    assert reply.status == 200 and reply.headers["Content-Type"].startswith("text/event-stream")
+    events = [block.split("\n") for block in reply.body.decode().strip().split("\n\n")]
+    data = [json.loads(lines[0].removeprefix("data: ")) for lines in events[:-1]]
+    assert [line["epoch"] for line in data[:5]] == [1, 2, 3, 4, 5]
+    answer = data[5]
+    assert [line["loss"] for line in data[:5]] == answer["history"] and len(data) == 6
+    assert events[-1][0] == "event: end"
+    assert json.loads(events[-1][1].removeprefix("data: "))["status"] == 200
+    assert service.get("/models/streamed").json()["version"] == answer["version"]
+    assert service.delete("/models/streamed").status == 200
+
+
 BIG = b'{"X": [' + b"[0, 0, 1], " * 400_000 + b"[0, 0, 1]]}"  # over the 4 MiB default limit
 PREDICT, TRAIN = "/models/xor/predict", "/models/xor/train"
 
