@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -19,6 +18,8 @@ FIGSIZE = (6.4, 4.0)  # inches; the inline backend renders at matplotlib's figur
 def draw_loss_curve(curve: Sequence[float], title: str) -> Figure:
     """A pyplot figure of ``curve`` (each epoch's loss, as ``MLP.fit`` records it), on a log
     scale when the loss is positive."""
+    import matplotlib.pyplot as plt  # here: pyplot's state costs every kernel that never draws
+
     fig = plt.figure(figsize=FIGSIZE, layout="tight")
     ax = fig.subplots()
     if len(curve) > 0:

@@ -473,9 +473,10 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
                 if chunk:
                     self.write(chunk)
                     await self.flush()
-                if job.future.done():
-                    last = self._stream_end(job.future)
-        except StreamClosedError:  # the client left (on_connection_close interrupts the cell)
+                if job.future.done() and not lines:  # lines that came during the flush
+                    last = self._stream_end(job.future)  # go first
+        except StreamClosedError:  # the client left: its cell is interrupted
+            self.pool.abandon(job)
             return
         finally:
             self._release()
