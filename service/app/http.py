@@ -18,7 +18,7 @@ from typing import Any
 from gradbook_service.app.errors import to_http
 from gradbook_service.app.jobs import QUEUE_RETRY_SECONDS
 from gradbook_service.gateway import accept
-from gradbook_service.gateway.body import JSON, is_json
+from gradbook_service.gateway.body import ENCODING, JSON, is_json
 from gradbook_service.gateway.errors import RETRY_AFTER as GATEWAY_RETRY_AFTER
 from gradbook_service.gateway.errors import ServiceError, error_body, new_error_id
 
@@ -35,6 +35,7 @@ class Request:
     path: Mapping[str, str] = field(default_factory=dict)
     args: Mapping[str, list[str]] = field(default_factory=dict)
     headers: Mapping[str, Any] = field(default_factory=dict)
+    encoding: str | None = None  # "base64": the body is bytes the gateway base64-encoded
 
     def json(self) -> Any:
         """The body as the JSON value the client sent, ``None`` when there is none.
@@ -106,6 +107,7 @@ def parse_request(REQUEST: str | Mapping[str, Any]) -> Request:
         request.get("path") or {},
         request.get("args") or {},
         request.get("headers") or {},
+        request.get(ENCODING),
     )
 
 
@@ -119,8 +121,14 @@ def forget_printed_output(shell: Any) -> None:
     shell.events.register("post_execute", shell.history_manager.outputs.clear)
 
 
-def serve(endpoint: Callable[[Request], Response], REQUEST: str | Mapping[str, Any]) -> Response:
-    """Run ``endpoint`` on ``REQUEST``; errors become JSON error responses, never tracebacks."""
+ErrorBody = Callable[[ServiceError], Any]
+
+
+def serve(endpoint: Callable[[Request], Response], REQUEST: str | Mapping[str, Any],
+          errors: ErrorBody = error_body) -> Response:
+    """Run ``endpoint`` on ``REQUEST``; errors become JSON error responses (``errors`` gives
+    their body: gradbook's ``{"error": {"status", "message"}}`` unless a protocol says
+    otherwise), never tracebacks."""
     try:
         return endpoint(parse_request(REQUEST))
     except Exception as err:
@@ -132,7 +140,7 @@ def serve(endpoint: Callable[[Request], Response], REQUEST: str | Mapping[str, A
             error = ServiceError(error.status, error.message, id=error_id, **error.details)
         retry = {"Retry-After": str(RETRY_AFTER[error.status])} if error.status in RETRY_AFTER \
             else {}
-        return json_response(error_body(error), error.status, retry)
+        return json_response(errors(error), error.status, retry)
 
 
 def fault_log() -> logging.Logger:
@@ -150,11 +158,12 @@ def fault_log() -> logging.Logger:
     return log
 
 
-def respond(endpoint: Callable[[Request], Response], REQUEST: str | Mapping[str, Any]) -> str:
+def respond(endpoint: Callable[[Request], Response], REQUEST: str | Mapping[str, Any],
+            errors: ErrorBody = error_body) -> str:
     """What an endpoint cell does: ``serve`` the request, print the body, and return the
     ``info`` for the ``ResponseInfo`` cell to print. The body is not kept: a kernel holding on
     to its last response would hold up to the response limit for good."""
-    response = serve(endpoint, REQUEST)
+    response = serve(endpoint, REQUEST, errors)
     if response.body:
         print(response.body)
     return response.info

@@ -128,8 +128,8 @@ def main() -> None:
         str(store.root.resolve()) if isinstance(store, ModelStore) else store.url)
     log.info("gradbook's API: store %s", store.location)
     worker = TrainingWorker() if settings.training_worker else None
-    sys.exit(run(settings, [notebook], page=PAGE, check=CHECK, companion=worker,
-                 listening="gradbook service"))
+    sys.exit(run(settings, [notebook], page=PAGE, check=CHECK, inference_health=True,
+                 companion=worker, listening="gradbook service"))
 
 
 if __name__ == "__main__":

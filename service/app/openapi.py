@@ -21,6 +21,7 @@ from decimal import Decimal
 from importlib.metadata import version
 from typing import Any
 
+from gradbook_service.app.inference import DATATYPES as INFERENCE_DATATYPES
 from gradbook_service.app.inputs import MAX_RATE, MAX_SEED
 from gradbook_service.app.jobs import JOB_ID, STATES
 from gradbook_service.app.settings import (
@@ -82,9 +83,11 @@ SHARED = {
 TAGS = [{"name": "models", "description": "Create, read, change and delete models; predict, "
          "train, reset, gradients, training curve"},
         {"name": "jobs", "description": "Training jobs (a train request with \"wait\": false)"},
+        {"name": "inference", "description": "The Open Inference Protocol (KServe V2, as Triton, "
+         "KServe and MLServer speak it): its errors are {\"error\": \"…\"}"},
         {"name": "service", "description": "Health, metrics, diagnostics, this description, "
          "the pages"}]
-TAG_PREFIXES = [("models", "/models"), ("jobs", "/jobs")]
+TAG_PREFIXES = [("models", "/models"), ("jobs", "/jobs"), ("inference", "/v2")]
 
 PREFLIGHT = {
     "summary": "CORS preflight, answered by the gateway: no token, no kernel, no body",
@@ -236,7 +239,7 @@ def errors(*statuses: int, **descriptions: str) -> dict[int, str]:
 
 def operation(summary: str, ok: Schema, own: dict[int, str], body: str | None = None,
               public: bool = False, body_required: bool = True, get: bool = False,
-              queued: bool = True) -> Schema:
+              queued: bool = True, error: str = "Error") -> Schema:
     """One operation of an endpoint cell. ``ok`` maps success statuses to responses, ``own`` the
     operation's error statuses to descriptions. 401 (unless ``public``), 403, 413 and 503 (for
     the ``queued``, those a kernel answers) can answer any request, as the gateway personality
@@ -244,10 +247,14 @@ def operation(summary: str, ok: Schema, own: dict[int, str], body: str | None = 
     If-None-Match that names it."""
     responses = {str(status): response for status, response in ok.items()}
     responses.update({str(code): (too_many(text) if code == 429 else
-                                  json_content(ref("Error"), text)) for code, text in own.items()})
+                                  json_content(ref(error), text)) for code, text in own.items()})
     responses.update({"403": shared("Forbidden"), "413": shared("TooLarge")})
-    if queued:
+    if queued and error == "Error":
         responses["503"] = shared("Unavailable")
+    elif queued:  # the gateway's 503, or the store's in the operation's own error
+        either = {"oneOf": [ref("Error"), ref(error)]}
+        responses["503"] = {**unavailable(SHARED["Unavailable"][1]),
+                            "content": {"application/json": {"schema": either}}}
     if not public:
         responses["401"] = shared("Unauthorized")
     if get:
@@ -400,7 +407,51 @@ def schemas(settings: Settings) -> Schema:
         "created": stamp, "started": {**stamp, "nullable": True},
         "finished": {**stamp, "nullable": True},
     }
+    tensor = obj({"name": {"type": "string"}, "datatype": {"type": "string"},
+                  "shape": array({"type": "integer", "minimum": -1})},
+                 ["name", "datatype", "shape"])
     return {
+        "InferenceError": obj({"error": {"type": "string"}}, ["error"]),
+        "ServerMetadata": obj({"name": {"type": "string"}, "version": {"type": "string"},
+                               "extensions": array({"type": "string"})},
+                              ["name", "version", "extensions"]),
+        "ModelMetadata": obj({"name": {"type": "string"}, "versions": array({"type": "string"}),
+                              "platform": {"type": "string"}, "inputs": array(tensor),
+                              "outputs": array(tensor)},
+                             ["name", "versions", "platform", "inputs", "outputs"]),
+        "ModelReady": obj({"name": {"type": "string"}, "ready": {"type": "boolean"}},
+                          ["name", "ready"]),
+        "InferenceRequest": {
+            "type": "object", "required": ["inputs"],
+            "description": "One input tensor, 'input', of shape [n, d_in]; its data flat or "
+                           "nested, row-major, or (the binary tensor extension) as little-endian "
+                           "bytes after the JSON header, whose length the "
+                           "Inference-Header-Content-Length header gives",
+            "properties": {
+                "id": {"type": "string"},
+                "inputs": array({"type": "object", "required": ["name", "shape", "datatype"],
+                                 "properties": {
+                                     "name": {"type": "string", "enum": ["input"]},
+                                     "shape": array({"type": "integer", "minimum": 1},
+                                                    minItems=2, maxItems=2),
+                                     "datatype": {"type": "string",
+                                                  "enum": list(INFERENCE_DATATYPES)},
+                                     "data": {"type": "array"},
+                                     "parameters": {"type": "object"}}},
+                                minItems=1, maxItems=1),
+                "outputs": array({"type": "object", "required": ["name"], "properties": {
+                    "name": {"type": "string", "enum": ["output", "class"]},
+                    "parameters": {"type": "object"}}}),
+                "parameters": {"type": "object"}}},
+        "InferenceResponse": obj({
+            "model_name": {"type": "string"}, "model_version": {"type": "string"},
+            "id": {"type": "string"},
+            "outputs": array(obj({"name": {"type": "string"}, "datatype": {"type": "string"},
+                                  "shape": array({"type": "integer", "minimum": 0}),
+                                  "data": array({"type": "number"})},
+                                 ["name", "datatype", "shape", "data"]))},
+            ["model_name", "model_version", "outputs"]),
+        "InferenceHealth": obj({"live": {"type": "boolean"}, "ready": {"type": "boolean"}}),
         "Error": obj({"error": obj({
             "status": {"type": "integer"}, "message": {"type": "string"},
             "id": {"type": "string", "description": "A 500's id: the service log's line with "
@@ -623,6 +674,7 @@ def openapi_spec(settings: Settings) -> Schema:
         "than GRADBOOK_MAX_QUEUE",
         "Not ready: as for /healthz, or the store is not readable, or the kernels are "
         "starting, or the queue is full; the message says which.")
+    paths.update(inference_paths(read))
     paths["/metrics"] = {
         "get": {"summary": "Prometheus metrics of this gateway process: requests by endpoint and "
                 "status, latency, batch sizes, queue depth, kernels replaced",
@@ -713,3 +765,61 @@ def without_token(spec: Schema) -> Schema:
                 responses = part.get("responses", part) if key != "parameters" else {}
                 responses.pop("401", None)
     return spec
+
+
+def inference_paths(read: dict[int, str]) -> Schema:
+    """The Open Inference Protocol's paths (``gradbook_service.app.inference``): health from the
+    gateway, the rest from the API notebook's cells, each also under /versions/{version}."""
+    model = path_parameter("model", {"pattern": f"^{NAME.pattern}$"},
+                           "A model's name; any other string gets 400.")
+    version = path_parameter("version", {}, "A version the store keeps of the model (the "
+                                            "latest); another gets 404.")
+    own = {**read, 404: "No such model, or no such version of it kept."}
+
+    def ok(schema: str, description: str) -> Schema:
+        return {200: json_content(ref(schema), description)}
+
+    def health(readiness: bool) -> Schema:
+        which, like = ("ready", "/readyz") if readiness else ("live", "/healthz")
+        item = health_path(f"The protocol's server health ({which}), answered by the gateway "
+                           f"as {like} is", 'Not so: {"error": "…"} says why.')
+        answers = item["get"]["responses"]
+        answers["200"] = {**json_content(ref("InferenceHealth"), f'{{"{which}": true}}'),
+                          "headers": answers["200"]["headers"]}
+        answers["503"] = {**answers["503"],
+                          "content": {"application/json": {"schema": ref("InferenceError")}}}
+        return item
+
+    paths: Schema = {
+        "/v2/health/live": health(False),
+        "/v2/health/ready": health(True),
+        "/v2": {"get": operation("The protocol's server metadata: name, version, extensions",
+                                 ok("ServerMetadata", "The server."), {}, get=True,
+                                 error="InferenceError")}}
+    for prefix, parameters in (("/v2/models/{model}", [model]),
+                               ("/v2/models/{model}/versions/{version}", [model, version])):
+        paths[prefix] = {"parameters": parameters, "get": operation(
+            "The model's metadata: its input and output tensors", ok(
+                "ModelMetadata", "input FP64 [-1, d_in]; output FP64 [-1, d_out]; class INT64 "
+                "[-1] for a classifier."), own, get=True, error="InferenceError")}
+        paths[f"{prefix}/ready"] = {"parameters": parameters, "get": operation(
+            "Whether the model can infer", ok("ModelReady", "Ready."), own, get=True,
+            error="InferenceError")}
+        infer = operation(
+            "Infer: the output tensor (and the class tensor of a classifier) for the input rows, "
+            "the numbers POST /models/{name}/predict answers", ok(
+                "InferenceResponse", "The outputs, as JSON (asked-for binary outputs too)."),
+            {**own, **errors(415)}, "InferenceRequest", error="InferenceError")
+        infer["requestBody"]["content"]["application/octet-stream"] = {"schema": {
+            "type": "string", "format": "binary", "description": "The JSON header, then the "
+            "binary tensors; Inference-Header-Content-Length gives the header's length"}}
+        infer["requestBody"]["description"] = (
+            "JSON, with Content-Type application/json or none (Triton's client sends none); "
+            "or the binary tensor extension.")
+        paths[f"{prefix}/infer"] = {"parameters": parameters, "post": infer}
+    for item in paths.values():
+        item.setdefault("x-options", preflight())
+        item.setdefault("x-other-methods", {"401": shared("Unauthorized"),
+                                            "403": shared("Forbidden"),
+                                            "405": shared("MethodNotAllowed")})
+    return paths

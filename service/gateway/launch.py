@@ -49,7 +49,7 @@ class Companion(Protocol):
 
 
 def gateway_config(settings: GatewaySettings, notebooks: Sequence[Path], page: str = "",
-                   check: str = "") -> Config:
+                   check: str = "", inference_health: bool = False) -> Config:
     config = Config()
     app = config.KernelGatewayApp
     app.api = "gradbook_service.gateway.personality"
@@ -60,6 +60,7 @@ def gateway_config(settings: GatewaySettings, notebooks: Sequence[Path], page: s
     personality = config.NotebookPersonality
     personality.notebooks = [str(path) for path in notebooks]
     personality.page, personality.check = page, check
+    personality.inference_health = inference_health
     # A kernel restarted in place would come back without the notebook's seed cells and fail
     # every request; instead the engine replaces a stopped kernel with a newly seeded one.
     config.KernelManager.autorestart = False
@@ -107,13 +108,13 @@ def usage_error(message: str) -> None:
 
 
 def run(settings: GatewaySettings, notebooks: Sequence[Path], *, page: str = "",
-        check: str = "", companion: Companion | None = None,
+        check: str = "", inference_health: bool = False, companion: Companion | None = None,
         listening: str = "gradbook gateway") -> int:
     """Serve ``notebooks`` until a stop signal; the exit status (1 if a notebook could not be
     served: its first seed failed). ``companion`` starts once the gateway listens and stops
-    with it."""
+    with it; the other arguments are ``NotebookPersonality``'s traits."""
     log = logs.log
-    config = gateway_config(settings, notebooks, page, check)
+    config = gateway_config(settings, notebooks, page, check, inference_health)
     # Kernels inherit this environment: they never see the token, only whether one is needed.
     os.environ.pop(settings.env("token"), None)
     os.environ[TOKEN_REQUIRED] = "1" if settings.token else "0"

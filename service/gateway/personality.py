@@ -119,12 +119,14 @@ from tornado.httputil import HTTPInputError, parse_body_arguments
 from tornado.iostream import StreamClosedError
 from tornado.log import app_log
 from tornado.web import RequestHandler, stream_request_body
-from traitlets import List, Unicode
+from traitlets import Bool, List, Unicode
 from traitlets.config.configurable import LoggingConfigurable
 
 PAGE_PATH = "/"  # the page the gateway serves itself (NotebookPersonality.page)
 DOCS_PATH = "/docs"  # Swagger UI on the description (gradbook_service.gateway.apidocs)
 HEALTH_PATH = "/healthz"
+INFERENCE_LIVE = "/v2/health/live"  # the Open Inference Protocol's (NotebookPersonality
+INFERENCE_READY = "/v2/health/ready"  # .inference_health)
 READY_PATH = "/readyz"
 OPENAPI_PATH = DESCRIPTION_PATH
 SWAGGER_PATH = "/_api/spec/swagger.json"  # stock notebook-http's description: a redirect
@@ -250,6 +252,7 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
         self.held = 0  # bytes this request counts in the budget
         self.received = bytearray()
         self.body_json, self.body_size = "", 0  # the body, decoded and checked, as JSON text
+        self.body_bytes = False  # whether it is bytes, base64-encoded
         self.refusal: ServiceError | None = None
         self.waiting: asyncio.Future[Result] | None = None  # queued, or running on a kernel
         self.streaming: Job | None = None  # a streamed request's job, queued or running
@@ -370,7 +373,8 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
             parse_body_arguments(content_type, raw, self.request.body_arguments,
                                  self.request.files)
             # kept on the handler, not in this frame, which lives as long as the request waits
-            self.body_json = body.request_json(content_type, raw, self.request.body_arguments)
+            self.body_json, self.body_bytes = body.request_json(content_type, raw,
+                                                                self.request.body_arguments)
         except HTTPInputError as err:
             return self.fail(ServiceError(400, f"the body is malformed: {err}"))
         except ServiceError as err:
@@ -391,8 +395,9 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
         if self.body_size and "Content-Length" not in headers:
             headers["Content-Length"] = str(self.body_size)
         args = json.dumps(parse_args(self.request.query_arguments))
+        encoding = f', "{body.ENCODING}": "base64"' if self.body_bytes else ""
         return (f'{{"body": {body_json}, "args": {args}, "path": {json.dumps(self.path_kwargs)}, '
-                f'"headers": {json.dumps(headers)}}}')
+                f'"headers": {json.dumps(headers)}{encoding}}}')
 
     async def _answer(self) -> None:
         """Run the request on a kernel and answer what its cells printed (or displayed)."""
@@ -609,9 +614,10 @@ class HealthHandler(EndpointHandler):
     """
 
     def initialize(self, served: Served, readiness: bool,  # type: ignore[override]
-                   check: Any = None, **kwargs: Any) -> None:
+                   check: Any = None, inference: bool = False, **kwargs: Any) -> None:
         super().initialize(**kwargs)
         self.served, self.readiness, self.check = served, readiness, check
+        self.inference = inference  # the Open Inference Protocol's form of the answer
 
     async def _answer(self) -> None:
         problems, notebooks = [], {}
@@ -641,9 +647,15 @@ class HealthHandler(EndpointHandler):
                 extra = await loop.run_in_executor(None, self.check, self.readiness)
             except Unwell as err:
                 problems.append(str(err))
+        self.set_header("Content-Type", "application/json")
+        if self.inference:  # {"live": true}; a failure is {"error": "…"} (the protocol's)
+            self.set_status(503 if problems else 200)
+            if problems:
+                self.set_header("Retry-After", str(RETRY_AFTER[503]))
+            return self.finish(json.dumps({"error": "; ".join(problems)} if problems else
+                                          {"ready" if self.readiness else "live": True}))
         if problems:
             return self.fail(ServiceError(503, "; ".join(problems)))
-        self.set_header("Content-Type", "application/json")
         kernels = sum(entry["kernels"] for entry in notebooks.values())
         self.finish(json.dumps({"status": "ok", "kernels": kernels, **extra,
                                 "notebooks": notebooks}))
@@ -799,6 +811,10 @@ class NotebookPersonality(LoggingConfigurable):
         "", config=True,
         help="A function, 'module:name', that returns the HTML page the gateway serves itself at "
         "GET / (no kernel, no token); empty: none")
+    inference_health = Bool(
+        False, config=True,
+        help="Also answer the Open Inference Protocol's server health, GET /v2/health/live and "
+        "/v2/health/ready, as /healthz and /readyz are answered ({\"live\": true})")
     check = Unicode(
         "", config=True,
         help="A function, 'module:name', that /healthz and /readyz call (in a thread) with "
@@ -944,6 +960,13 @@ class NotebookPersonality(LoggingConfigurable):
             (route_of(READY_PATH), HealthHandler,
              {**health, "endpoint": READY_PATH, "readiness": True}),
             (route_of(SWAGGER_PATH), OpenAPIRedirectHandler, {"url": route_of(OPENAPI_PATH)})]
+        if self.inference_health:
+            for path, readiness in ((INFERENCE_LIVE, False), (INFERENCE_READY, True)):
+                if path in claimed:
+                    raise NotebookError(f"the notebook has an endpoint at {path}, which the "
+                                        "gateway answers itself (inference_health)")
+                handlers.append((route_of(path), HealthHandler, {
+                    **health, "endpoint": path, "readiness": readiness, "inference": True}))
         if OPENAPI_PATH not in claimed:
             handlers.append((route_of(OPENAPI_PATH), DescriptionHandler, {
                 "served": self.served, "metrics": self.metrics,
