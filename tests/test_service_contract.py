@@ -55,6 +55,8 @@ BODY_LIMIT, EPOCHS_LIMIT = 1000, 50  # the contract service's; the defaults are 
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
 XOR_X = [[0, 0, 1], [0, 1, 1], [1, 0, 1], [1, 1, 1]]
+INFER = {"inputs": [{"name": "input", "shape": [2, 3], "datatype": "FP64",
+                     "data": [0, 0, 1, 1, 1, 1]}]}  # an Open Inference Protocol request
 JOB_BYTES_LIMIT = 200  # the contract service's most bytes of jobs' data; the default is 64 MiB
 ELSEWHERE = {"Host": "elsewhere.example"}  # a host the service does not answer to
 
@@ -105,12 +107,26 @@ OPERATIONS = {
     "GET /jobs": ("/jobs", None),
     "GET /jobs/{id}": ("/jobs/{done}", None),
     "POST /jobs/{id}/cancel": ("/jobs/{done}/cancel", None),
+    "GET /v2/health/live": ("/v2/health/live", None),
+    "GET /v2/health/ready": ("/v2/health/ready", None),
+    "GET /v2": ("/v2", None),
+    "GET /v2/models/{model}": ("/v2/models/xor", None),
+    "GET /v2/models/{model}/ready": ("/v2/models/xor/ready", None),
+    "POST /v2/models/{model}/infer": ("/v2/models/xor/infer", INFER),
+    "GET /v2/models/{model}/versions/{version}": ("/v2/models/xor/versions/{xor}", None),
+    "GET /v2/models/{model}/versions/{version}/ready": ("/v2/models/xor/versions/{xor}/ready",
+                                                        None),
+    "POST /v2/models/{model}/versions/{version}/infer": ("/v2/models/xor/versions/{xor}/infer",
+                                                         INFER),
 }
 # A path's {done} stands for a job that has finished (succeeded on the contract service; made
-# cancelled on the tight one): its id is known only once the service runs.
+# cancelled on the tight one): its id is known only once the service runs; {xor}, for the
+# version of xor then.
 JOB_IDS: dict[str, str] = {}
 PUBLIC = {"GET /", "GET /healthz", "GET /readyz", "GET /docs", "GET /docs/swagger-ui.css",
-          "GET /docs/swagger-ui-bundle.js"}  # answered without the token
+          "GET /docs/swagger-ui-bundle.js", "GET /v2/health/live",
+          "GET /v2/health/ready"}  # answered without the token
+HEALTH = ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready")  # the gateway's
 PAGES = ("/", "/docs", "/docs/swagger-ui.css", "/docs/swagger-ui-bundle.js")  # no kernel's
 PATHS = {  # every path the service answers: a path of it, and a method it lacks
     "/": ("/", "POST"),
@@ -133,6 +149,17 @@ PATHS = {  # every path the service answers: a path of it, and a method it lacks
     "/jobs/{id}/cancel": ("/jobs/{done}/cancel", "GET"),
     "/_api/spec/swagger.json": ("/_api/spec/swagger.json", "POST"),
     "/metrics": ("/metrics", "POST"),
+    "/v2/health/live": ("/v2/health/live", "POST"),
+    "/v2/health/ready": ("/v2/health/ready", "DELETE"),
+    "/v2": ("/v2", "POST"),
+    "/v2/models/{model}": ("/v2/models/xor", "DELETE"),
+    "/v2/models/{model}/ready": ("/v2/models/xor/ready", "PUT"),
+    "/v2/models/{model}/infer": ("/v2/models/xor/infer", "GET"),
+    "/v2/models/{model}/versions/{version}": ("/v2/models/xor/versions/{xor}", "POST"),
+    "/v2/models/{model}/versions/{version}/ready": ("/v2/models/xor/versions/{xor}/ready",
+                                                    "POST"),
+    "/v2/models/{model}/versions/{version}/infer": ("/v2/models/xor/versions/{xor}/infer",
+                                                    "GET"),
 }
 GATEWAY_PATHS = ("/_api/spec/swagger.json", "/metrics")  # answered by the gateway, no kernel
 ENDPOINT_PATHS = [template for template in PATHS if template not in GATEWAY_PATHS]
@@ -209,6 +236,36 @@ PLAIN: dict[str, Case] = {
     "DELETE /models/{name} 200": Case("DELETE", "/models/c-model"),
     "DELETE /models/{name} 400": Case("DELETE", "/models/no.such"),
     "DELETE /models/{name} 404": Case("DELETE", "/models/c-model"),  # deleted just before
+    "GET /v2/health/live 200": Case("GET", "/v2/health/live", token=""),
+    "GET /v2/health/ready 200": Case("GET", "/v2/health/ready", token=""),
+    "GET /v2 200": Case("GET", "/v2"),
+    "GET /v2/models/{model} 200": Case("GET", "/v2/models/xor"),
+    "GET /v2/models/{model} 400": Case("GET", "/v2/models/no.such"),
+    "GET /v2/models/{model} 404": Case("GET", "/v2/models/c-none"),
+    "GET /v2/models/{model}/ready 200": Case("GET", "/v2/models/xor/ready"),
+    "GET /v2/models/{model}/ready 400": Case("GET", "/v2/models/no.such/ready"),
+    "GET /v2/models/{model}/ready 404": Case("GET", "/v2/models/c-none/ready"),
+    "POST /v2/models/{model}/infer 200": Case("POST", "/v2/models/xor/infer", INFER),
+    "POST /v2/models/{model}/infer 400": Case("POST", "/v2/models/xor/infer", {"inputs": []}),
+    "POST /v2/models/{model}/infer 404": Case("POST", "/v2/models/c-none/infer", INFER),
+    "POST /v2/models/{model}/infer 415": form("POST", "/v2/models/xor/infer"),
+    "GET /v2/models/{model}/versions/{version} 200": Case("GET", "/v2/models/xor/versions/{xor}"),
+    "GET /v2/models/{model}/versions/{version} 400": Case("GET", "/v2/models/no.such/versions/1"),
+    "GET /v2/models/{model}/versions/{version} 404": Case("GET", "/v2/models/xor/versions/0"),
+    "GET /v2/models/{model}/versions/{version}/ready 200": Case(
+        "GET", "/v2/models/xor/versions/{xor}/ready"),
+    "GET /v2/models/{model}/versions/{version}/ready 400": Case(
+        "GET", "/v2/models/no.such/versions/1/ready"),
+    "GET /v2/models/{model}/versions/{version}/ready 404": Case(
+        "GET", "/v2/models/xor/versions/0/ready"),
+    "POST /v2/models/{model}/versions/{version}/infer 200": Case(
+        "POST", "/v2/models/xor/versions/{xor}/infer", INFER),
+    "POST /v2/models/{model}/versions/{version}/infer 400": Case(
+        "POST", "/v2/models/xor/versions/{xor}/infer", {"inputs": [{"name": "input"}]}),
+    "POST /v2/models/{model}/versions/{version}/infer 404": Case(
+        "POST", "/v2/models/xor/versions/0/infer", INFER),
+    "POST /v2/models/{model}/versions/{version}/infer 415": form(
+        "POST", "/v2/models/xor/versions/{xor}/infer"),
     **each_operation(lambda method, path, body: Case(method, path, body, token=""), 401,
                      skip=PUBLIC),
     **each_operation(lambda method, path, body: too_large(method, path), 413),
@@ -228,7 +285,7 @@ PLAIN: dict[str, Case] = {
     **{f"OTHER {template} 405": Case(method, path) for template, (path, method) in PATHS.items()},
     **{f"OTHER {template} 401": Case(method, path, token="")
        for template, (path, method) in PATHS.items()
-       if template not in (*PAGES, "/healthz", "/readyz", *GATEWAY_PATHS)},
+       if template not in (*PAGES, *HEALTH, *GATEWAY_PATHS)},
     "GET /_api/spec/swagger.json 301": Case("GET", "/_api/spec/swagger.json", token=""),
     "GET /metrics 200": Case("GET", "/metrics"),
     "GET /metrics 401": Case("GET", "/metrics", token=""),
@@ -246,6 +303,15 @@ DAMAGED = {
     "POST /models/{name}/gradients 500": Case("POST", "/models/c-damaged/gradients",
                                               {"X": [[1]], "Y": [[1]]}),
     "GET /models/{name}/loss.png 500": Case("GET", "/models/c-damaged/loss.png"),
+    "GET /v2/models/{model} 500": Case("GET", "/v2/models/c-damaged"),
+    "GET /v2/models/{model}/ready 500": Case("GET", "/v2/models/c-damaged/ready"),
+    "POST /v2/models/{model}/infer 500": Case("POST", "/v2/models/c-damaged/infer", INFER),
+    "GET /v2/models/{model}/versions/{version} 500": Case("GET",
+                                                         "/v2/models/c-damaged/versions/1"),
+    "GET /v2/models/{model}/versions/{version}/ready 500": Case(
+        "GET", "/v2/models/c-damaged/versions/1/ready"),
+    "POST /v2/models/{model}/versions/{version}/infer 500": Case(
+        "POST", "/v2/models/c-damaged/versions/1/infer", INFER),
 }
 # Sent while the test holds the lock of model c-held: each holds a kernel for the store's lock
 # timeout (2 s), then gets 409. Two at a time, as the contract service has two kernels.
@@ -257,10 +323,12 @@ HELD = [
 ]
 # Sent while both kernels wait for that lock: no kernel is free and no request may wait (and
 # so the service is not ready); liveness does not depend on busy kernels.
-BUSY = each_operation(Case, 503, skip={"GET /healthz", *(f"GET {page}" for page in PAGES)})
+BUSY = each_operation(Case, 503, skip={"GET /healthz", "GET /v2/health/live",
+                                        *(f"GET {page}" for page in PAGES)})
 # On the tight service: every response over the 1-byte limit (health is no kernel's response).
 TIGHT = {**{f"{key} 400": Case("GET", path) for key, (path, body) in OPERATIONS.items()
-            if key.startswith("GET ") and "{name}" not in key and key not in PUBLIC},
+            if key.startswith("GET ") and "{name}" not in key and key not in PUBLIC
+            and not key.startswith("GET /v2")},  # the protocol's answers are not bounded so
          "POST /jobs/{id}/cancel 400": Case("POST", "/jobs/{done}/cancel")}  # it was cancelled
 # Sent while the store's folder is moved away.
 NO_STORE = {"GET /healthz 503": Case("GET", "/healthz", token="")}
@@ -352,6 +420,7 @@ def contract(start_service: Callable[..., Service]) -> Service:
                             GRADBOOK_MAX_EPOCHS=str(EPOCHS_LIMIT),
                             GRADBOOK_MAX_JOB_BYTES=str(JOB_BYTES_LIMIT))
     JOB_IDS["done"] = finished_job(service)
+    JOB_IDS["xor"] = str(service.get("/models/xor").json()["version"])
     return service
 
 

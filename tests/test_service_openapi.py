@@ -66,7 +66,7 @@ def test_the_spec_describes_exactly_the_notebook_endpoints_and_the_gateways_answ
     redirect = paths.pop("/_api/spec/swagger.json")  # the gateway's, not the notebook's
     metrics = paths.pop("/metrics")  # the gateway's too
     assert set(redirect) == set(metrics) == {"get", "x-other-methods"}
-    for health in ("/healthz", "/readyz"):  # the gateway's, with the endpoints' refusals
+    for health in ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"):  # the gateway's
         assert set(paths.pop(health)) == {"get", "x-options", "x-other-methods"}
     for page in ("/", "/docs", "/docs/swagger-ui.css", "/docs/swagger-ui-bundle.js"):
         item = paths.pop(page)  # the gateway's pages and files, endpoints to clients
