@@ -79,13 +79,17 @@ CHECKS = {
 # Schema can state: the model, or several fields at once. 400: the width of X and Y (the model's
 # sizes), a data set's width, a classifier's labels, ragged rows, the parameter cap of a new model
 # (a product of its sizes), the training-time estimate, examples × widest layer. 422: a training
-# run that diverged (it depends on the data and the rate). Every other field of these bodies is
+# run that diverged (it depends on the data and the rate). An inference request: its input's
+# width (the model's), its data's count (the product of its shape), its bytes (binary tensors).
+# Every other field of these bodies is
 # shared with PUT /models/{name} and reset, which positive_data_acceptance holds to its default.
 VALID_BUT_REFUSED = {
     "POST /models": ["400"],
     "POST /models/{name}/predict": ["400"],
     "POST /models/{name}/gradients": ["400"],
     "POST /models/{name}/train": ["400", "422"],
+    "POST /v2/models/{model}/infer": ["400"],
+    "POST /v2/models/{model}/versions/{version}/infer": ["400"],
 }
 ACCEPTED = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]  # the check's default
 REFUSALS = "".join(

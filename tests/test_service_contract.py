@@ -331,7 +331,8 @@ TIGHT = {**{f"{key} 400": Case("GET", path) for key, (path, body) in OPERATIONS.
             and not key.startswith("GET /v2")},  # the protocol's answers are not bounded so
          "POST /jobs/{id}/cancel 400": Case("POST", "/jobs/{done}/cancel")}  # it was cancelled
 # Sent while the store's folder is moved away.
-NO_STORE = {"GET /healthz 503": Case("GET", "/healthz", token="")}
+NO_STORE = {"GET /healthz 503": Case("GET", "/healthz", token=""),
+            "GET /v2/health/live 503": Case("GET", "/v2/health/live", token="")}
 # To c-relu, a relu classifier: inputs this large make its loss infinite.
 DIVERGING = {"POST /models/{name}/train 422": Case(
     "POST", "/models/c-relu/train",

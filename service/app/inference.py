@@ -178,7 +178,7 @@ def read_input(header: dict[str, Any], binary: bytes, net: MLP) -> np.ndarray:
         raise ValueError(f'send one input tensor, named "{INPUT}", of shape [n, {d_in}]')
     given = inputs[0]
     shape, datatype = given.get("shape"), given.get("datatype")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise ValueError(f"input datatype must be one of {', '.join(DATATYPES)}; got "
                          f"{brief(datatype)}")
     if (not isinstance(shape, list) or len(shape) != 2 or not all(

@@ -246,8 +246,10 @@ def operation(summary: str, ok: Schema, own: dict[int, str], body: str | None = 
     checks them first; a GET answered with 200 carries an ETag, and 304 answers an
     If-None-Match that names it."""
     responses = {str(status): response for status, response in ok.items()}
+    # a protocol's own errors, or the gateway's (a body it refused, before any cell)
+    schema = ref(error) if error == "Error" else {"oneOf": [ref("Error"), ref(error)]}
     responses.update({str(code): (too_many(text) if code == 429 else
-                                  json_content(ref(error), text)) for code, text in own.items()})
+                                  json_content(schema, text)) for code, text in own.items()})
     responses.update({"403": shared("Forbidden"), "413": shared("TooLarge")})
     if queued and error == "Error":
         responses["503"] = shared("Unavailable")
