@@ -12,6 +12,9 @@ database doing what the folder did with files:
   ``lock_timeout``). Creates also take a store-wide advisory lock, so that ``max_models`` holds.
   A deleted model's row goes; the highest version a deleted model had is kept (one number, in
   ``deleted_version``), and a new model starts above it, so a re-created one counts on.
+* **Named versions.** Each commit also writes its version to ``model_versions`` and drops, in
+  the same transaction, those past the last ``keep_versions``; a kept version never changes, so
+  a process caches it without asking again.
 * **A cache that does not ask the database on every read.** Each process keeps the models it
   used last (``cache_size``) and a listener thread ``LISTEN``s on ``gradbook_models``; every
   commit ``NOTIFY``s "name:version" in its transaction, so PostgreSQL delivers it when the commit
@@ -47,6 +50,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from gradbook.network import MLP
 from gradbook.store import (
+    KEEP_VERSIONS,
     ModelBusyError,
     ModelCache,
     ModelExistsError,
@@ -54,8 +58,10 @@ from gradbook.store import (
     StoreError,
     StoreFullError,
     StoreUnavailableError,
+    VersionNotKeptError,
     check_name,
     timestamp,
+    version_summary,
 )
 
 CHANNEL = "gradbook_models"
@@ -104,6 +110,18 @@ MIGRATIONS = [
         SELECT coalesce(max(version), 0) FROM models WHERE model IS NULL;
     DELETE FROM models WHERE model IS NULL;
     """,
+    # the versions kept of each model, the latest among them (each model's own, to start with)
+    """
+    CREATE TABLE model_versions (
+        name text NOT NULL,
+        version bigint NOT NULL,
+        model bytea NOT NULL,
+        header text NOT NULL,
+        PRIMARY KEY (name, version)
+    );
+    INSERT INTO model_versions (name, version, model, header)
+        SELECT name, version, model, header FROM models WHERE model IS NOT NULL;
+    """,
 ]
 
 
@@ -111,13 +129,16 @@ class PostgresStore:
     """Models in the database at ``url``, shared by every process and replica that uses it.
 
     Parameters as ``ModelStore``'s: ``lock_timeout`` seconds a writer waits for another writer of
-    the same model, ``cache_size`` models kept loaded in this process.
+    the same model, ``cache_size`` models kept loaded in this process, ``keep_versions`` versions
+    of each model kept readable.
     """
 
-    def __init__(self, url: str, lock_timeout: float = 2.0, cache_size: int = 16) -> None:
+    def __init__(self, url: str, lock_timeout: float = 2.0, cache_size: int = 16,
+                 keep_versions: int = KEEP_VERSIONS) -> None:
         self.url = url
         self.lock_timeout = lock_timeout
         self.cache_size = cache_size
+        self.keep_versions = max(1, keep_versions)
         self._cache = ModelCache(cache_size)
         self.pool = ConnectionPool(
             url, min_size=1, max_size=4, open=False, timeout=POOL_WAIT_SECONDS,
@@ -220,6 +241,36 @@ class PostgresStore:
         self._cache.put(name, (generation, net.metadata["version"]), net)
         return net
 
+    def version(self, name: str, version: int) -> MLP:
+        """Version ``version`` of ``name``, if the store keeps it (``VersionNotKeptError``
+        naming those it keeps, if not). Shared with later calls: do not modify it."""
+        latest = self.get(name)
+        if version == latest.metadata["version"]:
+            return latest
+        key = f"{name}@{version}"  # a kept version never changes, nor is its number reused
+        if (cached := self._cache.get(key)) is not None and cached[0] == self._generation:
+            return cached[1]
+        with self.connection() as conn:
+            row = conn.execute("SELECT model FROM model_versions WHERE name = %s AND version = %s",
+                               (name, version)).fetchone()
+            if row is None:
+                kept = conn.execute("SELECT version FROM model_versions WHERE name = %s "
+                                    "ORDER BY version", (name,)).fetchall()
+                raise VersionNotKeptError(name, version, [number for (number,) in kept])
+        net = _read(name, row[0])
+        self._cache.put(key, self._generation, net)
+        return net
+
+    def versions(self, name: str) -> list[dict]:
+        """Each version kept of ``name``, newest first (``version_summary``)."""
+        check_name(name)
+        with self.connection() as conn:
+            rows = conn.execute("SELECT header FROM model_versions WHERE name = %s "
+                                "ORDER BY version DESC", (name,)).fetchall()
+        if not rows:
+            raise ModelNotFoundError(name, self.names)
+        return [version_summary(json.loads(header)["metadata"]) for (header,) in rows]
+
     def header(self, name: str) -> tuple[dict, dict]:
         check_name(name)
         with self.connection() as conn:
@@ -238,7 +289,8 @@ class PostgresStore:
         with self._writing(name):
             yield
 
-    def create(self, name: str, net: MLP, max_models: int | None = None) -> MLP:
+    def create(self, name: str, net: MLP, max_models: int | None = None,
+               change: str = "created") -> MLP:
         """Commit ``net`` as a new model (one more than the highest version a deleted model
         had, 1 if none was deleted); ``ModelExistsError`` if the name is taken,
         ``StoreFullError`` at ``max_models``.
@@ -261,19 +313,21 @@ class PostgresStore:
                     raise StoreFullError(
                         f"the store holds at most {max_models} models; delete one first")
             net.metadata["created"] = timestamp()
+            net.metadata["change"] = change
             (deleted,) = conn.execute("SELECT version FROM deleted_version").fetchone()
             conn.execute("INSERT INTO models (name, version) VALUES (%s, 0)", (name,))
             commit = self._commit(conn, name, net, version=deleted + 1)
         self._await_acks(*commit)
         return net
 
-    def update(self, name: str, change: Callable[[MLP], object]) -> MLP:
+    def update(self, name: str, change: Callable[[MLP], object], what: str = "changed") -> MLP:
         """Apply ``change(net)`` to a private copy of the latest version and commit it as the
-        next, holding the model's row lock from reading to committing; if ``change`` raises,
-        nothing is committed."""
+        next, saying ``what`` made it, holding the model's row lock from reading to committing;
+        if ``change`` raises, nothing is committed."""
         with self._writing(name) as (conn, model):
             net = _read(name, model)
             change(net)
+            net.metadata["change"] = what
             commit = self._commit(conn, name, net, version=net.metadata["version"] + 1)
         self._await_acks(*commit)
         return net
@@ -283,6 +337,7 @@ class PostgresStore:
         with self._writing(name) as (conn, _):
             (version,) = conn.execute("DELETE FROM models WHERE name = %s RETURNING version",
                                       (name,)).fetchone()
+            conn.execute("DELETE FROM model_versions WHERE name = %s", (name,))
             conn.execute("UPDATE deleted_version SET version = greatest(version, %s)",
                          (version,))
             # versions up to this one are stale now; a re-created model starts above it
@@ -300,6 +355,12 @@ class PostgresStore:
         header = json.dumps({"config": net.config, "metadata": net.metadata})
         conn.execute("UPDATE models SET version = %s, model = %s, header = %s, updated = now() "
                      "WHERE name = %s", (version, buffer.getvalue(), header, name))
+        conn.execute("INSERT INTO model_versions (name, version, model, header) "
+                     "VALUES (%s, %s, %s, %s) ON CONFLICT (name, version) DO UPDATE SET "
+                     "model = excluded.model, header = excluded.header",
+                     (name, version, buffer.getvalue(), header))
+        conn.execute("DELETE FROM model_versions WHERE name = %s AND version <= %s",
+                     (name, version - self.keep_versions))
         return self._announce(conn, name, version)
 
     def _announce(self, conn: psycopg.Connection, name: str,

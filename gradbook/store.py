@@ -3,6 +3,9 @@
 Layout under ``root``::
 
     <name>.npz            the committed model (``MLP.save``: architecture, parameters, metadata)
+    .versions/<name>/<v>.npz  the versions kept (``keep_versions``, the latest among them): each
+                          a hard link to the file as it was committed, so keeping one costs no
+                          copy; removed with the model
     .locks/<name>.lock    a writer holds an ``flock`` on it while it changes <name>; removed with
                           the model, so deleted models leave nothing behind
     .deleted-version      the highest version any deleted model had: new models start above it
@@ -24,6 +27,10 @@ safe to share between the service's pooled kernels (separate processes, each wit
 
 A store may be given a most number of models (``create(..., max_models=…)``): creates take a
 store-wide lock to count and commit, so concurrent creates never overshoot it.
+
+**Named versions.** The last ``keep_versions`` versions of each model stay readable
+(``version``, ``versions``), oldest dropped first: a version can be predicted with, compared
+against, or rolled back to (a rollback is a change like any other: it commits a new version).
 
 **Versions never go back.** A new model's first version is one more than the highest version
 any deleted model had (1 in a store where none was deleted): a model deleted and created again
@@ -64,6 +71,8 @@ DEFAULT_ROOT = Path(".gradbook") / "models"  # in the folder the service is star
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 PRIVATE = 0o700  # a folder of the store: its owner alone may enter it
 LOCK_POLL_SECONDS = 0.01
+VERSIONS = ".versions"
+KEEP_VERSIONS = 10  # versions of each model a store keeps, unless told otherwise
 
 
 class StoreError(Exception):
@@ -101,6 +110,14 @@ def closest(name: str, names: list[str], most: int = 3) -> list[str]:
 
 class ModelExistsError(StoreError):
     pass
+
+
+class VersionNotKeptError(StoreError, LookupError):
+    """A version of a model the store does not keep (never made, or dropped as too old)."""
+
+    def __init__(self, name: str, version: int, kept: list[int]) -> None:
+        listed = ", ".join(map(str, kept)) or "none"
+        super().__init__(f"model {name!r} has no version {version} kept; it keeps {listed}")
 
 
 class ModelBusyError(StoreError):
@@ -166,14 +183,21 @@ def flocked(path: Path, timeout: float, busy: Callable[[], Exception]) -> Iterat
 
 
 def open_store(location: str | os.PathLike[str], lock_timeout: float = 2.0,
-               cache_size: int = 16) -> Store:
+               cache_size: int = 16, keep_versions: int = KEEP_VERSIONS) -> Store:
     """The store at ``location``: a ``postgresql://`` URL (``gradbook.pgstore``, which needs
     psycopg) or a folder."""
     if str(location).startswith(("postgresql://", "postgres://")):
         from gradbook.pgstore import PostgresStore
 
-        return PostgresStore(str(location), lock_timeout, cache_size)
-    return ModelStore(location, lock_timeout, cache_size)
+        return PostgresStore(str(location), lock_timeout, cache_size, keep_versions)
+    return ModelStore(location, lock_timeout, cache_size, keep_versions)
+
+
+def version_summary(metadata: dict) -> dict:
+    """What a listing of versions says of one: its number, when and by what it was made, its
+    metrics."""
+    return {"version": metadata["version"], "updated": metadata.get("updated"),
+            "change": metadata.get("change"), "metrics": metadata.get("metrics", {})}
 
 
 class ModelCache:
@@ -223,16 +247,20 @@ class ModelStore:
     lock_timeout : seconds a writer waits for another writer of the same model before
         ``ModelBusyError``.
     cache_size : models kept loaded (least recently used dropped first).
+    keep_versions : versions of each model kept readable, the latest among them.
     """
 
     def __init__(
-        self, root: str | os.PathLike[str], lock_timeout: float = 2.0, cache_size: int = 16
+        self, root: str | os.PathLike[str], lock_timeout: float = 2.0, cache_size: int = 16,
+        keep_versions: int = KEEP_VERSIONS,
     ) -> None:
         self.root = Path(root)
         self.lock_timeout = lock_timeout
         self.cache_size = cache_size
+        self.keep_versions = max(1, keep_versions)
         private_folder(self.root)
         private_folder(self.root / ".locks")
+        private_folder(self.root / VERSIONS)
         self._cache = ModelCache(cache_size)
         if (self.root / ".deleted").is_dir():
             self._fold_tombstones()
@@ -275,10 +303,46 @@ class ModelStore:
         self._cache.put(name, key, net)
         return net
 
+    def version(self, name: str, version: int) -> MLP:
+        """Version ``version`` of ``name``, if the store keeps it (``VersionNotKeptError``
+        naming those it keeps, if not). Shared with later calls: do not modify it."""
+        latest = self.get(name)
+        if version == latest.metadata["version"]:
+            return latest
+        path = self.root / VERSIONS / name / f"{version}.npz"
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise VersionNotKeptError(name, version, self._kept(name)) from None
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if (cached := self._cache.get(f"{name}@{version}")) is not None and cached[0] == key:
+            return cached[1]
+        net = self._load(name, path)
+        self._cache.put(f"{name}@{version}", key, net)
+        return net
+
+    def versions(self, name: str) -> list[dict]:
+        """Each version kept of ``name``, newest first (``version_summary``)."""
+        latest = self.header(name)[1]
+        kept = {latest["version"]: version_summary(latest)}
+        for number in self._kept(name):
+            if number not in kept:
+                with contextlib.suppress(ModelNotFoundError):  # dropped meanwhile
+                    kept[number] = version_summary(
+                        self._header(name, self.root / VERSIONS / name / f"{number}.npz")[1])
+        return [kept[number] for number in sorted(kept, reverse=True)]
+
+    def _kept(self, name: str) -> list[int]:
+        """The numbers of the kept versions' files of ``name``, oldest first."""
+        folder = self.root / VERSIONS / check_name(name)
+        return sorted(int(path.stem) for path in folder.glob("*.npz") if path.stem.isdigit())
+
     def header(self, name: str) -> tuple[dict, dict]:
         """The ``config`` and ``metadata`` of the latest version of ``name``, read without its
         weights and without touching the cache (for listings)."""
-        path = self.path(name)
+        return self._header(name, self.path(name))
+
+    def _header(self, name: str, path: Path) -> tuple[dict, dict]:
         try:
             # an .npz reads members lazily; opened here so that a damaged one is closed too
             with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
@@ -326,7 +390,8 @@ class ModelStore:
         other). Its name cannot clash with a model's: names start with a letter or digit."""
         return self._flock(self.root / ".locks" / ".store.lock", "the store")
 
-    def create(self, name: str, net: MLP, max_models: int | None = None) -> MLP:
+    def create(self, name: str, net: MLP, max_models: int | None = None,
+               change: str = "created") -> MLP:
         """Commit ``net`` as a new model; ``ModelExistsError`` if ``name`` is taken,
         ``StoreFullError`` if the store holds ``max_models`` already.
 
@@ -343,11 +408,14 @@ class ModelStore:
                 )
             with self.lock(name):  # after the checks: a refused create leaves no lock file
                 net.metadata["created"] = timestamp()
+                net.metadata["change"] = change
+                shutil.rmtree(self.root / VERSIONS / name, ignore_errors=True)  # a crashed delete's
                 self._commit(name, net, version=self._deleted_version() + 1)
         return net
 
-    def update(self, name: str, change: Callable[[MLP], object]) -> MLP:
-        """Apply ``change(net)`` to a private copy of the latest version and commit it as the next.
+    def update(self, name: str, change: Callable[[MLP], object], what: str = "changed") -> MLP:
+        """Apply ``change(net)`` to a private copy of the latest version and commit it as the next,
+        saying ``what`` made it (``version_summary``).
 
         The lock is held from reading to committing, so concurrent updates never lose each
         other's changes. If ``change`` raises, nothing is committed.
@@ -360,6 +428,7 @@ class ModelStore:
                 raise ModelNotFoundError(name, self.names)
             net = self._load(name, path)
             change(net)
+            net.metadata["change"] = what
             self._commit(name, net, version=net.metadata["version"] + 1)
         return net
 
@@ -378,6 +447,7 @@ class ModelStore:
             if version > self._deleted_version():
                 self._write_deleted_version(version)
             self.path(name).unlink()
+            shutil.rmtree(self.root / VERSIONS / name, ignore_errors=True)
         self._cache.drop(name)
         return version
 
@@ -418,7 +488,13 @@ class ModelStore:
         staging = self.root / f".{name}.staging"
         net.save(staging)
         os.utime(staging, ns=(stamp, stamp))
+        kept = private_folder(self.root / VERSIONS / name)
+        with contextlib.suppress(FileNotFoundError):  # a version file of a crashed commit
+            (kept / f"{version}.npz").unlink()
+        os.link(staging, kept / f"{version}.npz")  # the same file: no copy
         os.replace(staging, path)
+        for old in self._kept(name)[:-self.keep_versions]:  # oldest first
+            (kept / f"{old}.npz").unlink(missing_ok=True)
 
 
 def timestamp() -> str:

@@ -104,6 +104,8 @@ OPERATIONS = {
     "POST /models/{name}/reset": ("/models/xor/reset", {"seed": 1}),
     "POST /models/{name}/gradients": ("/models/xor/gradients", {"X": XOR_X, "Y": [[0]] * 4}),
     "GET /models/{name}/loss.png": ("/models/xor/loss.png", None),
+    "GET /models/{name}/versions": ("/models/xor/versions", None),
+    "POST /models/{name}/rollback": ("/models/xor/rollback", {"version": 1}),
     "GET /jobs": ("/jobs", None),
     "GET /jobs/{id}": ("/jobs/{done}", None),
     "POST /jobs/{id}/cancel": ("/jobs/{done}/cancel", None),
@@ -144,6 +146,8 @@ PATHS = {  # every path the service answers: a path of it, and a method it lacks
     "/models/{name}/reset": ("/models/xor/reset", "DELETE"),
     "/models/{name}/gradients": ("/models/xor/gradients", "GET"),
     "/models/{name}/loss.png": ("/models/xor/loss.png", "POST"),
+    "/models/{name}/versions": ("/models/xor/versions", "POST"),
+    "/models/{name}/rollback": ("/models/xor/rollback", "GET"),
     "/jobs": ("/jobs", "POST"),
     "/jobs/{id}": ("/jobs/{done}", "DELETE"),
     "/jobs/{id}/cancel": ("/jobs/{done}/cancel", "GET"),
@@ -233,6 +237,13 @@ PLAIN: dict[str, Case] = {
     "GET /jobs/{id} 404": Case("GET", "/jobs/" + "0" * 32),
     "POST /jobs/{id}/cancel 404": Case("POST", "/jobs/" + "0" * 32 + "/cancel"),
     "POST /jobs/{id}/cancel 409": Case("POST", "/jobs/{done}/cancel"),  # it succeeded
+    "GET /models/{name}/versions 200": Case("GET", "/models/c-model/versions"),
+    "GET /models/{name}/versions 400": Case("GET", "/models/no.such/versions"),
+    "GET /models/{name}/versions 404": Case("GET", "/models/c-none/versions"),
+    "POST /models/{name}/rollback 400": Case("POST", "/models/c-model/rollback", {"version": 0}),
+    "POST /models/{name}/rollback 404": Case("POST", "/models/c-model/rollback",
+                                             {"version": 10**18}),  # not kept
+    "POST /models/{name}/rollback 415": form("POST", "/models/c-model/rollback"),
     "DELETE /models/{name} 200": Case("DELETE", "/models/c-model"),
     "DELETE /models/{name} 400": Case("DELETE", "/models/no.such"),
     "DELETE /models/{name} 404": Case("DELETE", "/models/c-model"),  # deleted just before
@@ -291,6 +302,8 @@ PLAIN: dict[str, Case] = {
     "GET /metrics 401": Case("GET", "/metrics", token=""),
     "UNKNOWN 404": Case("GET", "/models/xor/nowhere"),
     "UNKNOWN 405": Case("TRACE", "/nowhere"),
+    # last: a new version of xor (its {xor} version stays kept, so the paths above still serve)
+    "POST /models/{name}/rollback 200": Case("POST", "/models/xor/rollback", {"version": 1}),
 }
 # A damaged model file (c-damaged) and a damaged record of a deleted model (c-reborn).
 DAMAGED = {
@@ -303,6 +316,9 @@ DAMAGED = {
     "POST /models/{name}/gradients 500": Case("POST", "/models/c-damaged/gradients",
                                               {"X": [[1]], "Y": [[1]]}),
     "GET /models/{name}/loss.png 500": Case("GET", "/models/c-damaged/loss.png"),
+    "GET /models/{name}/versions 500": Case("GET", "/models/c-damaged/versions"),
+    "POST /models/{name}/rollback 500": Case("POST", "/models/c-damaged/rollback",
+                                             {"version": 1}),
     "GET /v2/models/{model} 500": Case("GET", "/v2/models/c-damaged"),
     "GET /v2/models/{model}/ready 500": Case("GET", "/v2/models/c-damaged/ready"),
     "POST /v2/models/{model}/infer 500": Case("POST", "/v2/models/c-damaged/infer", INFER),
@@ -320,6 +336,8 @@ HELD = [
      "POST /models/{name}/train 409": Case("POST", "/models/c-held/train", {"data": "xor"})},
     {"POST /models/{name}/reset 409": Case("POST", "/models/c-held/reset", {}),
      "DELETE /models/{name} 409": Case("DELETE", "/models/c-held")},
+    # to c-held's own version, which the test learns when it creates the model
+    {"POST /models/{name}/rollback 409": Case("POST", "/models/c-held/rollback", {"version": 1})},
 ]
 # Sent while both kernels wait for that lock: no kernel is free and no request may wait (and
 # so the service is not ready); liveness does not depend on busy kernels.
@@ -557,7 +575,10 @@ def hold(service: Service, key: str, case: Case, replies: dict[str, Reply]) -> N
 def test_busy_kernels_give_503_and_a_model_being_changed_409(contract: Service) -> None:
     """The HELD requests wait for a lock the test holds, one on each kernel; meanwhile every
     operation gets 503 at once (``GRADBOOK_MAX_QUEUE=0``: no request may wait)."""
-    assert contract.post("/models", {"name": "c-held", "sizes": [3, 1]}).status == 201
+    created = contract.post("/models", {"name": "c-held", "sizes": [3, 1]})
+    assert created.status == 201
+    rollback = "POST /models/{name}/rollback 409"
+    HELD[2][rollback] = replace(HELD[2][rollback], body={"version": created.json()["version"]})
     failures: list[str | None] = []
     for round_, group in enumerate(HELD):
         replies: dict[str, Reply] = {}

@@ -27,6 +27,7 @@ def test_defaults() -> None:
     assert (settings.max_connections, settings.allowed_hosts) == (4096, "")
     assert (settings.max_queued_jobs, settings.max_job_bytes) == (100, 64 * 2**20)
     assert settings.max_job_seconds == 600.0 and settings.debug is False
+    assert settings.keep_versions == 10
 
 
 def test_every_setting_reads_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -39,7 +40,7 @@ def test_every_setting_reads_its_variable(monkeypatch: pytest.MonkeyPatch) -> No
               "MAX_PENDING_BYTES": "65536", "MAX_CONNECTIONS": "10",
               "ALLOWED_HOSTS": "a.test,b.test", "MAX_QUEUED_JOBS": "4", "MAX_JOB_BYTES": "999",
               "MAX_JOB_SECONDS": "9.5", "LOG_FORMAT": "json", "RELOAD": "1",
-              "API_NOTEBOOK": "/tmp/api.ipynb", "DEBUG": "1"}
+              "API_NOTEBOOK": "/tmp/api.ipynb", "DEBUG": "1", "KEEP_VERSIONS": "4"}
     for name, value in values.items():
         monkeypatch.setenv(f"GRADBOOK_{name}", value)
     settings = Settings()
@@ -56,7 +57,7 @@ def test_every_setting_reads_its_variable(monkeypatch: pytest.MonkeyPatch) -> No
     assert (settings.max_queued_jobs, settings.max_job_bytes) == (4, 999)
     assert (settings.max_job_seconds, settings.log_format) == (9.5, "json")
     assert settings.reload is True and settings.api_notebook == "/tmp/api.ipynb"
-    assert settings.debug is True
+    assert settings.debug is True and settings.keep_versions == 4
     assert len(values) == len(Settings.class_trait_names(config=True))  # every setting is here
 
 

@@ -7,6 +7,7 @@ version; writes go through the store's ``update`` (locked, atomic).
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -145,7 +146,35 @@ class ModelAPI:
             raise ValueError(f"nothing to change: send one or more of {list(HYPERPARAMETERS)}")
         changes = self._hyperparameters(body)
         name = _name(request)
-        net = self.store.update(name, lambda net: net.metadata["hyperparameters"].update(changes))
+        net = self.store.update(name, lambda net: net.metadata["hyperparameters"].update(changes),
+                                "training defaults changed")
+        return self._json(_details(name, net))
+
+    def list_versions(self, request: Request) -> Response:
+        """The versions the store keeps of the model, newest first: number, time, what made
+        it, metrics."""
+        name = _name(request)
+        return self._json({"name": name, "versions": self.store.versions(name)})
+
+    def rollback(self, request: Request) -> Response:
+        """A new version whose weights, training defaults, metrics, curve and training record
+        are version N's (``{"version": N}``): versions only go up, and every cache sees it as
+        any change."""
+        body = inputs.fields(request.json(), ["version"])
+        name = _name(request)
+        number = inputs.version("version", body["version"])
+        source = self.store.version(name, number)
+
+        def change(net: MLP) -> None:
+            if net.config != source.config:  # a model deleted and made again differently
+                raise ValueError(f"version {number} has another architecture; it cannot come "
+                                 "back")
+            net.weights = [W.copy() for W in source.weights]
+            net.biases = [b.copy() for b in source.biases]
+            for key in ("hyperparameters", "metrics", "curve", "seed", "runs"):  # all of
+                net.metadata[key] = copy.deepcopy(source.metadata[key])  # the weights' record
+
+        net = self.store.update(name, change, f"rolled back to version {number}")
         return self._json(_details(name, net))
 
     def delete_model(self, request: Request) -> Response:
@@ -160,7 +189,7 @@ class ModelAPI:
         def change(net: MLP) -> None:
             training.reset(net, net.metadata["seed"] if seed is None else seed)
 
-        return self._json(_details(name, self.store.update(name, change)))
+        return self._json(_details(name, self.store.update(name, change, "reset")))
 
     def predict(self, request: Request) -> Response:
         """``x`` of shape ``(d_in,)`` or ``X`` of shape ``(n, d_in)`` → the output layer ``l_K``,
@@ -170,7 +199,7 @@ class ModelAPI:
         if len(body) != 1:
             raise ValueError('send {"x": [...]} for one example or {"X": [[...], ...]} for a batch')
         name = _name(request)
-        net = self.store.get(name)
+        net = self._at_version(request, name)
         d_in = net.sizes[0]
         one = "x" in body
         if one:
@@ -246,7 +275,8 @@ class ModelAPI:
             if job_id is not None:
                 net.metadata["runs"][-1]["job"] = job_id
 
-        return self.store.update(name, change), history
+        what = "trained" if job_id is None else f"trained by job {job_id}"
+        return self.store.update(name, change, what), history
 
     # -- jobs --------------------------------------------------------------------------------
     def list_jobs(self, request: Request) -> Response:
@@ -276,7 +306,7 @@ class ModelAPI:
         then ∂L/∂b_k = 1ᵀ · Δl_k (eq. 8.4), named ``W1…WK``, ``b1…bK`` as in the notebooks."""
         body = inputs.fields(request.json(), ["X", "Y"])
         name = _name(request)
-        net = self.store.get(name)
+        net = self._at_version(request, name)
         X = inputs.matrix("X", body["X"], net.sizes[0])
         limits.check_batch(net, len(X))
         parameters = sum(p.size for p in net.parameters)
@@ -308,6 +338,15 @@ class ModelAPI:
         return Response(200, "", {"Content-Type": "image/png", "X-Gradbook-Version": str(version)})
 
     # -- helpers -----------------------------------------------------------------------------
+    def _at_version(self, request: Request, name: str) -> MLP:
+        """The model at the version ``?version=N`` names, else its latest."""
+        given = request.args.get("version")
+        if not given:
+            return self.store.get(name)
+        if len(given) != 1:
+            raise ValueError("give one version: ?version=N")
+        return self.store.version(name, inputs.version("version", given[0], text=True))
+
     def _json(
         self, payload: Any, status: int = 200, headers: dict[str, str] | None = None
     ) -> Response:

@@ -16,6 +16,7 @@ from gradbook.store import (
     StoreError,
     StoreFullError,
     StoreUnavailableError,
+    VersionNotKeptError,
 )
 
 
@@ -28,7 +29,7 @@ def to_http(err: BaseException) -> ServiceError:
     that cannot succeed. Anything else is a fault of the service: 500 with a
     generic message, so no internals (or tracebacks) leak into responses.
     """
-    if isinstance(err, (ModelNotFoundError, JobNotFoundError)):
+    if isinstance(err, (ModelNotFoundError, JobNotFoundError, VersionNotKeptError)):
         return ServiceError(404, str(err))
     if isinstance(err, (ModelExistsError, ModelBusyError, StoreFullError, JobEndedError)):
         return ServiceError(409, str(err))

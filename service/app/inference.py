@@ -72,7 +72,8 @@ class InferenceAPI:
     def model(self, request: Request) -> Response:
         """``GET /v2/models/:model[/versions/:version]``: the model's tensors."""
         name, net = self._model(request)
-        return json_response({"name": name, "versions": [str(net.metadata["version"])],
+        kept = [str(each["version"]) for each in self.store.versions(name)]
+        return json_response({"name": name, "versions": kept,
                               "platform": PLATFORM, "inputs": [tensor(INPUT, "FP64", net.sizes[0])],
                               "outputs": outputs(net)})
 
@@ -109,14 +110,16 @@ class InferenceAPI:
         return json_response(answer)
 
     def _model(self, request: Request) -> tuple[str, MLP]:
-        """The model the path names, at the version it names (only the latest is kept)."""
+        """The model the path names, at the version it names (one the store keeps)."""
         name = check_name(request.path.get("model", ""))
-        net = self.store.get(name)
         version = request.path.get("version")
-        if version is not None and version != str(net.metadata["version"]):
-            raise ServiceError(404, f"model {name} has no version {brief(version)}; it has "
-                                    f"version {net.metadata['version']}")
-        return name, net
+        if version is None:
+            return name, self.store.get(name)
+        if not (version.isascii() and version.isdigit() and 0 < len(version) <= 19):
+            self.store.get(name)  # an unknown model is a 404 first
+            raise ServiceError(404, f"model {name} has no version {brief(version)}: versions "
+                                    "are numbers")
+        return name, self.store.version(name, int(version))
 
 
 def tensor(name: str, datatype: str, width: int | None) -> dict[str, Any]:

@@ -115,3 +115,17 @@ def seed(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
         raise ValueError(f"{name} must be an integer from 0 to 2**64 - 1; got {brief(value)}")
     return value
+
+
+MAX_VERSION = 2**63 - 1  # a version is a bigint in the PostgreSQL store
+
+
+def version(name: str, value: Any, text: bool = False) -> int:
+    """A model's version: an integer of at least 1; with ``text``, its digits (a query
+    argument)."""
+    if text and isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_VERSION:
+        raise ValueError(f"{name} must be a version: an integer of at least 1; got "
+                         f"{brief(value)}")
+    return value

@@ -106,7 +106,7 @@ def main() -> None:
     logs.configure(settings.log_format)
     log = logs.log
     new_folder = not Path(settings.store).exists()
-    store = open_store(settings.store)
+    store = open_store(settings.store, keep_versions=settings.keep_versions)
     try:  # replicas starting together migrate a database's schema once; the first seeds it
         first_start = new_folder if isinstance(store, ModelStore) else store.migrate() == 0
     except StoreError as err:

@@ -277,6 +277,16 @@ def operation(summary: str, ok: Schema, own: dict[int, str], body: str | None = 
     return result
 
 
+def at_version(operation: Schema) -> Schema:
+    """``operation`` with the query parameter ``version``: a kept version instead of the
+    latest (404, naming those kept, for another)."""
+    parameter = {"name": "version", "in": "query", "required": False,
+                 "description": "A version the store keeps (GET /models/{name}/versions); the "
+                                "latest without it",
+                 "schema": {"type": "integer", "minimum": 1}}
+    return {**operation, "parameters": [parameter]}
+
+
 def unavailable(description: str) -> Schema:
     """A 503, with a Retry-After header."""
     retry = {"required": True, "schema": {"type": "integer", "minimum": 1}}
@@ -454,6 +464,16 @@ def schemas(settings: Settings) -> Schema:
                                  ["name", "datatype", "shape", "data"]))},
             ["model_name", "model_version", "outputs"]),
         "InferenceHealth": obj({"live": {"type": "boolean"}, "ready": {"type": "boolean"}}),
+        "VersionList": obj({"name": name, "versions": array(obj({
+            "version": {"type": "integer", "minimum": 1},
+            "updated": {"type": "string", "format": "date-time", "nullable": True},
+            "change": {"type": "string", "nullable": True,
+                       "description": "What made it: created, trained, reset, rolled back …"},
+            "metrics": {"type": "object"}}, ["version", "updated", "change", "metrics"]))},
+            ["name", "versions"]),
+        "Rollback": obj({"version": {"type": "integer", "minimum": 1,
+                                     "description": "A version the store keeps"}},
+                        ["version"]),
         "Error": obj({"error": obj({
             "status": {"type": "integer"}, "message": {"type": "string"},
             "id": {"type": "string", "description": "A 500's id: the service log's line with "
@@ -587,9 +607,9 @@ def openapi_spec(settings: Settings) -> Schema:
                                 ok("Deleted", "Gone; its last version (0 if it was damaged)."),
                                 errors(400, 404, 409)),
         },
-        "/models/{name}/predict": {"parameters": name, "post": operation(
+        "/models/{name}/predict": {"parameters": name, "post": at_version(operation(
             "Outputs for one example (x) or a batch (X); classes too for classifiers",
-            ok("Prediction", "Outputs."), {**read, **errors(415)}, "Predict")},
+            ok("Prediction", "Outputs."), {**read, **errors(415)}, "Predict"))},
         "/models/{name}/train": {"parameters": name, "post": operation(
             "Train; hyperparameters left out come from the model's defaults",
             {**streamed(ok("Training", "Trained: a new version. Asked with 'Accept: "
@@ -652,10 +672,19 @@ def openapi_spec(settings: Settings) -> Schema:
         "/models/{name}/reset": {"parameters": name, "post": operation(
             "Fresh weights drawn from a seed; clears the training record",
             ok("Model", "Reset: a new version."), write, "Reset", body_required=False)},
-        "/models/{name}/gradients": {"parameters": name, "post": operation(
+        "/models/{name}/gradients": {"parameters": name, "post": at_version(operation(
             "Loss and gradients of every weight and bias at X, Y",
             ok("Gradients", "Gradients, as the W_k and b_k they belong to."),
-            {**read, **errors(415)}, "GradientsRequest")},
+            {**read, **errors(415)}, "GradientsRequest"))},
+        "/models/{name}/versions": {"parameters": name, "get": operation(
+            "The versions the store keeps of the model (GRADBOOK_KEEP_VERSIONS), newest first",
+            ok("VersionList", "Each kept version: number, time, what made it, metrics."), read,
+            get=True)},
+        "/models/{name}/rollback": {"parameters": name, "post": operation(
+            "A new version whose weights, training defaults, metrics and curve are a kept "
+            "version's", ok("Model", "Rolled back: a new version."),
+            {**write, 404: "No such model, or that version is not kept (the message lists "
+                           "those that are)."}, "Rollback")},
         "/models/{name}/loss.png": {"parameters": name, "get": operation(
             "Training curve since the last reset", {200: png}, read, get=True)},
     }

@@ -59,6 +59,11 @@ class Settings(GatewaySettings):
         min=1, config=True,
         help="Models each kernel keeps loaded, least recently used dropped first",
     ).tag(env="GRADBOOK_MODEL_CACHE", fallback=16)
+    keep_versions = Integer(
+        min=1, config=True,
+        help="Versions of each model the store keeps readable (predict at a version, roll back "
+        "to it), the latest among them; older ones are dropped, oldest first",
+    ).tag(env="GRADBOOK_KEEP_VERSIONS", fallback=10)
     max_models = Integer(
         min=1, config=True, help="Most models in the store; creating one more gets 409"
     ).tag(env="GRADBOOK_MAX_MODELS", fallback=100)

@@ -210,7 +210,7 @@ def main() -> None:
     settings = Settings()
     logs.configure(settings.log_format)
     lock_wait = min(LOCK_WAIT_SECONDS, settings.max_job_seconds)
-    store = open_store(settings.store, lock_wait, settings.model_cache)
+    store = open_store(settings.store, lock_wait, settings.model_cache, settings.keep_versions)
     api = ModelAPI(store, settings)
     jobs = api.jobs
     if not jobs.shared:
