@@ -193,6 +193,16 @@ def test_a_change_on_one_replica_is_what_the_next_request_to_the_other_sees(
     both_agree(changed.json()["version"])
     assert reader.get(f"/models/{name}").json()["hyperparameters"]["lr"] == 2.5
 
+    # a rollback is a change like the others: the reader's next request sees it
+    at_trained = reader.post(f"/models/{name}/predict?version={trained.json()['version']}",
+                             {"X": XOR_X})
+    assert at_trained.status == 200, at_trained.body
+    rolled = writer.post(f"/models/{name}/rollback", {"version": trained.json()["version"]})
+    assert rolled.status == 200, rolled.body
+    assert rolled.json()["version"] == changed.json()["version"] + 1
+    both_agree(rolled.json()["version"])
+    assert predict(reader, name)["outputs"] == at_trained.json()["outputs"]
+
     deleted = writer.delete(f"/models/{name}")
     assert deleted.status == 200, deleted.body
     assert reader.get(f"/models/{name}").status == 404

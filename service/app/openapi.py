@@ -803,8 +803,8 @@ def inference_paths(read: dict[int, str]) -> Schema:
     gateway, the rest from the API notebook's cells, each also under /versions/{version}."""
     model = path_parameter("model", {"pattern": f"^{NAME.pattern}$"},
                            "A model's name; any other string gets 400.")
-    version = path_parameter("version", {}, "A version the store keeps of the model (the "
-                                            "latest); another gets 404.")
+    version = path_parameter("version", {}, "A version the store keeps of the model (the last "
+                                            "GRADBOOK_KEEP_VERSIONS); another gets 404.")
     own = {**read, 404: "No such model, or no such version of it kept."}
 
     def ok(schema: str, description: str) -> Schema:
