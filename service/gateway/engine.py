@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -82,6 +83,9 @@ class Result:
     type: str | None = None
     base64: bool = False
     offers: list[str] | None = None
+    # for traces: when it was queued, its batch started, its result came (ns, the gateway's
+    # clock), and how long its cells ran (s, as the kernel measured)
+    timing: tuple[int, int, int, float | None] | None = None
 
 
 RESULT_FIELDS = ("body", "info", "error", "type", "base64", "offers")
@@ -101,6 +105,8 @@ class Job:
                                            .create_future())
     execution: Execution | None = None  # the one running it, once it runs
     abandoned: bool = False  # its client left: interrupted when it starts
+    queued: int = field(default_factory=time.time_ns)  # for traces (Result.timing)
+    started: int = 0
 
 
 class Execution:
@@ -138,7 +144,9 @@ class Execution:
                                                            "another that ran out of time; retry"))
             else:
                 fields = {key: content[key] for key in RESULT_FIELDS if key in content}
-                job.future.set_result(Result(self.kernel_id, **fields, batch=self.size))
+                timing = (job.queued, job.started, time.time_ns(), content.get("seconds"))
+                job.future.set_result(Result(self.kernel_id, **fields, batch=self.size,
+                                             timing=timing))
             if self.waiting and self.interrupted is None:
                 running = self.waiting[min(self.waiting)]
                 if running.abandoned:  # its client left while it waited in the batch
@@ -361,6 +369,9 @@ class BatchingKernelPool:
                 if not await self.is_running(kernel_id):
                     kernel_id = await self.replace(kernel_id)
                 when = "while running"
+                started = time.time_ns()
+                for job in jobs:
+                    job.started = started
                 batch_id = self._post(kernel_id, jobs)
                 execution = self._start(kernel_id, jobs, RUN)
                 if await self._follow(execution):

@@ -79,7 +79,16 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from gradbook_service.gateway import accept, apidocs, body, description, events, logs, runner
+from gradbook_service.gateway import (
+    accept,
+    apidocs,
+    body,
+    description,
+    events,
+    logs,
+    runner,
+    tracing,
+)
 from gradbook_service.gateway.capacity import ByteBudget, limit_server
 from gradbook_service.gateway.engine import (
     BatchingKernelPool,
@@ -257,6 +266,8 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
         self.waiting: asyncio.Future[Result] | None = None  # queued, or running on a kernel
         self.streaming: Job | None = None  # a streamed request's job, queued or running
         self.debug = False  # whether a 500 answers the exception (GRADBOOK_DEBUG)
+        self.traced: tracing.RequestSpan | None = None  # its span, when tracing is on
+        self.error_id: str | None = None
 
     def prepare(self) -> None:
         """Decide from the headers alone whether the request is refused."""
@@ -348,6 +359,8 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
 
     def on_finish(self) -> None:
         super().on_finish()
+        if self.traced is not None:
+            self.traced.end(self.get_status(), self.error_id)
         if self.waiting is None and self.streaming is None:  # refused, or answered by the
             self._release()  # gateway: nothing left to write
         self._leave()
@@ -392,6 +405,8 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
         headers = headers_to_dict(self.request.headers)
         if self.settings.get("kg_auth_token"):
             headers.pop("Authorization", None)
+        if self.traced is not None:  # the cell may continue the trace
+            self.traced.inject(headers)
         if self.body_size and "Content-Length" not in headers:
             headers["Content-Length"] = str(self.body_size)
         args = json.dumps(parse_args(self.request.query_arguments))
@@ -402,6 +417,12 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
     async def _answer(self) -> None:
         """Run the request on a kernel and answer what its cells printed (or displayed)."""
         error, response = None, None
+        if (tracer := tracing.tracer()) is not None:
+            method = self.request.method
+            self.traced = tracing.RequestSpan(
+                tracer, f"{method} {self.endpoint}", self.request.headers,
+                {"http.request.method": method, "http.route": self.endpoint,
+                 "gradbook.notebook": getattr(self, "notebook", "")})
         try:
             request = self._request_text()
             if not self._hold(len(request)):
@@ -506,7 +527,7 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
         error = to_http(err)
         if error.status != 500:
             return error
-        error_id = new_error_id()
+        error_id = self.error_id = new_error_id()
         if isinstance(err, CellError):  # the cell's traceback: the gateway's says nothing more
             app_log.error("%s %s failed (error %s): %s", self.request.method, self.request.path,
                           error_id, err)
@@ -524,6 +545,8 @@ class EndpointHandler(ServiceHandler, NotebookAPIHandler):
         """The status and headers the ``ResponseInfo`` cell printed (none: ``{}``)."""
         self.kernel_id = result.kernel_id
         self.batch_size = result.batch  # for the access log (log_request)
+        if self.traced is not None and result.timing is not None:
+            self.traced.ran(*result.timing, batch=result.batch, kernel=result.kernel_id)
         if result.error is not None:
             raise CellError(result.error)
         if result.info is None:
@@ -993,7 +1016,7 @@ class NotebookPersonality(LoggingConfigurable):
         return handlers
 
     async def shutdown(self) -> None:
-        """Stop watching, and shut down every notebook's kernels."""
+        """Stop watching, shut down every notebook's kernels, and send the last spans."""
         if self.watching is not None:
             self.watching.cancel()
         served = [*self.served.notebooks.values(), *self.removed]
@@ -1006,6 +1029,7 @@ class NotebookPersonality(LoggingConfigurable):
             with contextlib.suppress(Exception):  # gone meanwhile
                 await manager.shutdown_kernel(kernel_id, now=True)
         shutil.rmtree(self.exchange, ignore_errors=True)
+        tracing.shutdown()
 
 
 def _read_settled(file: Path, prefix: str) -> Notebook:

@@ -298,8 +298,9 @@ class Runner:
         with open(self.journal, "w", encoding="utf-8") as journal:
             journal.write(json.dumps({"batch": batch["batch"]}) + "\n")
             for index, (endpoint, request, options) in enumerate(batch["requests"]):
+                began = time.perf_counter()
                 result, interrupted = self.serve(index, endpoint, request, options or {})
-                content = {"index": index, **result}
+                content = {"index": index, **result, "seconds": time.perf_counter() - began}
                 journal.write(json.dumps(content) + "\n")
                 journal.flush()  # in the operating system's hands: it outlives this process
                 self.publish(RESULT, content)
