@@ -111,7 +111,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     try:
         postgres.start()
         url = postgres.create_database("gradbook")
-        settings = {"GRADBOOK_JOB_LEASE": str(LEASE)}
+        # traced: each replica writes its spans to its log (tests/test_traces.py has the rest)
+        settings = {"GRADBOOK_JOB_LEASE": str(LEASE), "OTEL_TRACES_EXPORTER": "console"}
         for name in ("a", "b"):
             (workdir / name).mkdir()
         a = Service(workdir / "a", store=url, env={**settings, "GRADBOOK_TRAINING_WORKER": "0"})
@@ -208,6 +209,26 @@ def test_a_change_on_one_replica_is_what_the_next_request_to_the_other_sees(
     assert reader.get(f"/models/{name}").status == 404
     assert reader.post(f"/models/{name}/predict", {"x": [1, 0, 1]}).status == 404
     assert name not in [m["name"] for m in reader.get("/models").json()["models"]]
+
+
+def test_the_balancer_passes_the_callers_trace_on_to_a_replica(cluster: Cluster) -> None:
+    trace_id, parent = "5" * 32, "6" * 16
+    reply = http_request(cluster.balancer.port, "POST", "/models/xor/predict",
+                         json.dumps({"x": [1, 0, 1]}).encode(),
+                         {"Content-Type": "application/json",
+                          "traceparent": f"00-{trace_id}-{parent}-01"}, 30)
+    assert reply.status == 200
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [json.loads(line) for service in (cluster.a, cluster.b)
+                 for line in service.log.read_text().splitlines() if line.startswith('{"name"')]
+        served = [span for span in lines if span["context"]["trace_id"] == f"0x{trace_id}"
+                  and span["kind"] == "SpanKind.SERVER"]
+        if served or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert [span["parent_id"] for span in served] == [f"0x{parent}"]
+    assert served[0]["name"] == "POST /models/:name/predict"
 
 
 # -- b. versions never go backwards -------------------------------------------------------------

@@ -11,14 +11,22 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import Reply, await_gateway, free_port, gateway_env, http_request, stop_group
+from conftest import (
+    Reply,
+    Service,
+    await_gateway,
+    free_port,
+    gateway_env,
+    http_request,
+    stop_group,
+)
 
 pytestmark = pytest.mark.xdist_group("notebooks")
 
@@ -162,3 +170,40 @@ def test_with_tracing_off_a_request_is_passed_on_as_it_came(
         assert get(port, "/parent", {"traceparent": TRACEPARENT}).body.decode().strip() == (
             TRACEPARENT)
     assert not [line for line in log.read_text().splitlines() if line.startswith('{"name"')]
+
+
+def test_a_store_commit_and_a_training_job_continue_the_requests_trace(
+        start_service: Callable[..., Service]) -> None:
+    """gradbook's API, traced: the kernel's store commit is a child of the request's span, and
+    a job queued by a request runs in the training worker as a span of the same trace, its
+    commit within it."""
+    service = start_service(OTEL_TRACES_EXPORTER="console")
+    trace_id = "7" * 32
+    headers = {"traceparent": f"00-{trace_id}-{CALLER_SPAN}-01"}
+    created = service.post("/models", {"name": "traced", "sizes": [3, 2, 1]}, headers=headers)
+    assert created.status == 201
+    named = by_name(spans(service.log, trace_id))
+    server, commit = named["POST /models"], named["store commit"]
+    assert commit["parent_id"] == server["context"]["span_id"]
+    assert commit["attributes"] == {"gradbook.model": "traced", "gradbook.change": "created"}
+
+    job_trace = "8" * 32
+    job = service.post("/models/traced/train", {"data": "xor", "epochs": 5, "wait": False},
+                       headers={"traceparent": f"00-{job_trace}-{CALLER_SPAN}-01"})
+    assert job.status == 202 and "traceparent" not in job.json()  # kept for the worker only
+    deadline = time.monotonic() + 60
+    while service.get(f"/jobs/{job.json()['id']}").json()["state"] != "succeeded":
+        assert time.monotonic() < deadline, "the job did not succeed"
+        time.sleep(0.05)
+    for _ in range(50):
+        named = by_name(spans(service.log, job_trace))
+        if "training job" in named and len(named) >= 3:
+            break
+        time.sleep(0.1)
+    requested = named["POST /models/:name/train"]
+    training = named["training job"]
+    assert training["parent_id"] == requested["context"]["span_id"]
+    assert training["attributes"]["gradbook.job"] == job.json()["id"]
+    commits = [span for span in spans(service.log, job_trace) if span["name"] == "store commit"]
+    assert [span["parent_id"] for span in commits] == [training["context"]["span_id"]]
+    assert commits[0]["attributes"]["gradbook.change"] == f"trained by job {job.json()['id']}"

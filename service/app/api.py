@@ -17,10 +17,12 @@ from typing import Any
 import numpy as np
 from gradbook_service.app import inputs, limits, training
 from gradbook_service.app.http import Request, Response, json_response
-from gradbook_service.app.jobs import open_jobs
+from gradbook_service.app.jobs import open_jobs, public
 from gradbook_service.app.openapi import openapi_spec
 from gradbook_service.app.plots import draw_loss_curve
 from gradbook_service.app.settings import MAX_LAYERS, MAX_PARAMETERS, Settings
+from gradbook_service.app.traced_store import TracedStore
+from gradbook_service.gateway import tracing
 
 from gradbook.datasets import DATASETS
 from gradbook.network import MLP, Callback
@@ -37,10 +39,10 @@ class ModelAPI:
     """Endpoint functions over one model store, with the limits of ``settings``."""
 
     def __init__(self, store: Store, settings: Settings) -> None:
-        self.store = store
         self.settings = settings
         self.jobs = open_jobs(store, settings.job_lease, settings.max_queued_jobs,
                               settings.max_job_bytes)
+        self.store: Store = TracedStore(store)  # type: ignore[assignment]
 
     @staticmethod
     def load_data() -> None:
@@ -240,7 +242,8 @@ class ModelAPI:
         if not wait:  # what the job will run is fixed now: the defaults of this version
             hyperparameters = {**net.metadata["hyperparameters"], **chosen}
             self._check_training(net, data, hyperparameters)
-            job = self.jobs.create(name, hyperparameters, body["data"])
+            job = public(self.jobs.create(name, hyperparameters, body["data"],
+                                          tracing.current_traceparent()))
             return self._json(job, 202, {"Location": f"/jobs/{job['id']}"})
         net, history = self.run_training(name, data, chosen,
                                          print_epoch if request.streamed else None)
@@ -282,13 +285,13 @@ class ModelAPI:
     def list_jobs(self, request: Request) -> Response:
         """Every job kept, oldest first, each without its losses (``GET /jobs/:id`` has them)."""
         jobs = []
-        for job in self.jobs.all():
+        for job in map(public, self.jobs.all()):
             losses = job.pop("losses")
             jobs.append({**job, "loss": losses[-1] if losses else None})
         return self._json({"jobs": jobs})
 
     def get_job(self, request: Request) -> Response:
-        return self._json(self.jobs.get(request.path.get("id", "")))
+        return self._json(public(self.jobs.get(request.path.get("id", ""))))
 
     def cancel_job(self, request: Request) -> Response:
         """200 when the job is cancelled now (it was queued), 202 when it runs (the worker stops
@@ -298,7 +301,7 @@ class ModelAPI:
         # the answer is the record: refused for its size before anything changes, not after
         record = len(json_response(self.jobs.get(job_id)).body) + CANCEL_GROWTH_BYTES
         limits.check_response(record, self.settings.max_response_bytes, "less")
-        job = self.jobs.cancel(job_id)
+        job = public(self.jobs.cancel(job_id))
         return json_response(job, 202 if job["state"] == "running" else 200)
 
     def gradients(self, request: Request) -> Response:

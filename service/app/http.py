@@ -17,7 +17,7 @@ from typing import Any
 
 from gradbook_service.app.errors import to_http
 from gradbook_service.app.jobs import QUEUE_RETRY_SECONDS
-from gradbook_service.gateway import accept
+from gradbook_service.gateway import accept, tracing
 from gradbook_service.gateway.body import ENCODING, JSON, is_json
 from gradbook_service.gateway.errors import RETRY_AFTER as GATEWAY_RETRY_AFTER
 from gradbook_service.gateway.errors import ServiceError, error_body, new_error_id
@@ -130,7 +130,9 @@ def serve(endpoint: Callable[[Request], Response], REQUEST: str | Mapping[str, A
     their body: gradbook's ``{"error": {"status", "message"}}`` unless a protocol says
     otherwise), never tracebacks."""
     try:
-        return endpoint(parse_request(REQUEST))
+        request = parse_request(REQUEST)
+        with tracing.continuing(request.header("traceparent")):  # the gateway's request span
+            return endpoint(request)
     except Exception as err:
         error = to_http(err)
         if error.status >= 500:  # the service's fault: the details go to the service log,

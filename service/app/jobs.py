@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED = ("succeeded", "failed", "cancelled")
 MAX_JOBS = 1000
+TRACE = "traceparent"  # a job's record: the trace of the request that made it
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 QUEUE_RETRY_SECONDS = 5  # Retry-After of a 429: about what a small job takes to run
 MAX_QUEUED = 100  # the defaults of GRADBOOK_MAX_QUEUED_JOBS, GRADBOOK_MAX_JOB_BYTES
@@ -133,7 +134,8 @@ class Jobs(ABC):
         """The training data the job was sent: a data set's name or ``{"X", "Y"}``."""
 
     @abstractmethod
-    def create(self, model: str, hyperparameters: dict[str, Any], data: Any) -> Job:
+    def create(self, model: str, hyperparameters: dict[str, Any], data: Any,
+               traceparent: str | None = None) -> Job:
         """A queued job training ``model`` on ``data`` with ``hyperparameters``."""
 
     @abstractmethod
@@ -182,16 +184,23 @@ class Jobs(ABC):
         return []
 
     @staticmethod
-    def new_record(model: str, hyperparameters: dict[str, Any], data: Any) -> Job:
+    def new_record(model: str, hyperparameters: dict[str, Any], data: Any,
+                   traceparent: str | None = None) -> Job:
         # the time first: ids sort in the order the jobs were made, which is the order they run
         job_id = f"{time.time_ns():016x}{uuid.uuid4().hex[:16]}"
-        return {
+        traced = {TRACE: traceparent} if traceparent else {}  # the request that made it
+        return {**traced,
             "id": job_id, "model": model, "state": "queued",
             "data": data if isinstance(data, str) else "request",
             "hyperparameters": hyperparameters, "epoch": 0,
             "epochs": hyperparameters["epochs"], "losses": [], "version": None, "error": None,
             "cancel_requested": False, "created": timestamp(), "started": None, "finished": None,
         }
+
+
+def public(job: Job) -> Job:
+    """A job as clients see it: without the trace it continues (``TRACE``)."""
+    return {key: value for key, value in job.items() if key != TRACE}
 
 
 def check_id(job_id: str) -> str:
@@ -230,8 +239,9 @@ class JobStore(Jobs):
         return json.loads(self._data(job_id).read_text(encoding="utf-8"))
 
     # -- changing ----------------------------------------------------------------------------
-    def create(self, model: str, hyperparameters: dict[str, Any], data: Any) -> Job:
-        job = self.new_record(model, hyperparameters, data)
+    def create(self, model: str, hyperparameters: dict[str, Any], data: Any,
+               traceparent: str | None = None) -> Job:
+        job = self.new_record(model, hyperparameters, data, traceparent)
         text = json.dumps(data)
         with self._locked():
             index = self._index()
@@ -367,8 +377,9 @@ class PostgresJobStore(Jobs):
             raise JobNotFoundError(f"no job {job_id!r}")
         return json.loads(row[0])
 
-    def create(self, model: str, hyperparameters: dict[str, Any], data: Any) -> Job:
-        job = self.new_record(model, hyperparameters, data)
+    def create(self, model: str, hyperparameters: dict[str, Any], data: Any,
+               traceparent: str | None = None) -> Job:
+        job = self.new_record(model, hyperparameters, data, traceparent)
         text = json.dumps(data)
         with self.store.connection() as conn, conn.transaction():
             # one creator at a time counts: the bounds hold across replicas; the count reads

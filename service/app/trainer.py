@@ -36,9 +36,9 @@ from typing import Any
 
 from gradbook_service.app.api import ModelAPI, training_data
 from gradbook_service.app.errors import to_http
-from gradbook_service.app.jobs import Job, Jobs
+from gradbook_service.app.jobs import TRACE, Job, Jobs
 from gradbook_service.app.settings import Settings
-from gradbook_service.gateway import logs
+from gradbook_service.gateway import logs, tracing
 
 from gradbook.network import MLP
 from gradbook.store import Store, StoreError, StoreUnavailableError, open_store, timestamp
@@ -136,6 +136,12 @@ def run(api: ModelAPI, jobs: Jobs, job: Job) -> None:
 
 
 def _run(api: ModelAPI, jobs: Jobs, job: Job, progress: Progress) -> None:
+    attributes = {"gradbook.job": job["id"], "gradbook.model": job["model"]}
+    with tracing.span("training job", attributes, job.get(TRACE)):
+        _train(api, jobs, job, progress)
+
+
+def _train(api: ModelAPI, jobs: Jobs, job: Job, progress: Progress) -> None:
     try:
         net = api.store.get(job["model"])
         data = training_data(jobs.data(job["id"]), net)

@@ -12,19 +12,26 @@ measured by the gateway (the time queued for a kernel, the kernel execution of i
 size is an attribute) and one measured in the kernel (the cell's own run, reported back with the
 result: its length only, placed at the end of the execution, so that no two processes' clocks are
 compared). The ``REQUEST`` a cell sees carries the request span's ``traceparent`` in its headers,
-so that a cell can continue the trace.
+so that a cell can continue the trace. An application's own work (gradbook's store commits and
+training jobs) opens spans with ``span``, in the kernel or worker that does it, under the
+``traceparent`` it was given (``continuing``).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 _tracer: Any = None
 _provider: Any = None
 _configured = False
+_parent: ContextVar[str | None] = ContextVar("traceparent", default=None)
 
 
 def exporter_name() -> str | None:
@@ -58,20 +65,55 @@ def _make_tracer(name: str) -> Any:
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "gradbook")})
     provider = _provider = TracerProvider(resource=resource)
     if name == "console":
-        exporter = ConsoleSpanExporter(out=sys.stderr,
+        # the process's own standard error: in a kernel, sys.stderr is a cell's output
+        exporter = ConsoleSpanExporter(out=sys.__stderr__,
                                        formatter=lambda span: span.to_json(indent=None) + "\n")
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     else:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    return provider.get_tracer("gradbook.gateway")
+        atexit.register(provider.shutdown)  # a kernel or worker that ends sends what it holds
+    return provider.get_tracer("gradbook")
 
 
 def shutdown() -> None:
     """Send the spans not sent yet (a batch exporter holds some)."""
     if _provider is not None:
         _provider.shutdown()
+
+
+@contextmanager
+def continuing(traceparent: str | None) -> Iterator[None]:
+    """Spans opened inside (``span``) are children of ``traceparent`` (a W3C header value)."""
+    token = _parent.set(traceparent or None)
+    try:
+        yield
+    finally:
+        _parent.reset(token)
+
+
+@contextmanager
+def span(name: str, attributes: dict[str, Any] | None = None,
+         traceparent: str | None = None) -> Iterator[Any]:
+    """A span around the block, child of ``traceparent`` (else of the one ``continuing`` set,
+    else of the span open around it); nothing when tracing is off."""
+    if (traced := tracer()) is None:
+        yield None
+        return
+    context = None
+    if parent := traceparent or _parent.get():
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        context = TraceContextTextMapPropagator().extract({"traceparent": parent})
+    with traced.start_as_current_span(name, context=context, attributes=attributes) as opened:
+        yield opened
+
+
+def current_traceparent() -> str | None:
+    """The ``traceparent`` ``continuing`` set (the request's), to record with work done later
+    (a training job)."""
+    return _parent.get()
 
 
 class RequestSpan:
