@@ -102,7 +102,7 @@ def test_an_unknown_model_or_version_is_404(service: Service) -> None:
     assert raised.value.status() == "404"
     with pytest.raises(InferenceServerException) as raised:
         triton_client.get_model_metadata("xor", "999999")
-    assert raised.value.status() == "404" and "no version '999999'" in raised.value.message()
+    assert raised.value.status() == "404" and "no version 999999 kept" in raised.value.message()
 
 
 def test_plain_http_json_without_a_content_type_nested_data_and_errors(service: Service) -> None:

@@ -336,7 +336,8 @@ def test_header_refuses_pickles(tmp_path):
 
 def test_a_created_model_records_when_in_utc(tmp_path):
     net = ModelStore(tmp_path).create("m", MLP([2, 1]))
-    assert sorted(net.metadata) == ["created", "updated", "version"]
+    assert sorted(net.metadata) == ["change", "created", "updated", "version"]
+    assert net.metadata["change"] == "created"  # what made the version
     for key in ("created", "updated"):
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", net.metadata[key])
     assert net.metadata["created"] <= net.metadata["updated"]
