@@ -48,6 +48,9 @@ def test_health_metadata_and_readiness_through_tritons_client(service: Service) 
                                  {"name": "class", "datatype": "INT64", "shape": [-1]}]
     xor = triton_client.get_model_metadata("xor")
     assert [output["name"] for output in xor["outputs"]] == ["output"]  # not a classifier
+    config = triton_client.get_model_config("digits")
+    assert config["input"] == [{"name": "input", "data_type": "TYPE_FP64", "dims": [-1, 64]}]
+    assert [output["name"] for output in config["output"]] == ["output", "class"]
     version = service.get("/models/xor").json()["version"]
     assert xor["versions"] == [str(version)]
     assert triton_client.is_model_ready("xor", str(version))

@@ -77,6 +77,20 @@ class InferenceAPI:
                               "platform": PLATFORM, "inputs": [tensor(INPUT, "FP64", net.sizes[0])],
                               "outputs": outputs(net)})
 
+    def config(self, request: Request) -> Response:
+        """``GET /v2/models/:model[/versions/:version]/config``: the model's configuration as
+        Triton describes one (its model configuration extension, which Triton's client asks
+        for with ``get_model_config``); no batching dimension apart (``max_batch_size`` 0)."""
+        name, net = self._model(request)
+
+        def described(tensor: dict[str, Any]) -> dict[str, Any]:
+            return {"name": tensor["name"], "data_type": f"TYPE_{tensor['datatype']}",
+                    "dims": tensor["shape"]}
+
+        return json_response({"name": name, "platform": PLATFORM, "max_batch_size": 0,
+                              "input": [described(tensor(INPUT, "FP64", net.sizes[0]))],
+                              "output": [described(each) for each in outputs(net)]})
+
     def ready(self, request: Request) -> Response:
         """``GET /v2/models/:model[/versions/:version]/ready``: 200 when it can infer."""
         name, _ = self._model(request)

@@ -422,6 +422,9 @@ def schemas(settings: Settings) -> Schema:
     tensor = obj({"name": {"type": "string"}, "datatype": {"type": "string"},
                   "shape": array({"type": "integer", "minimum": -1})},
                  ["name", "datatype", "shape"])
+    config_tensor = obj({"name": {"type": "string"}, "data_type": {"type": "string"},
+                         "dims": array({"type": "integer", "minimum": -1})},
+                        ["name", "data_type", "dims"])
     return {
         "InferenceError": obj({"error": {"type": "string"}}, ["error"]),
         "ServerMetadata": obj({"name": {"type": "string"}, "version": {"type": "string"},
@@ -431,6 +434,10 @@ def schemas(settings: Settings) -> Schema:
                               "platform": {"type": "string"}, "inputs": array(tensor),
                               "outputs": array(tensor)},
                              ["name", "versions", "platform", "inputs", "outputs"]),
+        "ModelConfig": obj({"name": {"type": "string"}, "platform": {"type": "string"},
+                            "max_batch_size": {"type": "integer", "minimum": 0},
+                            "input": array(config_tensor), "output": array(config_tensor)},
+                           ["name", "platform", "max_batch_size", "input", "output"]),
         "ModelReady": obj({"name": {"type": "string"}, "ready": {"type": "boolean"}},
                           ["name", "ready"]),
         "InferenceRequest": {
@@ -833,6 +840,11 @@ def inference_paths(read: dict[int, str]) -> Schema:
             "The model's metadata: its input and output tensors", ok(
                 "ModelMetadata", "input FP64 [-1, d_in]; output FP64 [-1, d_out]; class INT64 "
                 "[-1] for a classifier."), own, get=True, error="InferenceError")}
+        paths[f"{prefix}/config"] = {"parameters": parameters, "get": operation(
+            "The model's configuration as Triton describes one (its model configuration "
+            "extension; Triton's client asks for it with get_model_config)",
+            ok("ModelConfig", "TYPE_FP64 input [-1, d_in] and outputs; no batching dimension "
+               "apart (max_batch_size 0)."), own, get=True, error="InferenceError")}
         paths[f"{prefix}/ready"] = {"parameters": parameters, "get": operation(
             "Whether the model can infer", ok("ModelReady", "Ready."), own, get=True,
             error="InferenceError")}
