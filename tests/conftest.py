@@ -85,6 +85,15 @@ def answers(port: int, path: str, headers: dict[str, str]) -> bool:
         return False
 
 
+def await_queue(port: int, notebook: str, depth: int, seconds: float = 30) -> None:
+    """Wait until ``depth`` requests wait for a kernel of ``notebook`` (its ``/metrics``)."""
+    line = f'gradbook_queue_depth{{notebook="{notebook}"}} {float(depth)}'
+    deadline = time.monotonic() + seconds
+    while line not in http_request(port, "GET", "/metrics", None, {}, 10).body.decode():
+        assert time.monotonic() < deadline, f"{depth} requests did not queue for {notebook}"
+        time.sleep(0.05)
+
+
 def stop_group(process: subprocess.Popen, log: Path) -> None:
     """SIGTERM to the process group; one that does not stop in 30 s is killed, and fails."""
     with contextlib.suppress(ProcessLookupError):  # a test may have stopped it

@@ -28,6 +28,7 @@ from conftest import (
     ROOT,
     Reply,
     await_gateway,
+    await_queue,
     free_port,
     gateway_env,
     http_request,
@@ -444,10 +445,7 @@ def test_a_batch_mixing_streamed_negotiated_and_plain_requests_answers_each(
         threads.append(threading.Thread(target=run, args=(name, call)))
         threads[-1].start()
         time.sleep(0.3)  # queued in this order
-    deadline = time.monotonic() + 30
-    while 'gradbook_queue_depth{notebook="shown"} 4.0' not in get(port, "/metrics").body.decode():
-        assert time.monotonic() < deadline, "the requests did not queue"
-        time.sleep(0.05)
+    await_queue(port, "shown", 4)
     (folder / "release").write_text("")
     for thread in [held, *threads]:
         thread.join(60)

@@ -22,6 +22,7 @@ from conftest import (
     Reply,
     Service,
     await_gateway,
+    await_queue,
     free_port,
     gateway_env,
     http_request,
@@ -151,10 +152,7 @@ def test_requests_batched_together_record_the_batch_size(traced: tuple[int, Path
                for t in traces]
     for thread in waiting:
         thread.start()
-    deadline = time.monotonic() + 30
-    while 'gradbook_queue_depth{notebook="traced"} 3.0' not in get(port, "/metrics").body.decode():
-        assert time.monotonic() < deadline, "the requests did not queue"
-        time.sleep(0.05)
+    await_queue(port, "traced", 3)
     (folder / "release").write_text("")
     for thread in [held, *waiting]:
         thread.join(60)
