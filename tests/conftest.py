@@ -21,11 +21,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import nbformat
 import pytest
 from openapi_schema_validator import OAS30Validator
 
@@ -83,6 +84,39 @@ def answers(port: int, path: str, headers: dict[str, str]) -> bool:
         return http_request(port, "GET", path, None, headers, 10).status == 200
     except (OSError, http.client.HTTPException):
         return False
+
+
+def write_notebook(path: Path, cells: list[str | tuple[str, str]],
+                   kernel: str = "python3") -> Path:
+    """A notebook of ``cells``: code, or ("markdown", text), for the kernel named ``kernel``."""
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell(cell[1]) if isinstance(cell, tuple)
+        else nbformat.v4.new_code_cell(cell) for cell in cells])
+    notebook.metadata["kernelspec"] = {"name": kernel, "language": "python",
+                                       "display_name": "Python 3"}
+    nbformat.write(notebook, path)
+    return path
+
+
+@contextlib.contextmanager
+def running_gateway(command: list[str], cwd: Path, env: dict[str, str] | None = None,
+                    probe: str = "/readyz", headers: dict[str, str] | None = None,
+                    ) -> Iterator[tuple[int, subprocess.Popen, Path]]:
+    """``command`` (a gateway's, without ``--port``) run in ``cwd`` on a free port, in a process
+    group of its own, its output in ``cwd``/gateway-<port>.log; yields (port, process, log) once
+    ``probe`` answers 200, and stops the group after (``stop_group``). ``env``: by default this
+    environment without the service's settings (``gateway_env``)."""
+    port = free_port()
+    log = cwd / f"gateway-{port}.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([*command, "--port", str(port)], cwd=cwd,
+                                   env=gateway_env(cwd) if env is None else env, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        await_gateway(process, port, probe, headers or {}, log)
+        yield port, process, log
+    finally:
+        stop_group(process, log)
 
 
 def await_queue(port: int, notebook: str, depth: int, seconds: float = 30) -> None:

@@ -14,12 +14,10 @@ import io
 import json
 import re
 import shutil
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import nbformat
@@ -27,12 +25,10 @@ import pytest
 from conftest import (
     ROOT,
     Reply,
-    await_gateway,
     await_queue,
-    free_port,
-    gateway_env,
     http_request,
-    stop_group,
+    running_gateway,
+    write_notebook,
 )
 from gradbook_service.gateway import accept
 from gradbook_service.gateway.runner import choose
@@ -90,31 +86,6 @@ DEBUGGED = ["import time",
             "# GET /forever\nwhile True:\n    print('tick', flush=True)\n    time.sleep(0.2)"]
 
 
-def write_notebook(path: Path, cells: list[str | tuple[str, str]]) -> Path:
-    notebook = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_markdown_cell(cell[1]) if isinstance(cell, tuple)
-        else nbformat.v4.new_code_cell(cell) for cell in cells])
-    notebook.metadata["kernelspec"] = {"name": "python3", "language": "python",
-                                       "display_name": "Python 3"}
-    nbformat.write(notebook, path)
-    return path
-
-
-@contextmanager
-def started(command: list[str], cwd: Path, probe: str) -> Iterator[tuple[int, Path]]:
-    port = free_port()
-    log = cwd / f"gateway-{port}.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen([*command, "--port", str(port)], cwd=cwd,
-                                   env=gateway_env(cwd), stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    try:
-        await_gateway(process, port, probe, {}, log)
-        yield port, log
-    finally:
-        stop_group(process, log)
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("answers")
@@ -128,8 +99,8 @@ def gateway(folder: Path) -> Iterator[tuple[int, Path]]:
     """shown.ipynb under /shown and the example under /answers, a kernel each."""
     command = [str(BIN / "gradbook"), "serve", "shown.ipynb", "answers.ipynb", "--kernels", "1",
                "--max-response-bytes", str(MAX_RESPONSE_BYTES), "--request-timeout", "40"]
-    with started(command, folder, "/readyz") as running:
-        yield running
+    with running_gateway(command, folder) as (port, _, log):
+        yield port, log
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +109,8 @@ def debugged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Pa
     write_notebook(folder / "debugged.ipynb", DEBUGGED)
     command = [str(BIN / "gradbook"), "serve", "debugged.ipynb", "--kernels", "1", "--debug",
                "--request-timeout", "2"]
-    with started(command, folder, "/readyz") as running:
-        yield running
+    with running_gateway(command, folder) as (port, _, log):
+        yield port, log
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +119,7 @@ def stock(folder: Path) -> Iterator[int]:
     command = [str(BIN / "jupyter-kernelgateway"), "--KernelGatewayApp.api="
                "kernel_gateway.notebook_http", "--KernelGatewayApp.seed_uri=shown.ipynb",
                "--KernelGatewayApp.prespawn_count=1", "--KernelGatewayApp.ip=127.0.0.1"]
-    with started(command, folder, "/value") as (port, _):
+    with running_gateway(command, folder, probe="/value") as (port, _, _):
         yield port
 
 

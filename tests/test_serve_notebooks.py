@@ -24,11 +24,12 @@ from conftest import (
     ROOT,
     Reply,
     answers,
-    await_gateway,
     free_port,
     gateway_env,
     http_request,
+    running_gateway,
     stop_group,
+    write_notebook,
 )
 from openapi_spec_validator import validate
 from procs import alive
@@ -38,18 +39,6 @@ pytestmark = pytest.mark.xdist_group("notebooks")
 GRADBOOK = Path(sys.executable).parent / "gradbook"
 TOKEN = "a-token-for-notebooks"
 RELOAD_SECONDS = 2.0  # the new version answers within this long of the write
-
-
-def write_notebook(path: Path, cells: list[str | tuple[str, str]],
-                   kernel: str = "python3") -> Path:
-    """A notebook of ``cells``: code, or ("markdown", text), for the kernel named ``kernel``."""
-    notebook = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_markdown_cell(cell[1]) if isinstance(cell, tuple)
-        else nbformat.v4.new_code_cell(cell) for cell in cells])
-    notebook.metadata["kernelspec"] = {"name": kernel, "language": "python",
-                                       "display_name": "Python 3"}
-    nbformat.write(notebook, path)
-    return path
 
 
 HELLO = ["import json",
@@ -75,18 +64,9 @@ def serve(paths: list[Path], *flags: str, cwd: Path, probe: str = "/readyz",
           headers: dict[str, str] | None = None) -> Iterator[tuple[int, subprocess.Popen, Path]]:
     """``gradbook serve PATHS FLAGS`` run in ``cwd``; yields (port, process, log) once ``probe``
     answers 200."""
-    port = free_port()
-    log = cwd / f"gateway-{port}.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [str(GRADBOOK), "serve", *map(str, paths), "--port", str(port), "--kernels", "1",
-             *flags], cwd=cwd, env=gateway_env(cwd), stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True)
-    try:
-        await_gateway(process, port, probe, headers or {}, log)
-        yield port, process, log
-    finally:
-        stop_group(process, log)
+    command = [str(GRADBOOK), "serve", *map(str, paths), "--kernels", "1", *flags]
+    with running_gateway(command, cwd, probe=probe, headers=headers) as running:
+        yield running
 
 
 def get(port: int, path: str, headers: dict[str, str] | None = None) -> Reply:

@@ -7,7 +7,6 @@ tracing is off."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import threading
 import time
@@ -16,17 +15,15 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-import nbformat
 import pytest
 from conftest import (
     Reply,
     Service,
-    await_gateway,
     await_queue,
-    free_port,
     gateway_env,
     http_request,
-    stop_group,
+    running_gateway,
+    write_notebook,
 )
 
 pytestmark = pytest.mark.xdist_group("notebooks")
@@ -44,24 +41,13 @@ CELLS = ["import json, pathlib, time",
 
 @contextmanager
 def gateway(folder: Path, traced: bool) -> Iterator[tuple[int, Path]]:
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS])
-    notebook.metadata["kernelspec"] = {"name": "python3", "language": "python",
-                                       "display_name": "Python 3"}
-    nbformat.write(notebook, folder / "traced.ipynb")
+    write_notebook(folder / "traced.ipynb", CELLS)
     env = {k: v for k, v in gateway_env(folder).items() if not k.startswith("OTEL_")}
     if traced:
         env.update(OTEL_TRACES_EXPORTER="console", OTEL_SERVICE_NAME="traced-test")
-    port = free_port()
-    log = folder / "gateway.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen([str(GRADBOOK), "serve", "traced.ipynb", "--port", str(port),
-                                    "--kernels", "1"], cwd=folder, env=env, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        await_gateway(process, port, "/readyz", {}, log)
+    command = [str(GRADBOOK), "serve", "traced.ipynb", "--kernels", "1"]
+    with running_gateway(command, folder, env) as (port, _, log):
         yield port, log
-    finally:
-        stop_group(process, log)
 
 
 @pytest.fixture(scope="module")
