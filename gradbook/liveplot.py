@@ -4,6 +4,10 @@ A run is recorded as a *history matrix* ``H`` of shape ``(N, M)``: row ``i`` hol
 tracked values (the loss, or every weight) after update ``i``, so time runs down the rows
 (notebook 10, eq. 10.1). ``"trace"`` style draws each column as a line against the update
 number; ``"snapshot"`` style draws only the latest row against the column index.
+
+A row is a copy of the values it was given, taken when it is recorded: training updates the
+weights in place, so a row that kept a view of them would follow them and every row of the
+history would end up as the last one.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from typing import TYPE_CHECKING, Any
 import matplotlib
 import numpy as np
 from IPython.display import Image, display
+from matplotlib import colormaps
 from matplotlib.animation import FuncAnimation, PillowWriter
+from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 
 from gradbook.validation import positive_int
@@ -26,6 +32,10 @@ if TYPE_CHECKING:
 
 STYLES = ("trace", "snapshot")
 _FILE_BACKENDS = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"}
+WIDTH, HEIGHT, DPI = 6.0, 3.5, 80  # inches, inches, pixels per inch: 480 x 280 without a legend
+LEGEND_ROWS = 14  # legend entries per column that fit beside the axes in small type
+
+Color = tuple[float, float, float, float]
 
 
 def frame_rows(n: int, every: int) -> list[int]:
@@ -33,26 +43,62 @@ def frame_rows(n: int, every: int) -> list[int]:
     return [*range(0, n - 1, every), n - 1] if n > 0 else []
 
 
-class _Drawing:
-    """A figure (outside pyplot, so notebooks never show it twice) for one frame of ``(N, M)``."""
+def distinct_colors(M: int) -> list[Color]:
+    """``M`` RGBA colours, no two alike, for the ``M`` lines of one trace.
 
-    def __init__(self, M: int, labels: Sequence[str] | None, title: str, style: str) -> None:
+    Up to 10: matplotlib's default cycle (tab10). Up to 20: tab20, its ten strong colours first
+    and then their pale partners. More: ``M`` evenly spaced stops of turbo, all distinct up to
+    its 256 entries (a legend of so many lines has long stopped being read anyway).
+    """
+    if M <= 10:
+        colors = colormaps["tab10"].colors[:M]
+    elif M <= 20:
+        pairs = colormaps["tab20"].colors
+        colors = [*pairs[0::2], *pairs[1::2]][:M]
+    else:
+        colors = colormaps["turbo"](np.linspace(0.0, 1.0, M))
+    return [to_rgba(c) for c in colors]
+
+
+class _Drawing:
+    """A figure (outside pyplot, so notebooks never show it twice) for one frame of ``(N, M)``.
+
+    A trace of several named values gets a legend beside the axes, never over the lines: the
+    figure widens by the legend's width, so the axes keep their size.
+    """
+
+    def __init__(self, M: int, labels: Sequence[str] | None, title: str, style: str,
+                 colors: Sequence[Any] | None = None, xlabel: str | None = None,
+                 ylabel: str | None = None) -> None:
         if style not in STYLES:
             raise ValueError(f"style must be one of {STYLES}; got {style!r}")
         if labels is not None and len(labels) != M:
             raise ValueError(f"labels must name each of the {M} values; got {len(labels)}")
-        self.fig = Figure(figsize=(6, 3.5), dpi=80)
-        self.fig.subplots_adjust(left=0.12, right=0.97, bottom=0.14, top=0.9)
-        self.ax = self.fig.add_subplot(xlabel="update i" if style == "trace" else "value j")
+        if colors is not None and len(colors) != M:
+            raise ValueError(f"colors must give each of the {M} values one; got {len(colors)}")
+        trace = style == "trace"
+        if xlabel is None:
+            xlabel = "update i" if trace else "value j"
+        if ylabel is None:  # a single named value needs no legend: its name labels the axis
+            ylabel = labels[0] if labels and M == 1 else "value"
+        self.fig = Figure(figsize=(WIDTH, HEIGHT), dpi=DPI, layout="constrained")
+        self.ax = self.fig.add_subplot(xlabel=xlabel, ylabel=ylabel)
         self.title, self.style = title, style
-        if style == "snapshot":
+        if not trace:
             self.lines = self.ax.plot([], [], "o-")
             if labels:
                 self.ax.set_xticks(range(M), labels)
-        else:
-            self.lines = [self.ax.plot([], [], label=name)[0] for name in labels or [None] * M]
-            if labels:
-                self.ax.legend(loc="upper right", fontsize="small")
+            return
+        colors = distinct_colors(M) if colors is None else colors
+        names = labels or [None] * M
+        self.lines = [self.ax.plot([], [], color=c, label=name)[0]
+                      for name, c in zip(names, colors, strict=True)]
+        if labels and M > 1:
+            legend = self.ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                                    borderaxespad=0.0, fontsize="small",
+                                    ncols=-(-M // LEGEND_ROWS))
+            width = legend.get_window_extent().width / DPI
+            self.fig.set_size_inches(WIDTH + width + 0.1, HEIGHT)
 
     def fit_limits(self, H: np.ndarray) -> None:
         """Axes that fit all of ``H``: an animation keeps one scale, a live plot never shrinks.
@@ -64,6 +110,15 @@ class _Drawing:
         pad = 0.05 * (hi - lo) or 0.5
         self.ax.set_ylim(lo - pad, hi + pad)
         self.ax.set_xlim(-0.5, H.shape[0 if self.style == "trace" else 1] - 0.5)
+
+    def freeze_layout(self) -> None:
+        """Lay the figure out once, as it is now, and keep it so for every later frame.
+
+        The axes' limits are fixed for a whole animation, so one layout fits every frame; laid
+        out again per frame, the axes could shift by a pixel as the title changes.
+        """
+        self.fig.draw_without_rendering()
+        self.fig.set_layout_engine("none")
 
     def show(self, H: np.ndarray, i: int) -> None:
         """Draw frame ``i``: rows ``0..i`` as traces, or row ``i`` as a snapshot."""
@@ -77,20 +132,28 @@ class _Drawing:
 
 
 def animation(history: Any, labels: Sequence[str] | None = None, title: str = "",
-              style: str = "trace", every: int = 1, interval: int = 100) -> FuncAnimation:
+              style: str = "trace", every: int = 1, interval: int = 100,
+              colors: Sequence[Any] | None = None, xlabel: str | None = None,
+              ylabel: str | None = None) -> FuncAnimation:
     """Animate ``history`` ``(N, M)`` (1-D: ``(N,)`` as M = 1), frames ``frame_rows(N, every)``.
 
-    ``interval`` is the time between frames in milliseconds.
+    ``interval`` is the time between frames in milliseconds. ``colors`` (one per value, any
+    matplotlib colour) default to ``distinct_colors(M)``; ``xlabel`` and ``ylabel`` name the
+    axes (by default "update i" and "value", or the single value's label). The animation draws
+    from its own copy of ``history``, so changing that array later changes no frame.
     """
-    H = np.asarray(history, dtype=np.float64)
+    H = np.array(history, dtype=np.float64)
     H = H[:, None] if H.ndim == 1 else H
     if H.ndim != 2 or 0 in H.shape:
         raise ValueError(f"history must have shape (N updates, M values), N, M >= 1; got {H.shape}")
-    drawing = _Drawing(H.shape[1], labels, title, style)
+    drawing = _Drawing(H.shape[1], labels, title, style, colors, xlabel, ylabel)
     drawing.fit_limits(H)
     frames = frame_rows(H.shape[0], positive_int("every", every))
+    interval = positive_int("interval", interval)
+    drawing.show(H, frames[-1])  # the widest title, so that the frozen layout fits every frame
+    drawing.freeze_layout()
     return FuncAnimation(drawing.fig, lambda i: drawing.show(H, i), frames=frames,
-                         interval=positive_int("interval", interval))
+                         interval=interval)
 
 
 def animate(history: Any, path: str | Path, interval: int = 100, **options: Any) -> Path:
@@ -129,7 +192,10 @@ class LivePlot:
         row is recorded regardless. ``draw()`` shows the latest row, e.g. after training.
     style : ``"trace"`` or ``"snapshot"``.
     values : what ``callback`` records, ``values(net) -> (M,)``; by default the epoch's loss.
+        Each row is a copy, so ``values`` may return a view of the weights that training
+        then changes in place.
     live : display while recording; by default only inside a Jupyter kernel.
+    colors, xlabel, ylabel : the lines' colours and the axes' names; see ``animation``.
 
     Examples
     --------
@@ -139,10 +205,13 @@ class LivePlot:
 
     def __init__(self, labels: Sequence[str] | None = None, title: str = "", every: int = 1,
                  style: str = "trace", values: Callable[[MLP], Any] | None = None,
-                 live: bool | None = None) -> None:
+                 live: bool | None = None, colors: Sequence[Any] | None = None,
+                 xlabel: str | None = None, ylabel: str | None = None) -> None:
         if style not in STYLES:
             raise ValueError(f"style must be one of {STYLES}; got {style!r}")
         self.labels = None if labels is None else list(labels)
+        self.colors = None if colors is None else list(colors)
+        self.xlabel, self.ylabel = xlabel, ylabel
         self.title, self.style, self.values = title, style, values
         self.every = positive_int("every", every)
         self.live = _in_notebook() if live is None else live
@@ -156,8 +225,13 @@ class LivePlot:
         return np.array(self._rows) if self._rows else np.empty((0, 0))
 
     def update(self, values: Any) -> None:
-        """Append one row of ``M`` values (a scalar is M = 1) and redraw if the row is a frame."""
-        row = np.asarray(values, dtype=np.float64).ravel()
+        """Append a copy of ``values``, ``M`` numbers (a scalar is M = 1), as the next row, and
+        redraw if the row is a frame.
+
+        The copy is the point: ``values`` is often a view of weights that the next training step
+        overwrites in place (``net.weights[0].ravel()``), and a row must keep what they were now.
+        """
+        row = np.array(values, dtype=np.float64).ravel()  # np.array copies; asarray would not
         M = self._rows[0].size if self._rows else len(self.labels) if self.labels else row.size
         if row.size != M or M == 0:
             raise ValueError(f"values must hold {M or 'at least 1'} numbers; got {row.size}")
@@ -175,7 +249,8 @@ class LivePlot:
             return
         H = self.history
         if self._drawing is None:
-            self._drawing = _Drawing(H.shape[1], self.labels, self.title, self.style)
+            self._drawing = _Drawing(H.shape[1], self.labels, self.title, self.style,
+                                     self.colors, self.xlabel, self.ylabel)
         self._drawing.fit_limits(H)
         self._drawing.show(H, H.shape[0] - 1)
         png = io.BytesIO()
@@ -189,4 +264,5 @@ class LivePlot:
     def animate(self, path: str | Path, interval: int = 100) -> Path:
         """Write the whole history to ``path`` (``.gif`` or ``.html``); see ``animate``."""
         return animate(self.history, path, interval=interval, labels=self.labels,
-                       title=self.title, style=self.style, every=self.every)
+                       title=self.title, style=self.style, every=self.every, colors=self.colors,
+                       xlabel=self.xlabel, ylabel=self.ylabel)

@@ -132,11 +132,19 @@ def test_animation_arguments_reach_the_frames(recorded):
     assert anim.ax.get_title() == "loss  (update 4)"
 
 
-def test_the_figure_is_480_by_280_pixels_with_fixed_margins(recorded):
-    fig = animation([1.0, 2.0]).fig
+def test_the_figure_is_480_by_280_pixels_and_keeps_one_layout_for_every_frame(recorded):
+    anim = animation(np.cumsum(np.ones((12, 3)), axis=0), title="a title", every=5)
+    fig, ax = anim.fig, anim.ax
     assert tuple(fig.get_size_inches()) == (6.0, 3.5) and fig.dpi == 80
-    params = fig.subplotpars
-    assert (params.left, params.right, params.bottom, params.top) == (0.12, 0.97, 0.14, 0.9)
+    positions = []
+    for i in anim.frames:
+        anim.func(i)
+        fig.draw_without_rendering()
+        positions.append(tuple(ax.get_position().bounds))
+    assert len(set(positions)) == 1  # laid out once: the axes never move between frames
+    drawn, canvas = ax.get_tightbbox(), fig.bbox  # title, axis names, the ticks shown
+    assert canvas.x0 <= drawn.x0 and drawn.x1 <= canvas.x1
+    assert canvas.y0 <= drawn.y0 and drawn.y1 <= canvas.y1
 
 
 @pytest.mark.parametrize(
@@ -189,16 +197,64 @@ def test_limits_fit_the_finite_values(recorded, history, ylim):
     assert animation(history).ax.get_ylim() == pytest.approx(ylim)
 
 
-def test_the_legend_stays_in_the_upper_right_in_small_type(recorded):
-    rising = np.linspace([0.0, 0.1], [1.0, 1.1], 10)  # the data fill the upper right corner
-    anim = animation(rising, labels=["a", "b"])
+@pytest.mark.parametrize("M", [2, 12, 30])
+def test_the_legend_sits_beside_the_axes_never_over_the_lines(recorded, M):
+    rising = np.linspace(np.arange(M) * 0.1, 1.0 + np.arange(M) * 0.1, 10)  # fills the corner
+    anim = animation(rising, labels=[f"W1[{j // 4},{j % 4}]" for j in range(M)])
     anim.func(9)
-    anim.fig.canvas.draw()
+    anim.fig.draw_without_rendering()
     legend = anim.ax.get_legend()
-    box, frame = legend.get_window_extent(), anim.ax.get_window_extent()
-    assert frame.x1 - box.x1 < 10 and frame.y1 - box.y1 < 10  # pixels
+    box, frame, canvas = legend.get_window_extent(), anim.ax.get_window_extent(), anim.fig.bbox
+    assert box.x0 > frame.x1  # right of the axes, so it covers no line
+    assert abs(box.y1 - frame.y1) < 2  # top aligned with the axes (pixels)
+    assert canvas.x0 <= box.x0 and box.x1 <= canvas.x1 and box.y0 >= canvas.y0
+    assert anim.fig.get_size_inches()[0] > 6.0  # the figure widened for it...
+    plain = animation(rising)  # ...so the axes are as wide as without a legend
+    plain.fig.draw_without_rendering()
+    assert frame.width == pytest.approx(plain.ax.get_window_extent().width, abs=2)
     small = FontProperties(size="small").get_size_in_points()
-    assert [t.get_fontsize() for t in legend.get_texts()] == [small, small]
+    assert {t.get_fontsize() for t in legend.get_texts()} == {small}
+    assert [t.get_text() for t in legend.get_texts()] == [f"W1[{j // 4},{j % 4}]" for j in range(M)]
+    assert legend._ncols == -(-M // liveplot.LEGEND_ROWS)
+
+
+@pytest.mark.parametrize("M", [1, 2, 10, 11, 12, 20, 21, 40, 256])
+def test_distinct_colors_are_m_colours_no_two_alike(M):
+    colors = liveplot.distinct_colors(M)
+    assert len(colors) == M == len(set(colors))
+    assert all(len(c) == 4 for c in colors)
+
+
+def test_the_first_ten_colours_are_matplotlibs_default_cycle():
+    default = plt.rcParamsDefault["axes.prop_cycle"].by_key()["color"]
+    cycle = [matplotlib.colors.to_rgba(c) for c in default]
+    assert liveplot.distinct_colors(10) == cycle
+    assert liveplot.distinct_colors(12)[:10] == cycle  # pale partners only from the eleventh
+
+
+@pytest.mark.parametrize("M", [3, 12, 25])
+def test_every_line_of_a_trace_has_its_own_colour(recorded, M):
+    anim = animation(np.zeros((2, M)), labels=[str(j) for j in range(M)])
+    colors = [matplotlib.colors.to_rgba(line.get_color()) for line in anim.ax.lines]
+    assert colors == liveplot.distinct_colors(M)
+
+
+def test_colours_and_axis_names_can_be_chosen(recorded):
+    anim = animation(np.zeros((2, 2)), labels=["a", "b"], colors=["red", "#0000ff"],
+                     xlabel="epoch", ylabel="weight")
+    assert [line.get_color() for line in anim.ax.lines] == ["red", "#0000ff"]
+    assert (anim.ax.get_xlabel(), anim.ax.get_ylabel()) == ("epoch", "weight")
+    message = "colors must give each of the 2 values one; got 1"
+    with pytest.raises(ValueError, match=exactly(message)):
+        animation(np.zeros((2, 2)), colors=["red"])
+
+
+def test_a_single_named_value_names_the_y_axis_instead_of_a_legend(recorded):
+    anim = animation([3.0, 2.0], labels=["loss"])
+    assert anim.ax.get_legend() is None and anim.ax.get_ylabel() == "loss"
+    assert tuple(anim.fig.get_size_inches()) == (6.0, 3.5)
+    assert animation([3.0, 2.0]).ax.get_ylabel() == "value"
+    assert animation([3.0, 2.0], labels=["loss"], ylabel="L").ax.get_ylabel() == "L"
 
 
 # -- liveplot: files ---------------------------------------------------------------------------
@@ -304,8 +360,21 @@ def test_live_plot_animate_hands_on_its_settings(monkeypatch, tmp_path):
     np.testing.assert_array_equal(args[0], [[1.0]])
     assert args[1] == tmp_path / "a.gif"
     assert kwargs == {"interval": 100, "labels": ["a"], "title": "run", "style": "snapshot",
-                      "every": 2}
+                      "every": 2, "colors": None, "xlabel": None, "ylabel": None}
     assert kwargs_40["interval"] == 40
+
+
+def test_a_live_plot_draws_and_exports_with_its_colours_and_names(shown, monkeypatch, tmp_path):
+    options = {"colors": ["red", "blue"], "xlabel": "epoch", "ylabel": "weight"}
+    plot = LivePlot(labels=["a", "b"], live=True, **options)
+    plot.update([1.0, 2.0])
+    ax = plot._drawing.ax
+    assert [line.get_color() for line in ax.lines] == ["red", "blue"]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("epoch", "weight")
+    calls = []
+    monkeypatch.setattr(liveplot, "animate", lambda *args, **kwargs: calls.append(kwargs))
+    plot.animate(tmp_path / "a.gif")
+    assert {key: calls[0][key] for key in options} == options
 
 
 @pytest.mark.parametrize(
