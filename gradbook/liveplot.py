@@ -24,6 +24,7 @@ from matplotlib import colormaps
 from matplotlib.animation import FuncAnimation, PillowWriter
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 
 from gradbook.validation import positive_int
 
@@ -81,9 +82,10 @@ class _Drawing:
             xlabel = "update i" if trace else "value j"
         if ylabel is None:  # a single named value needs no legend: its name labels the axis
             ylabel = labels[0] if labels and M == 1 else "value"
-        self.fig = Figure(figsize=(WIDTH, HEIGHT), dpi=DPI, layout="constrained")
+        self.fig = Figure(figsize=(WIDTH, HEIGHT), dpi=DPI)  # laid out by lay_out, when needed
         self.ax = self.fig.add_subplot(xlabel=xlabel, ylabel=ylabel)
         self.title, self.style = title, style
+        self._ticks: tuple = ()  # the tick labels the current layout was made for
         if not trace:
             self.lines = self.ax.plot([], [], "o-")
             if labels:
@@ -111,14 +113,20 @@ class _Drawing:
         self.ax.set_ylim(lo - pad, hi + pad)
         self.ax.set_xlim(-0.5, H.shape[0 if self.style == "trace" else 1] - 0.5)
 
-    def freeze_layout(self) -> None:
-        """Lay the figure out once, as it is now, and keep it so for every later frame.
+    def lay_out(self) -> None:
+        """Place the axes, their names, ticks and the legend so that nothing overlaps or is cut off
+        (matplotlib's constrained layout), unless the tick labels are those of the last layout.
 
-        The axes' limits are fixed for a whole animation, so one layout fits every frame; laid
-        out again per frame, the axes could shift by a pixel as the title changes.
+        Laying out costs about as much as drawing, and between two frames only the tick labels
+        can change what it finds (the title's height, the names and the legend stay): a live plot
+        redraws many times, but needs a new layout only when its limits bring new tick labels.
         """
-        self.fig.draw_without_rendering()
-        self.fig.set_layout_engine("none")
+        ticks = tuple((axis.get_major_formatter().format_ticks(axis.get_majorticklocs()),
+                       axis.get_major_formatter().get_offset())
+                      for axis in (self.ax.xaxis, self.ax.yaxis))
+        if ticks != self._ticks:
+            ConstrainedLayoutEngine().execute(self.fig)
+            self._ticks = ticks
 
     def show(self, H: np.ndarray, i: int) -> None:
         """Draw frame ``i``: rows ``0..i`` as traces, or row ``i`` as a snapshot."""
@@ -150,8 +158,8 @@ def animation(history: Any, labels: Sequence[str] | None = None, title: str = ""
     drawing.fit_limits(H)
     frames = frame_rows(H.shape[0], positive_int("every", every))
     interval = positive_int("interval", interval)
-    drawing.show(H, frames[-1])  # the widest title, so that the frozen layout fits every frame
-    drawing.freeze_layout()
+    drawing.show(H, frames[-1])  # a title as long as any frame's
+    drawing.lay_out()  # once: the limits, and so the ticks, are those of every frame
     return FuncAnimation(drawing.fig, lambda i: drawing.show(H, i), frames=frames,
                          interval=interval)
 
@@ -253,6 +261,7 @@ class LivePlot:
                                      self.colors, self.xlabel, self.ylabel)
         self._drawing.fit_limits(H)
         self._drawing.show(H, H.shape[0] - 1)
+        self._drawing.lay_out()
         png = io.BytesIO()
         self._drawing.fig.savefig(png, format="png")
         image = Image(data=png.getvalue(), format="png")

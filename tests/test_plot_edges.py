@@ -364,6 +364,26 @@ def test_live_plot_animate_hands_on_its_settings(monkeypatch, tmp_path):
     assert kwargs_40["interval"] == 40
 
 
+def test_a_live_plot_lays_out_again_when_its_ticks_change_and_only_then(shown, monkeypatch):
+    layouts = []
+    execute = liveplot.ConstrainedLayoutEngine.execute
+    monkeypatch.setattr(liveplot.ConstrainedLayoutEngine, "execute",
+                        lambda self, fig: layouts.append(fig) or execute(self, fig))
+    plot = LivePlot(labels=["a", "b"], title="a live plot", live=True)
+    plot.update([0.0, 1.0])
+    plot.draw()  # the same row, the same ticks: the layout stands
+    assert len(shown) == 2 and len(layouts) == 1
+    plot.update([-123456.0, 1.0])  # wider tick labels
+    assert len(layouts) == 2
+    fig, ax = plot._drawing.fig, plot._drawing.ax
+    fig.draw_without_rendering()
+    drawn, canvas = ax.get_tightbbox(), fig.bbox  # the ticks, names, title and legend
+    assert canvas.x0 <= drawn.x0 and drawn.x1 <= canvas.x1
+    assert canvas.y0 <= drawn.y0 and drawn.y1 <= canvas.y1
+    assert ax.title.get_window_extent().y0 >= ax.get_window_extent().y1  # above the lines
+    assert ax.get_legend().get_window_extent().x0 > ax.get_window_extent().x1
+
+
 def test_a_live_plot_draws_and_exports_with_its_colours_and_names(shown, monkeypatch, tmp_path):
     options = {"colors": ["red", "blue"], "xlabel": "epoch", "ylabel": "weight"}
     plot = LivePlot(labels=["a", "b"], live=True, **options)
