@@ -58,25 +58,11 @@ notebook: $(STAMP)
 	$(VENV)/bin/jupyter notebook --ServerApp.root_dir=notebooks --ServerApp.port=$(JUPYTER_PORT) \
 	  --ServerApp.port_retries=0 $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
-# Execute every notebook at its default parameters, then render HTML (LaTeX via MathJax) with
-# tools/build_docs.py: build/html/index.html links the pages in reading order.
-
+# Execute every notebook at its default parameters (papermill, from notebooks/), then render the
+# book with Sphinx + MyST-NB (tools/build_book.py, book/conf.py): build/html/index.html, pages in
+# reading order with previous/next links, search and equations that all work offline.
 docs: $(STAMP)
-	rm -rf build/docs build/html
-	mkdir -p build/docs build/html
-	for nb in notebooks/*.ipynb; do \
-	  stem=$$(basename $$nb .ipynb); \
-	  $(VENV)/bin/papermill --cwd notebooks \
-	    -p output_dir "../build/docs/$$stem" "$$nb" "build/docs/$$stem.ipynb" || exit 1; \
-	done
-	# A local MathJax (shipped by jupyter-server-mathjax, STIX fonts only) so the HTML reads offline.
-	cp -r "$$($(PY) -c 'import jupyter_server_mathjax as m, os; print(os.path.dirname(m.__file__))')/static" build/html/mathjax
-	mkdir -p build/html/mathjax/config/local
-	printf '%s\n' 'MathJax.Hub.Config({"HTML-CSS": {availableFonts: [], webFont: "STIX-Web", imageFont: null}});' \
-	  'MathJax.Ajax.loadComplete("[MathJax]/config/local/stix.js");' > build/html/mathjax/config/local/stix.js
-	$(PY) tools/build_docs.py build/docs build/html \
-	  'mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe,local/stix'
-	@echo "open build/html/index.html"
+	$(PY) tools/build_book.py
 
 # The bench extra (falcon, gunicorn) is for bench/bench_gateway.py's no-kernel floor; that
 # benchmark also needs wrk (Debian package `wrk`) and says so if it is missing.
