@@ -1,5 +1,6 @@
-"""Pictures for the derivation notebooks: networks (layers as circles, weights as lines) and
-computational graphs (forward values, local derivatives, gradients flowing back)."""
+"""Pictures for the derivation notebooks: networks (layers as circles, weights as lines),
+computational graphs (forward values, local derivatives, gradients flowing back) and small
+circuits of gates (a value over each wire, its gradient under it)."""
 
 from __future__ import annotations
 
@@ -185,3 +186,110 @@ def _border_points(a: Bbox, b: Bbox) -> tuple[tuple[float, float], tuple[float, 
     start = (float(ax_ + fa * dx), float(ay + fa * dy))
     end = (float(bx - fb * dx), float(by - fb * dy))
     return start, end
+
+
+def draw_circuit(
+    gates: Mapping[str, tuple[tuple[float, float], str]],
+    ends: Mapping[str, tuple[tuple[float, float], str]],
+    wires: Sequence[tuple[str, str, str, str]],
+    ax: Axes | None = None,
+) -> Axes:
+    """Draw a small circuit of gates, each wire carrying its forward value above it and the
+    gradient of the loss with respect to that value, in red, below it.
+
+    Parameters
+    ----------
+    gates : ``{name: ((x, y), symbol)}``: a circle at ``(x, y)`` with ``symbol`` inside (e.g.
+        ``"$+$"``, ``r"$\\times$"``, ``"max"``).
+    ends : ``{name: ((x, y), label)}``: the circuit's loose ends, a dot at ``(x, y)`` with its
+        label (e.g. ``"$x$"``) on the outer side: left of an input, right of an output.
+    wires : ``(source, target, value, gradient)`` for each wire from ``source`` to ``target``
+        (gates or ends), drawn from circle border to circle border with its head at the target;
+        ``value`` goes over the middle of the wire, ``gradient`` under it.
+    ax : where to draw; a new figure when omitted.
+
+    ``circuit_overlaps(ax)`` lists any label that covers a gate or another label.
+    """
+    radius = 0.35
+    points = {name: xy for name, (xy, _) in {**ends, **gates}.items()}
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3))
+    fig = ax.figure
+    xs = [x for x, _ in points.values()]
+    ys = [y for _, y in points.values()]
+    ax.set_xlim(min(xs) - 0.9, max(xs) + 0.9)
+    ax.set_ylim(min(ys) - 0.8, max(ys) + 0.8)
+    ax.set_aspect("equal")
+    ax.axis("off")
+
+    for name, ((x, y), symbol) in gates.items():
+        circle = plt.Circle((x, y), radius, facecolor="white", edgecolor="k", zorder=3)
+        circle.set_gid("gate")
+        circle.set_label(name)
+        ax.add_patch(circle)
+        small = len(symbol) > 2 and "$" not in symbol  # a word such as "max"
+        ax.text(x, y, symbol, ha="center", va="center", fontsize=8 if small else 11, zorder=4)
+
+    sources = {source for source, _, _, _ in wires}
+    for name, ((x, y), label) in ends.items():
+        ax.plot([x], [y], "o", color="k", markersize=3, zorder=3)
+        outer = -1.0 if name in sources else 1.0  # an input's label on its left
+        text = ax.text(x, y, label, ha="right" if outer < 0 else "left", va="center",
+                       fontsize=11, zorder=4,
+                       transform=offset_copy(ax.transData, fig, x=4.0 * outer, units="points"))
+        text.set_gid("end")
+
+    for source, target, value, gradient in wires:
+        (x0, y0), (x1, y1) = points[source], points[target]
+        length = max(float(np.hypot(x1 - x0, y1 - y0)), 1e-9)
+        ux, uy = (x1 - x0) / length, (y1 - y0) / length
+        if source in gates:
+            x0, y0 = x0 + radius * ux, y0 + radius * uy
+        if target in gates:
+            x1, y1 = x1 - radius * ux, y1 - radius * uy
+        arrow = ax.annotate("", xy=(x1, y1), xytext=(x0, y0), zorder=2,
+                            arrowprops={"arrowstyle": "-|>", "color": "k", "shrinkA": 0,
+                                        "shrinkB": 0 if target in gates else 3})
+        arrow.set_gid("wire")
+        arrow.set_label(f"{source}->{target}")  # for circuit_overlaps
+        nx, ny = -uy, ux  # left of the wire's direction; "up" for a wire running right
+        if ny < 0:
+            nx, ny = -nx, -ny
+        mid = ((x0 + x1) / 2, (y0 + y1) / 2)
+        for text, side, color, gid in ((value, 1.0, "k", "value"),
+                                       (gradient, -1.0, "C3", "gradient")):
+            sx, sy = side * nx, side * ny
+            label = ax.text(*mid, text, fontsize=10, color=color, zorder=5,
+                            ha="left" if sx > 0.35 else "right" if sx < -0.35 else "center",
+                            va="bottom" if sy > 0.35 else "top" if sy < -0.35 else "center",
+                            transform=offset_copy(ax.transData, fig, x=3.0 * sx, y=3.0 * sy,
+                                                  units="points"))
+            label.set_gid(gid)
+    return ax
+
+
+def circuit_overlaps(ax: Axes) -> list[tuple[str, str]]:
+    """What covers what in a ``draw_circuit`` picture, as drawn: pairs of labels or gates (a
+    gate is named by its key in ``gates``) that overlap, and wires (``"source->target"``) that
+    run through a gate other than their own ends. Empty when the layout is readable."""
+    renderer = ax.figure.canvas.get_renderer()
+    drawn = [(text.get_text(), text.get_window_extent(renderer)) for text in ax.texts
+             if text.get_gid() in ("value", "gradient", "end")]
+    circles = [patch for patch in ax.patches if patch.get_gid() == "gate"]
+    drawn += [(circle.get_label(), circle.get_window_extent(renderer)) for circle in circles]
+    found = [(a, b) for i, (a, box_a) in enumerate(drawn) for b, box_b in drawn[i + 1:]
+             if box_a.overlaps(box_b)]
+    for wire in ax.texts:
+        if wire.get_gid() != "wire":
+            continue
+        source, target = wire.get_label().split("->")
+        (x0, y0), (x1, y1) = wire.xyann, wire.xy  # type: ignore[attr-defined]
+        for circle in circles:
+            if circle.get_label() in (source, target):
+                continue
+            (cx, cy), r = circle.center, circle.radius
+            t = np.clip(((cx - x0) * (x1 - x0) + (cy - y0) * (y1 - y0))
+                        / max((x1 - x0) ** 2 + (y1 - y0) ** 2, 1e-12), 0.0, 1.0)
+            if np.hypot(x0 + t * (x1 - x0) - cx, y0 + t * (y1 - y0) - cy) < r:
+                found.append((wire.get_label(), circle.get_label()))
+    return found

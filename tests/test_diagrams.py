@@ -63,3 +63,44 @@ def test_graph_overlaps_reports_boxes_drawn_on_top_of_each_other():
                     [("a", "b", "$1$")])
     assert ("$a = 1$", "$b = 2$") in graph_overlaps(ax)
     plt.close(ax.figure)
+
+
+def _gate(symbol: str = "$+$"):
+    from gradbook.diagrams import draw_circuit
+
+    return draw_circuit(
+        {"g": ((2.6, 0.0), symbol)},
+        {"a": ((0.0, 1.1), "$a$"), "b": ((0.0, -1.1), "$b$"), "q": ((4.8, 0.0), "$q$")},
+        [("a", "g", "2.00", "1.50"), ("b", "g", "-3.00", "0.00"), ("g", "q", "2.00", "1.75")],
+    )
+
+
+def test_draw_circuit_writes_values_over_and_gradients_under_each_wire():
+    ax = _gate("max")
+    renderer = ax.figure.canvas.get_renderer()
+    texts = {(t.get_gid(), t.get_text()): t for t in ax.texts}
+    assert {("end", "$a$"), ("end", "$b$"), ("end", "$q$"), ("value", "-3.00"),
+            ("gradient", "1.50"), ("gradient", "0.00"), ("gradient", "1.75")} <= set(texts)
+    assert len([t for t in ax.texts if t.get_gid() == "wire"]) == 3  # one arrow per wire
+    assert [p.get_label() for p in ax.patches if p.get_gid() == "gate"] == ["g"]
+    assert any(t.get_text() == "max" for t in ax.texts)
+    # on the level output wire, the value sits above the gradient, which is red
+    value, gradient = texts[("value", "2.00")], texts[("gradient", "1.75")]
+    assert value.get_window_extent(renderer).y0 > gradient.get_window_extent(renderer).y1
+    assert gradient.get_color() == "C3"
+    plt.close(ax.figure)
+
+
+def test_circuit_overlaps_is_empty_for_a_gate_and_finds_what_covers_what():
+    from gradbook.diagrams import circuit_overlaps, draw_circuit
+
+    ax = _gate()
+    assert circuit_overlaps(ax) == []
+    plt.close(ax.figure)
+    # two gates on top of each other, and a wire from a to the far gate running through both
+    ax = draw_circuit({"g": ((2, 0), "$+$"), "h": ((2.1, 0), r"$\times$"), "k": ((4, 0), "$+$")},
+                      {"a": ((0, 0), "$a$")}, [("a", "k", "1", "2")])
+    found = circuit_overlaps(ax)
+    assert ("g", "h") in found
+    assert ("a->k", "g") in found and ("a->k", "h") in found
+    plt.close(ax.figure)
