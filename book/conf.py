@@ -70,16 +70,24 @@ html_theme_options = {
 }
 
 
-def tags_outside_split(app: Sphinx, doctree: nodes.document) -> None:
-    r"""Sphinx wraps a displayed equation that holds ``\\`` in ``\begin{split}…\end{split}``
-    (for its line breaks), and MathJax refuses a ``\tag`` inside a split. An equation with a
-    ``\tag`` whose ``\\`` are inside a matrix needs no split: it is written as ``\[…\]`` as is."""
+def own_tags(app: Sphinx, doctree: nodes.document) -> None:
+    r"""Equations keep the numbers their ``\tag`` gives them, and nothing breaks them.
+
+    * Sphinx wraps a displayed equation that holds ``\\`` in ``\begin{split}…\end{split}``
+      (for its line breaks), and MathJax refuses a ``\tag`` inside a split: an equation with a
+      ``\tag`` (its ``\\`` inside a matrix) is written as ``\[…\]``, as it is;
+    * MyST numbers an ``amsmath`` block (``\begin{align}`` …) itself: not one with ``\tag``s.
+    """
     for node in doctree.findall(nodes.math_block):
         text = node.astext()
-        if "\\tag" in text and "\\\\" in text and not node.get("nowrap"):
+        if "\\tag" not in text:
+            continue
+        if "amsmath" in node.get("classes", []):
+            node["number"] = None
+        elif "\\\\" in text and not node.get("nowrap"):
             node.children = [nodes.Text(f"\\[{text}\\]")]
             node["nowrap"] = True
 
 
 def setup(app: Sphinx) -> None:
-    app.connect("doctree-read", tags_outside_split)
+    app.connect("doctree-read", own_tags)

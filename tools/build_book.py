@@ -196,8 +196,9 @@ def index_page(chapters: list[tuple[str, str, str]], pages: list[str]) -> str:
         "folded until you open them.",
         "",
     ]
-    lines += [f"1. [{title}]({stem}.ipynb): {sentence}" for stem, title, sentence in chapters]
-    lines += ["", "The playground page of the service: [the playground](playground.md).", ""]
+    lines += [f"- [{title}]({stem}.ipynb): {sentence}" for stem, title, sentence in chapters]
+    lines += ["", "Beside the notebooks: [the playground](playground.md), the page the service "
+              "(`make serve`) shows at `/` to try the models, their training and gradients.", ""]
     lines += ["```{toctree}", ":hidden:", ":maxdepth: 1", ""]
     lines += [stem for stem, _, _ in chapters] + pages + ["```", ""]
     return "\n".join(lines)
