@@ -1,15 +1,22 @@
 """A fully connected network of any depth, trained with the equations the notebooks derive.
 
-Row convention (notebooks 04-08): ``X`` is ``(n, d_in)``, ``W_k`` is ``(d_{k-1}, d_k)`` and
+Row convention (notebooks 04-08): ``X`` is ``(n, d_in)``, ``W_k`` is ``(d_{k-1}, d_k)``, a bias
+``b_k`` is a vector ``(d_k,)`` added to every row, and
 
-    l_0 = X,    z_k = l_{k-1} · W_k (+ b_k),    l_k = f(z_k)
+    l_0 = X,    z_k = l_{k-1} · W_k (+ b_k),    l_k = f(z_k) for k < K,    Ŷ = l_K = g(z_K)
 
-The backward pass is the general rule of notebook 08:
+where the output function g is f with the half squared error, or the softmax with the
+cross-entropy. The backward pass is the general rule of notebook 08, in its symbols:
 
-    Δl_K = ∂L/∂z_K                              (the loss's delta, eq. 8.1)
+    Δl_K = (Ŷ - Y) * f'(z_K)                    (half squared error, eq. 8.1)
+    Δl_K = Ŷ - Y                                (softmax and cross-entropy, eq. 8.5)
     ∂L/∂W_k = l_{k-1}ᵀ · Δl_k                   (eq. 8.2)
-    ∂L/∂b_k = Σ_rows Δl_k                       (eq. 8.4)
-    Δl_{k-1} = (Δl_k · W_kᵀ) * f'(l_{k-1})       (eq. 8.3)
+    ∂L/∂b_k = Σ_i Δl_k^(i), the rows summed     (eq. 8.4)
+    Δl_{k-1} = (Δl_k · W_kᵀ) * f'(z_{k-1})      (eq. 8.3)
+
+with Δl_k = ∂L/∂z_k. The slope f'(z_k) is taken at the pre-activation but evaluated from the
+layer's output l_k = f(z_k), which the forward pass kept: ``act.df(l_k)`` (for the sigmoid,
+l_k * (1 - l_k)).
 """
 
 from __future__ import annotations
@@ -161,11 +168,11 @@ class MLP:
     def _backward(self, ls: list[np.ndarray], Y: np.ndarray) -> list[np.ndarray]:
         """The gradients from the forward pass ``ls = self._layers(X)`` at the parameters.
 
-        It uses up ``ls``: each hidden ``l_k``, once read for eq. 8.2, is overwritten with
-        ``f'(l_k)`` for eq. 8.3.
+        It uses up ``ls``: each hidden ``l_k``, once read for eq. 8.2, is overwritten with the
+        slope ``f'(z_k)``, evaluated from ``l_k``, for eq. 8.3.
         """
         df_ = self.act.df_
-        delta = self.loss_fn.delta(ls[-1], Y, self.act)  # eq. 8.1
+        delta = self.loss_fn.delta(ls[-1], Y, self.act)  # eq. 8.1 or 8.5
         dW: list[np.ndarray] = []
         db: list[np.ndarray] = []
         for k in range(len(self.weights) - 1, -1, -1):
@@ -173,8 +180,8 @@ class MLP:
             if self.bias:
                 db.append(delta.sum(axis=0))  # eq. 8.4
             if k > 0:
-                delta = delta @ self.weights[k].T  # eq. 8.3, then in place:
-                delta *= self.act.df(ls[k]) if df_ is None else df_(ls[k])  # ... * f'(l_{k-1})
+                delta = delta @ self.weights[k].T  # eq. 8.3 (weights[k] is W_{k+1}), then:
+                delta *= self.act.df(ls[k]) if df_ is None else df_(ls[k])  # ... * f'(z_k)
         dW.reverse()
         db.reverse()
         return dW + db

@@ -85,11 +85,14 @@ def test_notebook_runs_under_papermill(path: Path):
 
 
 # A derivation that is wrong must fail its notebook with an AssertionError. For each derivation
-# notebook: {kind of mistake: (formula as it stands in the notebook, the same formula broken)}.
-# Kinds used: "dropped factor", "@ for *" / "* for @" (matrix vs element-wise product),
-# "missing transpose", "wrong sum axis", "wrong sign", "wrong index". Each formula must occur in
-# exactly one cell of its notebook. To add a notebook, add one entry.
-BREAKAGES: dict[str, dict[str, tuple[str, str]]] = {
+# notebook: {kind of mistake: (formula as it stands in the notebook, the same formula broken)}, or
+# a list of such pairs for a mistake made in several formulas at once. Kinds used: "dropped
+# factor", "@ for *" / "* for @" (matrix vs element-wise product), "missing transpose", "wrong sum
+# axis", "mean for sum", "wrong sign", "wrong index", a slope, weights or delta taken from the
+# wrong place or layer, a dropped or misshapen bias gradient. Each formula must occur in exactly
+# one cell of its notebook. To add a notebook, add one entry.
+Breakage = tuple[str, str] | list[tuple[str, str]]
+BREAKAGES: dict[str, dict[str, Breakage]] = {
     "02_one_layer_scalar": {
         "dropped factor": ("delta1 = (y_hat - y) * y_hat * (1.0 - y_hat)",
                            "delta1 = (y_hat - y) * y_hat"),
@@ -130,6 +133,14 @@ BREAKAGES: dict[str, dict[str, tuple[str, str]]] = {
                                          "delta2 = (l2 - y) * l2"),
         "missing transpose": ("W2_grad = l1.T @ delta2", "W2_grad = delta2 @ l1"),
         "dropped slope in the W1 gradient": ("W1_grad = X.T @ delta1", "W1_grad = X.T @ back"),
+        # one example and one output: broadcasting gives these the right numbers; the wide check
+        # (several examples and outputs) does not
+        "* for @, backward through W2": ("back = delta2 @ W2.T", "back = delta2 * W2.T"),
+        "* for @, gradient of W1": ("W1_grad = X.T @ delta1", "W1_grad = X.T * delta1"),
+        "* for every @ of (6.2)-(6.4)": [("back = delta2 @ W2.T", "back = delta2 * W2.T"),
+                                         ("W2_grad = l1.T @ delta2", "W2_grad = l1.T * delta2"),
+                                         ("W1_grad = X.T @ delta1", "W1_grad = X.T * delta1")],
+        "mean for sum": ("W1_grad = X.T @ delta1", "W1_grad = X.T @ delta1 / len(X)"),
     },
     "07_two_layer_batch": {
         "dropped factor": ("delta1 = back * l1 * (1 - l1)", "delta1 = back * l1"),
@@ -137,6 +148,12 @@ BREAKAGES: dict[str, dict[str, tuple[str, str]]] = {
                                          "delta2 = (l2 - Y)  # (6.1), σ'(z2)"),
         "missing transpose": ("W2_grad = l1.T @ delta2", "W2_grad = delta2.T @ l1"),
         "mean for sum": ("W1_grad = X.T @ delta1", "W1_grad = X.T @ delta1 / n"),
+        "* for @": ("back = delta2 @ W2.T", "back = delta2 * W2.T"),
+        "slope taken at l1, not at z1": (
+            "delta1 = back * l1 * (1 - l1)", "delta1 = back * sigmoid(l1) * (1 - sigmoid(l1))"),
+        # XOR has one output, where this gives the right numbers; the check on two outputs does not
+        "* for @, the vectorised runs": ("delta1s = (delta2s @ W2s.transpose(0, 2, 1))",
+                                         "delta1s = (delta2s * W2s.transpose(0, 2, 1))"),
     },
     "08_any_depth": {
         "dropped factor": ("delta = (deltas[0] @ Ws[k - 1].T) * df(ls[k - 1])",
@@ -148,10 +165,27 @@ BREAKAGES: dict[str, dict[str, tuple[str, str]]] = {
         "mean for sum": ("return [delta.sum(axis=0) for delta in deltas]",
                          "return [delta.mean(axis=0) for delta in deltas]"),
         "missing transpose": ("[l.T @ delta for l, delta", "[delta.T @ l for l, delta"),
+        "slope of the wrong layer": ("* df(ls[k - 1])", "* df(ls[k])"),
+        "weights of the wrong layer": ("(deltas[0] @ Ws[k - 1].T)", "(deltas[0] @ Ws[k].T)"),
+        "reversed delta list": ("deltas.insert(0, delta)", "deltas.append(delta)"),
+        "dropped bias gradient": ("else bias_gradients(deltas))",
+                                  "else [np.zeros_like(b) for b in biases])"),
+        "bias gradient kept 2-D": ("return [delta.sum(axis=0) for delta in deltas]",
+                                   "return [delta.sum(axis=0, keepdims=True) for delta in deltas]"),
+        "output slope on the softmax": ("else Y_hat - Y  # (8.1) or (8.5)",
+                                        "else (Y_hat - Y) * df(Y_hat)  # (8.1) or (8.5)"),
+        "sigmoid slope taken at l, not at z": (
+            "lambda l: l * (1 - l)", "lambda l: sigmoid(l) * (1 - sigmoid(l))"),
+        "relu slope 1 at z <= 0": ("(l > 0).astype(np.float64)", "(l >= 0).astype(np.float64)"),
     },
 }
-MUTATIONS = [(stem, formula, broken, kind) for stem, kinds in BREAKAGES.items()
-             for kind, (formula, broken) in kinds.items()]
+def replacements(breakage: Breakage) -> list[tuple[str, str]]:
+    """The (formula, broken) pairs of one breakage: a single pair, or several made together."""
+    return breakage if isinstance(breakage, list) else [breakage]
+
+
+MUTATIONS = [(stem, replacements(breakage), kind) for stem, kinds in BREAKAGES.items()
+             for kind, breakage in kinds.items()]
 
 
 def test_every_derivation_notebook_has_two_kinds_of_breakage():
@@ -162,15 +196,16 @@ def test_every_derivation_notebook_has_two_kinds_of_breakage():
         assert len(BREAKAGES.get(stem, {})) >= 2, stem
 
 
-@pytest.mark.parametrize("stem, formula, broken, kind", MUTATIONS,
-                         ids=[f"{m[0][:2]}-{m[3]}" for m in MUTATIONS])
-def test_a_broken_derivation_fails_its_notebook(tmp_path: Path, stem: str, formula: str,
-                                                broken: str, kind: str):
+@pytest.mark.parametrize("stem, pairs, kind", MUTATIONS,
+                         ids=[f"{m[0][:2]}-{m[2]}" for m in MUTATIONS])
+def test_a_broken_derivation_fails_its_notebook(tmp_path: Path, stem: str,
+                                                pairs: list[tuple[str, str]], kind: str):
     nb = read(ROOT / "notebooks" / f"{stem}.ipynb")
-    cells = [c for c in nb["cells"] if formula in "".join(c["source"])]
-    assert len(cells) == 1, f"{stem}: the formula to break is no longer there: {formula}"
-    cells[0]["source"] = "".join(cells[0]["source"]).replace(formula, broken)
-    assert broken != formula, f"{stem}, {kind}: the breakage changes nothing"
+    for formula, broken in pairs:
+        assert broken != formula, f"{stem}, {kind}: the breakage changes nothing"
+        cells = [c for c in nb["cells"] if formula in "".join(c["source"])]
+        assert len(cells) == 1, f"{stem}: the formula to break is no longer there: {formula}"
+        cells[0]["source"] = "".join(cells[0]["source"]).replace(formula, broken)
     mutant = tmp_path / f"{stem}_broken.ipynb"
     mutant.write_text(json.dumps(nb), encoding="utf-8")
     with pytest.raises(papermill.PapermillExecutionError, match="AssertionError"):
