@@ -243,9 +243,10 @@ def render(source: Path, html: Path) -> list[str]:
     if html.exists():
         shutil.rmtree(html)
     warnings = source.parent / "sphinx-warnings.txt"
-    subprocess.run(
-        [sys.executable, "-m", "sphinx", "-b", "html", "-q", "-w", str(warnings), "-c", str(BOOK),
-         str(source), str(html)], check=True)
+    subprocess.run(  # -E -d: read every page afresh, its pickles beside the book, not in it
+        [sys.executable, "-m", "sphinx", "-b", "html", "-q", "-E", "-w", str(warnings),
+         "-d", str(source.parent / "doctrees"), "-c", str(BOOK), str(source), str(html)],
+        check=True)
     copy_mathjax(html)
     return [line for line in warnings.read_text(encoding="utf-8").splitlines() if line.strip()]
 
