@@ -3,7 +3,13 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from gradbook.activations import ACTIVATIONS, sigmoid, softmax
-from gradbook.gradcheck import gradcheck, numerical_gradient, relative_error
+from gradbook.gradcheck import (
+    derivation,
+    gradcheck,
+    numerical_gradient,
+    relative_error,
+    shape_errors_fail,
+)
 from gradbook.losses import LOSSES
 from gradbook.network import MLP
 
@@ -16,9 +22,11 @@ __all__ = [
     "ACTIVATIONS",
     "LOSSES",
     "MLP",
+    "derivation",
     "gradcheck",
     "numerical_gradient",
     "relative_error",
+    "shape_errors_fail",
     "sigmoid",
     "softmax",
 ]

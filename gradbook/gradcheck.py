@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -51,3 +53,30 @@ def gradcheck(
             raise ValueError(f"gradient shape {np.shape(G)} does not match parameter {np.shape(P)}")
         errors.append(relative_error(G, numerical_gradient(f, P, eps)))
     return max(errors, default=0.0)
+
+
+@contextmanager
+def shape_errors_fail(what: str) -> Iterator[None]:
+    """Report numpy refusing a formula as a failed check: an AssertionError naming ``what``.
+
+    A wrong formula usually fails an ``assert`` (a wrong number or shape). It may also ask numpy
+    for something impossible: a product of arrays whose shapes do not fit (ValueError) or an
+    entry that does not exist (IndexError). That is a failed check too, and the notebooks report
+    it as one, so that every wrong derivation stops a notebook the same way.
+    """
+    try:
+        yield
+    except (ValueError, IndexError) as err:
+        raise AssertionError(f"{what}: {err}") from err
+
+
+def derivation(f: Callable) -> Callable:
+    """Mark ``f`` as code implementing derived formulas: numpy refusing it is a failed check
+    (``shape_errors_fail``)."""
+
+    @functools.wraps(f)
+    def checked(*args: np.ndarray) -> object:
+        with shape_errors_fail(f.__name__):
+            return f(*args)
+
+    return checked
