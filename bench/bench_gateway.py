@@ -16,7 +16,10 @@ Each server first answers one request per model by plain HTTP: it must be 200, w
 prediction from all three. Then ``wrk`` loads it for a few seconds per model and number of
 connections (1, 4, 64; threads min(c, 2)) and reports requests per second and the median and 99th
 percentile latency, with the non-2xx responses and socket errors beside them, so that a server
-that answers errors fast cannot look good. For scale, the run also times the bare round trip of
+that answers errors fast cannot look good, and where the CPU went: milliseconds of CPU per
+request of the gateway process (for Falcon, of its workers) and of the kernels together, read
+from ``/proc`` before and after each point, and gradbook's mean batch size (its
+``gradbook_batch_size`` metric). For scale, the run also times the bare round trip of
 one Jupyter kernel (``execute_request`` of ``print(1)`` until the kernel reports idle), with no
 gateway and no HTTP: stock notebook-http needs three of them per request (assign ``REQUEST``, the
 endpoint cell, its ``ResponseInfo`` cell).
@@ -33,6 +36,8 @@ the way out, also on Ctrl-C or an error.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import http.client
 import json
 import os
@@ -45,7 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -53,7 +58,7 @@ from pathlib import Path
 
 from gradbook_service.app.training import create_default_models
 from jupyter_client import KernelManager
-from procs import alive, descendants
+from procs import alive, child_pids, cpu_seconds, descendants, kernel_pids
 
 from gradbook.datasets import load
 from gradbook.store import ModelStore
@@ -77,6 +82,18 @@ class Load:
     p99_ms: float
     non_2xx: int
     socket_errors: int
+    requests: int = 0
+    server_cpu_ms: float = float("nan")  # per request: the gateway, or Falcon's workers
+    kernels_cpu_ms: float = float("nan")  # per request: the kernels together
+    batch: float = float("nan")  # gradbook's mean batch size (requests per kernel execution)
+
+
+@dataclass(frozen=True)
+class Running:
+    """A server the run started: its port, and the PID of the process it started."""
+
+    port: int
+    pid: int
 
 
 WARM_UP_SECONDS = 1.0  # of load on each server and model before its figures are taken
@@ -120,7 +137,7 @@ def request(port: int, method: str, path: str, body: bytes | None = None,
 
 @contextmanager
 def server(name: str, command: list[str], env: dict[str, str], port: int, ready: str,
-           log: Path) -> Iterator[int]:
+           log: Path) -> Iterator[Running]:
     """Run ``command`` in a session of its own until the block ends, once ``GET ready`` is 200;
     its output goes to ``log``, whose end is shown if it does not start."""
     with log.open("wb") as out:
@@ -138,12 +155,12 @@ def server(name: str, command: list[str], env: dict[str, str], port: int, ready:
         else:
             tail = log.read_text(errors="replace")[-3000:]
             raise RuntimeError(f"{LABELS[name]} did not start; the end of its log:\n{tail}")
-        yield port
+        yield Running(port, process.pid)
     finally:
         stop(process)
 
 
-def start(name: str, tmp: Path) -> AbstractContextManager[int]:
+def start(name: str, tmp: Path) -> AbstractContextManager[Running]:
     """The context manager running server ``name`` on a free port over ``tmp/store``."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRADBOOK_")}
@@ -237,6 +254,48 @@ def kernel_round_trips(runtime: Path) -> list[float]:
         manager.shutdown_kernel(now=True)
 
 
+def cpu_split(name: str, pid: int) -> dict[str, float]:
+    """CPU seconds used so far by the server started as ``pid``: ``server`` is the gateway
+    process itself (gradbook, stock KG) or gunicorn's workers (Falcon: its master only
+    supervises them); ``kernels`` the kernels below the gateway."""
+    if name == "falcon":
+        return {"server": sum(map(cpu_seconds, child_pids(pid))), "kernels": 0.0}
+    return {"server": cpu_seconds(pid), "kernels": sum(map(cpu_seconds, kernel_pids(pid)))}
+
+
+def batches(port: int) -> tuple[float, float]:
+    """gradbook's ``gradbook_batch_size`` histogram: (sum, count) over every notebook."""
+    status, text = request(port, "GET", "/metrics")
+    if status != 200:
+        return float("nan"), float("nan")
+    total = {"sum": 0.0, "count": 0.0}
+    for line in text.decode().splitlines():
+        found = re.match(r"gradbook_batch_size_(sum|count)\{[^}]*\} ([\d.e+-]+)$", line)
+        if found:
+            total[found.group(1)] += float(found.group(2))
+    return total["sum"], total["count"]
+
+
+def measured(name: str, running: Running, load: Callable[[], Load]) -> Load:
+    """``load()``'s figures with what the server's processes spent per request meanwhile (CPU
+    from ``/proc``, kernels started or replaced during the run not counted) and, for gradbook,
+    the mean batch size."""
+    before = cpu_split(name, running.pid)
+    batch_before = batches(running.port) if name == "gradbook" else (0.0, 0.0)
+    result = load()
+    after = cpu_split(name, running.pid)
+    n = max(result.requests, 1)
+    batch = float("nan")
+    if name == "gradbook":
+        batch_after = batches(running.port)
+        executions = batch_after[1] - batch_before[1]
+        batch = (batch_after[0] - batch_before[0]) / executions if executions else float("nan")
+    return dataclasses.replace(
+        result, server_cpu_ms=(after["server"] - before["server"]) * 1e3 / n,
+        kernels_cpu_ms=(after["kernels"] - before["kernels"]) * 1e3 / n if name != "falcon"
+        else float("nan"), batch=batch)
+
+
 def parse_wrk(output: str) -> Load:
     def milliseconds(percent: str) -> float:
         value, unit = re.search(rf"^\s*{percent}%\s+([\d.]+)(\w+)", output, re.M).groups()
@@ -248,7 +307,8 @@ def parse_wrk(output: str) -> Load:
     return Load(rps=float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
                 p50_ms=milliseconds("50"), p99_ms=milliseconds("99"),
                 non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
-                socket_errors=sum(map(int, errors.groups())) if errors else 0)
+                socket_errors=sum(map(int, errors.groups())) if errors else 0,
+                requests=int(re.search(r"(\d+) requests in", output).group(1)))
 
 
 def run_wrk(port: int, model: str, script: Path, connections: int, seconds: float) -> Load:
@@ -276,13 +336,16 @@ def ratio(a: float, b: float) -> str:
 def report(results: dict[tuple[str, int, str], Load], models: list[str],
            connections: list[int], names: list[str], kernel: list[float]) -> None:
     print(f"\n{'model':<7} {'c':>3}  {'server':<9} {'rps':>9} {'p50 ms':>9} {'p99 ms':>9} "
-          f"{'non-2xx':>8} {'sock err':>8}")
+          f"{'non-2xx':>8} {'sock err':>8} {'cpu/req':>8} {'kern/req':>8} {'batch':>6}")
     for model in models:
         for c in connections:
             for name in names:
                 r = results[model, c, name]
                 print(f"{model:<7} {c:>3}  {LABELS[name]:<9} {r.rps:>9.1f} {r.p50_ms:>9.2f} "
-                      f"{r.p99_ms:>9.2f} {r.non_2xx:>8} {r.socket_errors:>8}")
+                      f"{r.p99_ms:>9.2f} {r.non_2xx:>8} {r.socket_errors:>8} "
+                      f"{r.server_cpu_ms:>8.3f} {r.kernels_cpu_ms:>8.3f} {r.batch:>6.1f}")
+    print("cpu/req: CPU ms per request of the gateway process (Falcon: its workers); kern/req: "
+          "of the kernels together; batch: requests per kernel execution")
     kernel_p50 = statistics.median(kernel)
     print(f"\nbare kernel round trip (print(1) to idle, {len(kernel)} times): "
           f"p50 {kernel_p50:.2f} ms, p99 {statistics.quantiles(kernel, n=100)[98]:.2f} ms")
@@ -329,10 +392,11 @@ def measure(args: argparse.Namespace, tmp: Path) -> None:
         # gradbook's first start fills the store the others read; without gradbook, fill it here.
         if "gradbook" not in names:
             create_default_models(ModelStore(tmp / "store"))
-        ports = {}
+        servers: dict[str, Running] = {}
         for name in sorted(names, key=lambda n: n != "gradbook"):
-            ports[name] = running.enter_context(start(name, tmp))
-            print(f"{LABELS[name]} listening on 127.0.0.1:{ports[name]}", flush=True)
+            servers[name] = running.enter_context(start(name, tmp))
+            print(f"{LABELS[name]} listening on 127.0.0.1:{servers[name].port}", flush=True)
+        ports = {name: server.port for name, server in servers.items()}
         if problems := check_answers(ports, bodies):
             sys.exit("bench_gateway: the servers do not answer alike, so their figures would "
                      "not compare:\n  " + "\n  ".join(problems))
@@ -347,8 +411,9 @@ def measure(args: argparse.Namespace, tmp: Path) -> None:
             for c in args.connections:
                 for name in names:
                     print(f"wrk: {model}, c={c}, {LABELS[name]}...", flush=True)
-                    results[model, c, name] = run_wrk(ports[name], model, script, c,
-                                                      args.seconds)
+                    results[model, c, name] = measured(
+                        name, servers[name],
+                        functools.partial(run_wrk, ports[name], model, script, c, args.seconds))
                     settle(ports[name], model, bodies[model])
     print(f"\nPOST /models/:name/predict, {args.seconds:g} s per point, {os.cpu_count()} cores, "
           f"load average {load_before:.2f} before the run; {versions()}")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+TICKS = os.sysconf("SC_CLK_TCK")  # the unit of /proc's CPU times
+
 
 def child_pids(pid: int) -> list[int]:
     """The processes whose parent is ``pid``."""
@@ -59,6 +61,13 @@ def started(pid: int) -> int:
     it is gone. With the pid it names a process even once the pid is reused."""
     fields = _stat(pid)
     return int(fields[19]) if len(fields) > 19 else 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time ``pid`` has used so far, user and system (fields 14 and 15 of its stat); 0 once
+    it is gone."""
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) / TICKS if len(fields) > 12 else 0.0
 
 
 def _stat(pid: int) -> list[str]:
