@@ -14,9 +14,11 @@ from pathlib import Path
 
 import papermill
 import pytest
-from nbclient.exceptions import CellTimeoutError
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+import build_book  # noqa: E402 (tools/ is no package)
+
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 BUILD = ROOT / "build" / "notebooks"
 CELL_SECONDS = 60
@@ -43,33 +45,14 @@ def test_notebook_is_stored_clean(path: Path):
 
 
 def execute(path: Path, output: Path) -> None:
-    """Run ``path`` (with its CI parameters) like Jupyter would, from ``notebooks/``.
-
-    A cell gets ``CELL_SECONDS`` (the slowest takes a few seconds here). Once in a few hundred
-    runs on a loaded machine a notebook's kernel sits idle while papermill waits for a reply
-    that never comes (nteract/papermill#711, jupyter/jupyter_client#922): then the cell times
-    out and the notebook runs once more in a new kernel. A cell that is really too slow, or
-    hangs, times out twice and fails.
-    """
+    """Run ``path`` (with its CI parameters) like Jupyter would, from ``notebooks/``, as the
+    book's build does (``tools/build_book.py``'s ``run_notebook``: a cell that times out, as a
+    kernel left waiting by papermill's rare lost reply does, runs the notebook once more)."""
     parameters = read(path)["metadata"].get("gradbook", {}).get("ci_parameters", {})
     output_dir = output.parent / output.stem
     output_dir.mkdir(parents=True, exist_ok=True)
-    for attempt in (1, 2):
-        try:
-            papermill.execute_notebook(
-                str(path),
-                str(output),
-                parameters={**parameters, "output_dir": str(output_dir)},
-                cwd=str(ROOT / "notebooks"),
-                progress_bar=False,
-                kernel_name="python3",
-                execution_timeout=CELL_SECONDS,
-            )
-            return
-        except CellTimeoutError:
-            if attempt == 2:
-                raise
-            print(f"{path.name}: a cell timed out; running the notebook again", file=sys.stderr)
+    build_book.run_notebook(path, output, {**parameters, "output_dir": str(output_dir)},
+                            CELL_SECONDS)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import nbformat
 import papermill
+from nbclient.exceptions import CellTimeoutError
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -167,6 +168,26 @@ def notebooks() -> list[Path]:
     return sorted(NOTEBOOKS.glob("*.ipynb"))
 
 
+def run_notebook(path: Path, target: Path, parameters: dict, cell_seconds: float = 60) -> None:
+    """Run ``path`` with papermill from ``notebooks/``, as Jupyter would, into ``target``.
+
+    A cell gets ``cell_seconds`` (the slowest takes a few seconds). Once in a few hundred runs
+    on a loaded machine a notebook's kernel sits idle while papermill waits for a reply that
+    never comes (nteract/papermill#711, jupyter/jupyter_client#922): then the cell times out and
+    the notebook runs once more in a new kernel. A cell that is really too slow, or hangs, times
+    out twice and fails."""
+    for attempt in (1, 2):
+        try:
+            papermill.execute_notebook(str(path), str(target), parameters=parameters,
+                                       cwd=str(NOTEBOOKS), kernel_name="python3",
+                                       progress_bar=False, execution_timeout=cell_seconds)
+            return
+        except CellTimeoutError:
+            if attempt == 2:
+                raise
+            print(f"{path.name}: a cell timed out; running the notebook again", file=sys.stderr)
+
+
 def execute(paths: list[Path], out: Path, ci: bool = False) -> list[Path]:
     """Run each notebook with papermill into ``out/<stem>.ipynb`` (its files: ``out/<stem>/``)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -176,9 +197,7 @@ def execute(paths: list[Path], out: Path, ci: bool = False) -> list[Path]:
         parameters = metadata.get("gradbook", {}).get("ci_parameters", {}) if ci else {}
         target = out / path.name
         start = time.monotonic()
-        papermill.execute_notebook(
-            str(path), str(target), parameters={**parameters, "output_dir": str(out / path.stem)},
-            cwd=str(NOTEBOOKS), kernel_name="python3", progress_bar=False)
+        run_notebook(path, target, {**parameters, "output_dir": str(out / path.stem)})
         print(f"executed {path.name} in {time.monotonic() - start:.0f} s", flush=True)
         executed.append(target)
     return executed

@@ -73,7 +73,8 @@ BEFORE_CHECK = """            try:
                 if not await self.is_running(kernel_id):
                     kernel_id = await self.replace(kernel_id)
                 when = "while running\""""
-ANSWER = "job.future.set_result(Result(self.kernel_id, **fields, batch=self.size))"
+ANSWER = """job.future.set_result(Result(self.kernel_id, **fields, batch=self.size,
+                                             timing=timing))"""
 
 MUTANTS = [
     # -- the queue and its batches
@@ -124,7 +125,8 @@ MUTANTS = [
            "a kernel that runs on after an interrupt is replaced (tests/test_deadlines.py)"),
     # -- answers, kernels' deaths, journals
     Mutant("answers-wait-for-the-batch", ENGINE, ANSWER,
-           "self.later.append((job, Result(self.kernel_id, **fields, batch=self.size)))",
+           "self.later.append((job, Result(self.kernel_id, **fields, batch=self.size,\n"
+           "                                                   timing=timing)))",
            "results reach their requests as each finishes, not with the batch",
            more=(("self.idle = True", "self.idle = True\n"
                   "            for job, result in self.later:\n"
@@ -154,12 +156,12 @@ MUTANTS = [
            "if interrupted:  # the gateway interrupted the kernel: the rest of the batch waits\n"
            "                    raise KeyboardInterrupt",
            "pass", "an interrupt ends the batch; the rest waits"),
-    Mutant("semicolon-ignored", RUNNER, "if printed.tell() or value is None or self.quiet:",
-           "if printed.tell() or value is None:", "a cell ending in ';' shows no value"),
-    Mutant("none-shown", RUNNER, "if printed.tell() or value is None or self.quiet:",
-           "if printed.tell() or self.quiet:", "a value of None is no body"),
-    Mutant("no-ipython-syntax", RUNNER, "ast.parse(shell.transform_cell(source), name)",
-           "ast.parse(source, name)", "IPython syntax (magics) is allowed"),
+    Mutant("semicolon-ignored", RUNNER, "return None if self.quiet else value", "return value",
+           "a cell ending in ';' shows no value"),
+    Mutant("none-shown", RUNNER, "return {} if value is None else {\"body\": json.dumps(value)}",
+           "return {\"body\": json.dumps(value)}", "a value of None is no body"),
+    Mutant("no-ipython-syntax", RUNNER, "code = shell.transform_cell(source)", "code = source",
+           "IPython syntax (magics) is allowed"),
     Mutant("results-not-journaled", RUNNER,
            'journal.write(json.dumps(content) + "\\n")', "pass",
            "each result is written to the journal before it is published"),
@@ -169,8 +171,8 @@ MUTANTS = [
     Mutant("journal-not-named", RUNNER,
            'journal.write(json.dumps({"batch": batch["batch"]}) + "\\n")', "pass",
            "the journal's first line names its batch"),
-    Mutant("every-result-for-the-first", RUNNER, 'content = {"index": index, **result}',
-           'content = {"index": 0, **result}', "each result goes to its own request"),
+    Mutant("every-result-for-the-first", RUNNER, 'content = {"index": index, **result,',
+           'content = {"index": 0, **result,', "each result goes to its own request"),
 ]
 
 
